@@ -1,0 +1,99 @@
+"""Builds the services and the method table, then serves stdin until EOF, SIGTERM or system.shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import BinaryIO
+
+from . import PROTOCOL_VERSION, __version__
+from .dispatch.dispatcher import Dispatcher
+from .dispatch.registry import Registry
+from .instructors.inference import InferenceInstructor
+from .instructors.system import SystemInstructor
+from .interfaces.generation import GenerationInterface
+from .jobs.engine import JobEngine
+from .jobs.sessions import SessionRegistry
+from .managers.locator import ModelLocator
+from .managers.pipelines import PipelineManager
+from .managers.runtime import Runtime
+from .protocol.envelopes import ready_event
+from .protocol.framing import LineWriter, read_lines
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_registry(app: "App") -> Registry:
+    registry = Registry()
+    for instructor in (SystemInstructor(app), InferenceInstructor(app)):
+        registry.add(instructor)
+    return registry
+
+
+class App:
+    def __init__(self, settings: Settings, out: BinaryIO):
+        self.settings = settings
+        self.started = time.monotonic()
+        self.writer = LineWriter(out)
+        self.runtime = Runtime(settings)
+        self.sessions = SessionRegistry()
+        self.engine = JobEngine(self.sessions, settings.max_queue)
+        self.locator = ModelLocator(settings.models_dirs)
+        self.pipelines = PipelineManager(self.runtime)
+        self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines)
+        self.registry = build_registry(self)
+        self.dispatcher = Dispatcher(self.registry, self.engine, self.writer, settings.events_per_second)
+        self._stop = threading.Event()
+        self._stop_reason = "eof"
+        self._cancel_running = settings.on_exit == "cancel"
+
+    def request_stop(self, reason: str, cancel_running: bool = False) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+        self._cancel_running = self._cancel_running or cancel_running
+        self.engine.accepting = False
+        self._stop.set()
+
+    def _read(self, stdin: BinaryIO) -> None:
+        try:
+            for line in read_lines(stdin, self.settings.max_line_bytes):
+                self.dispatcher.handle_line(line)
+                if self._stop.is_set() and self._stop_reason == "method":
+                    return
+        except Exception:  # the loop must never die silently: log, then shut down cleanly
+            log.exception("input loop failed")
+        self.request_stop("eof")
+
+    def serve(self, stdin: BinaryIO) -> int:
+        self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names()))
+        self.runtime.start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))
+        reader = threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True)
+        reader.start()
+        while not self._stop.wait(0.25):
+            pass
+        reason = self._stop_reason
+        log.info("shutting down (%s)", reason)
+        if reason == "method":
+            reader.join(5)
+        # EOF: the host sent these jobs and is waiting for them; SIGTERM/shutdown: answer queued ones now.
+        self.engine.close(drain=reason == "eof", cancel_running=self._cancel_running)
+        self.engine.join()
+        log.info("bye")
+        return 0
+
+
+def run(settings: Settings, out: BinaryIO, stdin: BinaryIO | None = None) -> int:
+    app = App(settings, out)
+    code = app.serve(stdin or sys.stdin.buffer)
+    try:
+        out.flush()
+    except OSError:
+        pass
+    return code

@@ -1,0 +1,1 @@
+"""Method registry and the per-request context handlers receive."""

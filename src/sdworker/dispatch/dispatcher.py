@@ -1,0 +1,167 @@
+"""The path of a request: decoded Call -> method spec -> params model -> inline or queued handler."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from ..jobs.engine import Job, JobEngine
+from ..jobs.executor import classify
+from ..jobs.sessions import Session
+from ..protocol.envelopes import (
+    Call,
+    Decoded,
+    Form,
+    Rejection,
+    decode_line,
+    encode_error,
+    encode_success,
+    guess_form,
+)
+from ..protocol.errors import InvalidRequest, WorkerError
+from ..protocol.events import EventEmitter
+from ..protocol.framing import LineWriter, Oversize
+from .registry import Registry
+from .work import Work
+
+log = logging.getLogger(__name__)
+
+Respond = Callable[[Any, "WorkerError | None"], None]
+
+LEGACY_COMMON = frozenset({"session_id", "model_id", "device_id", "request_id"})
+
+_ID_PATTERNS = (
+    re.compile(rb'"request_id"\s*:\s*"([^"]{1,200})"'),
+    re.compile(rb'"session_id"\s*:\s*"([^"]{1,200})"'),
+    re.compile(rb'"id"\s*:\s*("[^"]{1,200}"|-?\d{1,18})'),
+)
+
+
+def to_wire(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return result
+
+
+class _Batch:
+    """Collects the answers of one JSON-RPC batch and writes them as one array."""
+
+    def __init__(self, writer: LineWriter, expected: int):
+        self._writer = writer
+        self._pending = expected
+        self._answers: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def add(self, answer: dict[str, Any] | None) -> None:
+        with self._lock:
+            if answer is not None:
+                self._answers.append(answer)
+            self._pending -= 1
+            done = self._pending == 0
+        if done and self._answers:
+            self._writer.write(self._answers)
+
+
+class Dispatcher:
+    def __init__(self, registry: Registry, engine: JobEngine, writer: LineWriter, events_per_second: float):
+        self.registry = registry
+        self.engine = engine
+        self.writer = writer
+        self.events_per_second = events_per_second
+        self.lines = 0
+
+    # ---- entry points ------------------------------------------------------------------------
+
+    def handle_line(self, line: bytes | Oversize) -> None:
+        self.lines += 1
+        if isinstance(line, Oversize):
+            self._reject_oversize(line)
+            return
+        decoded = decode_line(line)
+        self.handle_decoded(decoded)
+
+    def handle_decoded(self, decoded: Decoded) -> None:
+        batch = _Batch(self.writer, len(decoded.items)) if decoded.batch else None
+        for item in decoded.items:
+            sink: Callable[[dict[str, Any] | None], None] = batch.add if batch else self._write
+            if isinstance(item, Rejection):
+                sink(encode_error(item, item.error))
+            else:
+                self.handle_call(item, sink)
+
+    def _write(self, message: dict[str, Any] | None) -> None:
+        if message is not None:
+            self.writer.write(message)
+
+    def _reject_oversize(self, line: Oversize) -> None:
+        form = guess_form(line.head)
+        rid: Any = None
+        for pat in _ID_PATTERNS:
+            m = pat.search(line.head)
+            if m:
+                raw = m.group(1).decode("utf-8", "replace")
+                rid = int(raw) if raw.lstrip("-").isdigit() and pat is _ID_PATTERNS[2] else raw.strip('"')
+                break
+        err = InvalidRequest(f"line of {line.size} bytes is over the limit; send at most the configured --max-line-bytes")
+        target = Rejection(err, form, request_id=str(rid) if rid is not None else None, raw_id=rid)
+        if form is Form.NATIVE and target.request_id is None:
+            target.request_id = None
+        self._write(encode_error(target, err))
+
+    # ---- one call ------------------------------------------------------------------------------
+
+    def handle_call(self, call: Call, sink: Callable[[dict[str, Any] | None], None]) -> None:
+        answered = threading.Event()
+
+        def respond(result: Any, error: WorkerError | None) -> None:
+            if answered.is_set():
+                log.error("second answer for %s suppressed", call.request_id)
+                return
+            answered.set()
+            if error is not None:
+                sink(encode_error(call, error))
+            else:
+                try:
+                    sink(encode_success(call, to_wire(result)))
+                except Exception as exc:  # a result that cannot be serialized is still one answer
+                    log.exception("could not encode result of %s", call.method)
+                    sink(encode_error(call, classify(exc)))
+
+        try:
+            spec = self.registry.get(call.method)
+            raw = call.params
+            if call.form is Form.LEGACY:
+                # Legacy hosts send their envelope fields (session_id, model_id, device_id) with every
+                # action; a method that has no such field simply does not read them.
+                fields = spec.params.model_fields
+                raw = {k: v for k, v in raw.items() if k in fields or k not in LEGACY_COMMON}
+            params = spec.validate(raw, prefix="params" if call.form is Form.JSONRPC else "data")
+            if not spec.job:
+                respond(spec.handler(params, call), None)
+                return
+            work: Work = spec.handler(params, call)
+            self._submit(call, work, respond)
+        except WorkerError as exc:
+            respond(None, exc)
+        except Exception as exc:
+            log.exception("handler of %s failed", call.method)
+            respond(None, classify(exc))
+
+    def _submit(self, call: Call, work: Work, respond: Respond) -> None:
+        session_id = call.session_id or call.request_id
+        call.session_id = session_id
+        session = Session(
+            session_id=session_id,
+            request_id=call.request_id,
+            method=call.method,
+            model_id=work.model_id,
+            device_id=work.device_id,
+            priority=call.priority,
+        )
+        events = EventEmitter(self.writer.write, call, self.events_per_second)
+        job = Job(session=session, run=work.run, respond=respond, events=events, timeout=call.timeout, preview=work.preview)
+        self.engine.submit(job)

@@ -1,0 +1,94 @@
+"""Methods are registered once, next to their handler, with the pydantic models of their shapes.
+
+`@method(...)` only tags a function; `Registry.add(instructor)` collects the tagged methods of
+an instructor instance, so nothing global is built at import time.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ValidationError
+
+from ..protocol.errors import UnknownMethod, from_validation
+
+_TAG = "__sdworker_method__"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    handler: Callable[..., Any]
+    params: type[BaseModel]
+    result: type[BaseModel] | None
+    job: bool  # generation work: queued and run on a device executor
+    summary: str
+
+    def validate(self, params: dict[str, Any], prefix: str = "data") -> BaseModel:
+        try:
+            return self.params.model_validate(params)
+        except ValidationError as exc:
+            raise from_validation(exc, prefix) from None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "job": self.job,
+            "summary": self.summary,
+            "params_schema": self.params.model_json_schema(),
+            "result_schema": self.result.model_json_schema() if self.result else None,
+        }
+
+
+def method(
+    name: str,
+    params: type[BaseModel],
+    result: type[BaseModel] | None = None,
+    job: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Tag an instructor method as the handler of `name`."""
+
+    def tag(fn: Callable[..., Any]) -> Callable[..., Any]:
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        setattr(fn, _TAG, (name, params, result, job, summary))
+        return fn
+
+    return tag
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._specs: dict[str, MethodSpec] = {}
+
+    def add(self, instructor: object) -> None:
+        for attr in dir(type(instructor)):
+            fn = getattr(type(instructor), attr, None)
+            tag = getattr(fn, _TAG, None)
+            if tag is None:
+                continue
+            name, params, result, job, summary = tag
+            if name in self._specs:
+                raise ValueError(f"method {name!r} registered twice")
+            self._specs[name] = MethodSpec(name, getattr(instructor, attr), params, result, job, summary)
+
+    def get(self, name: str) -> MethodSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, list(self._specs), n=3, cutoff=0.5)
+            if not close and "." not in name:
+                bare = {n.split(".", 1)[1]: n for n in self._specs}
+                close = [bare[m] for m in difflib.get_close_matches(name, list(bare), n=3, cutoff=0.5)]
+            hint = f"; did you mean {', '.join(close)}?" if close else "; system.list_methods lists them"
+            raise UnknownMethod(
+                f"unknown method {name!r}{hint}",
+                [{"path": "method", "message": f"close match: {c}"} for c in close],
+            )
+        return spec
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def specs(self) -> list[MethodSpec]:
+        return [self._specs[n] for n in self.names()]

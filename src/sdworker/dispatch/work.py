@@ -1,0 +1,16 @@
+"""What a job method's handler returns: the work to queue, planned and validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .context import JobContext
+
+
+@dataclass
+class Work:
+    run: Callable[[JobContext], Any]
+    model_id: str | None
+    device_id: str
+    preview: bool = False

@@ -1,0 +1,1 @@
+"""One instructor per namespace; each method is one decorated function."""

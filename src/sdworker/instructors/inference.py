@@ -1,0 +1,224 @@
+"""inference.*: generation jobs and the control plane around them (status, cancel, logs, capabilities)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from ..dispatch.registry import method
+from ..dispatch.work import Work
+from ..interfaces.generation import MODES, SCHEDULERS
+from ..jobs.sessions import Session, iso
+from ..protocol.envelopes import Call, map_inference_type
+from ..protocol.errors import ValidationFailed, WorkerError
+from ..schemas.base import NoParams
+from ..schemas.generation import GenerationRequest, GenerationResult, ValidateResult
+from ..schemas.sessions import (
+    ActiveSessionsParams,
+    ActiveSessionsResult,
+    CancelParams,
+    CancelResult,
+    Capabilities,
+    DeviceParams,
+    LogsParams,
+    PipelineInfoParams,
+    SessionParams,
+    SessionStatusParams,
+    ValidateParams,
+)
+
+if TYPE_CHECKING:
+    from ..app import App
+
+
+class InferenceInstructor:
+    def __init__(self, app: "App"):
+        self.app = app
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    @method("inference.text2img", GenerationRequest, GenerationResult, job=True)
+    def text2img(self, params: GenerationRequest, call: Call) -> Work:
+        """Generate images from a prompt."""
+        return self._work(params, call, "text2img")
+
+    def _work(self, req: GenerationRequest, call: Call, mode: str) -> Work:
+        session_id = req.session_id or call.session_id or call.request_id
+        call.session_id = session_id
+        gen = self.app.generation
+        plan = gen.plan(req, mode, session_id)
+        return Work(run=lambda ctx: gen.run(ctx, plan), model_id=plan.ref.model_id, device_id=plan.device, preview=req.preview)
+
+    @method("inference.validate_request", ValidateParams, ValidateResult)
+    def validate_request(self, params: ValidateParams, call: Call) -> dict:
+        """Run every check a generation request gets, without generating."""
+        data = params.request if params.request is not None else dict(params.model_extra or {})
+        try:
+            name = params.method or (map_inference_type(params.inference_type) if params.inference_type else "inference.text2img")
+            spec = self.app.registry.get(name)
+            if not spec.job:
+                raise ValidationFailed(f"{name} is not a generation method", [{"path": "method", "message": "not a generation method"}])
+            req = spec.validate(data)
+            plan = self.app.generation.plan(req, name.split(".", 1)[1], req.session_id or call.request_id)  # type: ignore[arg-type]
+        except WorkerError as exc:
+            errors = exc.details or [{"path": "data", "message": exc.message}]
+            return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
+        normalized = req.model_dump(mode="json")
+        normalized.update(model_id=plan.ref.model_id, width=plan.width, height=plan.height, device_id=plan.device)
+        return {"valid": True, "errors": [], "normalized": normalized}
+
+    # ---- sessions ----------------------------------------------------------------------------------
+
+    def _session(self, session_id: str) -> Session:
+        s = self.app.sessions.get(session_id)
+        if s is None:
+            raise ValidationFailed(
+                f"no session {session_id!r} in this worker's memory",
+                [{"path": "data.session_id", "message": "unknown session"}],
+            )
+        return s
+
+    def _summary(self, s: Session) -> dict[str, Any]:
+        return s.summary(self.app.engine.queue_position(s))
+
+    @method("inference.get_session_status", SessionStatusParams)
+    def get_session_status(self, params: SessionStatusParams, call: Call) -> dict:
+        """A session's status and progress; include_metrics/resources/logs add those."""
+        s = self._session(params.session_id)
+        out = self._summary(s)
+        if not params.include_progress:
+            out.pop("progress")
+        if params.include_metrics:
+            out["performance"] = dict(s.performance)
+        if params.include_resources:
+            out["resources"] = self._resources(s)
+        if params.include_logs:
+            out["logs"] = list(s.logs)
+        out["transitions"] = [{"status": t["status"], "time": iso(t["time"])} for t in s.transitions]
+        return out
+
+    @method("inference.cancel_session", CancelParams, CancelResult)
+    def cancel_session(self, params: CancelParams, call: Call) -> dict:
+        """Drop a queued job or stop a running one at its next step (force: inside the step)."""
+        s = self._session(params.session_id)
+        action = self.app.engine.cancel(s.session_id, force=params.force_cancel, preserve=params.preserve_results)
+        return {"session_id": s.session_id, "cancelled": action != "not_active", "status": s.status, "action": action}
+
+    @method("inference.get_session_logs", LogsParams)
+    def get_session_logs(self, params: LogsParams, call: Call) -> dict:
+        """The session's log lines, oldest first."""
+        s = self._session(params.session_id)
+        logs = [e for e in s.logs if params.level is None or e["level"] == params.level.lower()]
+        return {"session_id": s.session_id, "logs": logs[-params.limit :], "count": len(logs)}
+
+    @method("inference.get_session_performance", SessionParams)
+    def get_session_performance(self, params: SessionParams, call: Call) -> dict:
+        """Timings of the session so far (queue, load, inference, encode, steps/s)."""
+        s = self._session(params.session_id)
+        return {"session_id": s.session_id, "status": s.status, "performance": dict(s.performance)}
+
+    @method("inference.get_session_resources", SessionParams)
+    def get_session_resources(self, params: SessionParams, call: Call) -> dict:
+        """Peak RSS and VRAM of the session, and the process's memory now."""
+        s = self._session(params.session_id)
+        return {"session_id": s.session_id, "status": s.status, "resources": self._resources(s)}
+
+    def _resources(self, s: Session) -> dict[str, Any]:
+        now = psutil.Process().memory_info().rss
+        return {**s.resources, "device": s.device_id, "rss_mb": round(now / 2**20, 1)}
+
+    @method("inference.get_active_sessions", ActiveSessionsParams, ActiveSessionsResult)
+    def get_active_sessions(self, params: ActiveSessionsParams, call: Call) -> dict:
+        """Queued and running sessions."""
+        active = [s for s in self.app.sessions.active() if params.device_id in (None, s.device_id)]
+        return {"sessions": [self._summary(s) for s in active], "count": len(active)}
+
+    @method("inference.get_status", NoParams)
+    def get_status(self, params: NoParams, call: Call) -> dict:
+        """The worker's state: idle or busy, queue length, running session, loaded models."""
+        running = self.app.engine.running()
+        return {
+            "status": "busy" if running else ("starting" if not self.app.runtime.ready else "idle"),
+            "accepting_jobs": self.app.engine.accepting,
+            "queue_length": self.app.engine.queued_count(),
+            "running": [self._summary(s) for s in running],
+            "loaded_models": [lp.ref.model_id for lp in self.app.pipelines.loaded()],
+            "device": self.app.runtime.device,
+            "uptime_s": round(time.monotonic() - self.app.started, 3),
+        }
+
+    # ---- capabilities --------------------------------------------------------------------------
+
+    def _types(self) -> list[str]:
+        return list(MODES)
+
+    @method("inference.get_capabilities", NoParams, Capabilities)
+    def get_capabilities(self, params: NoParams, call: Call) -> dict:
+        """What this worker can do, on which devices."""
+        s = self.app.settings
+        return {
+            "supported_types": self._types(),
+            "max_concurrent": 1,
+            "max_batch_size": s.max_batch_size,
+            "max_resolution": {"width": s.max_resolution, "height": s.max_resolution},
+            "devices": self.app.runtime.devices(),
+            "schedulers": list(SCHEDULERS),
+            "base_models": ["sdxl", "sd_1_5", "sd_2"],
+        }
+
+    def _device(self, device_id: str | None) -> dict[str, Any]:
+        wanted = self.app.runtime.check_device(device_id)
+        for d in self.app.runtime.devices():
+            if d["device_id"] == wanted:
+                return d
+        raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "data.device_id", "message": "unknown device"}])
+
+    @method("inference.get_device_capabilities", DeviceParams)
+    def get_device_capabilities(self, params: DeviceParams, call: Call) -> dict:
+        """One device's description and what it can run."""
+        s = self.app.settings
+        return {
+            **self._device(params.device_id),
+            "supported_types": self._types(),
+            "max_concurrent": 1,
+            "max_batch_size": s.max_batch_size,
+            "max_resolution": {"width": s.max_resolution, "height": s.max_resolution},
+        }
+
+    @method("inference.get_supported_types", NoParams)
+    def get_supported_types(self, params: NoParams, call: Call) -> dict:
+        """Generation modes and schedulers this worker accepts."""
+        return {"supported_types": self._types(), "schedulers": list(SCHEDULERS)}
+
+    @method("inference.get_device_supported_types", DeviceParams)
+    def get_device_supported_types(self, params: DeviceParams, call: Call) -> dict:
+        """Generation modes one device accepts."""
+        d = self._device(params.device_id)
+        return {"device_id": d["device_id"], "supported_types": self._types()}
+
+    @method("inference.get_pipeline_info", PipelineInfoParams)
+    def get_pipeline_info(self, params: PipelineInfoParams, call: Call) -> dict:
+        """Loaded pipelines: class, components, scheduler, device, dtype, load time."""
+        out = []
+        for lp in self.app.pipelines.loaded():
+            if params.model_id and lp.ref.model_id != params.model_id:
+                continue
+            components = {k: type(v).__name__ for k, v in lp.pipe.components.items() if v is not None}
+            out.append(
+                {
+                    "model_id": lp.ref.model_id,
+                    "base_model": lp.ref.base_model,
+                    "pipeline_class": type(lp.pipe).__name__,
+                    "modes": sorted(lp.modes),
+                    "scheduler": type(lp.pipe.scheduler).__name__,
+                    "components": components,
+                    "device": lp.device,
+                    "dtype": lp.dtype,
+                    "load_ms": lp.load_ms,
+                    "runs": lp.runs,
+                }
+            )
+        return {"pipelines": out, "count": len(out)}
+

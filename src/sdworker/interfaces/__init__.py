@@ -1,0 +1,1 @@
+"""Narrow facades the instructors call; they own no state, the managers do."""

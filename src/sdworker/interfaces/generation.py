@@ -1,0 +1,205 @@
+"""Generation: plan a request (all checks before it is queued), then run it as a job."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..dispatch.context import JobContext
+from ..managers.denoise import force_cancel_hooks, generators, step_callback
+from ..managers.locator import ModelLocator, ModelRef
+from ..managers.output import A1111_SAMPLER, OutputWriter, b64, encode, infotext
+from ..managers.pipelines import PipelineManager
+from ..managers.runtime import Runtime, RssSampler
+from ..protocol.errors import ValidationFailed
+from ..schemas.generation import GenerationRequest
+from ..settings import Settings
+
+MODES = ("text2img",)
+SCHEDULERS = ("default",)
+
+
+@dataclass
+class Plan:
+    """A validated request with everything resolved that can be resolved before loading."""
+
+    req: GenerationRequest
+    mode: str
+    ref: ModelRef
+    device: str
+    width: int
+    height: int
+    seed: int
+    paths: list[Path | None]
+
+
+def native_size(ref: ModelRef) -> int:
+    """The model's default side: unet sample_size x VAE scale factor, read from the configs."""
+    try:
+        unet = json.loads((ref.path / "unet" / "config.json").read_text())
+        vae = json.loads((ref.path / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1024 if ref.base_model.startswith("sdxl") else 512
+
+
+class GenerationInterface:
+    def __init__(self, settings: Settings, runtime: Runtime, locator: ModelLocator, pipelines: PipelineManager):
+        self.settings = settings
+        self.runtime = runtime
+        self.locator = locator
+        self.pipelines = pipelines
+        self.output = OutputWriter(settings.output_dir)
+
+    # ---- planning (runs inline, before queueing) -----------------------------------------------
+
+    def plan(self, req: GenerationRequest, mode: str, session_id: str) -> Plan:
+        s = self.settings
+        problems: list[dict[str, str]] = []
+        for fld in ("width", "height"):
+            v = getattr(req, fld)
+            if v is not None and v > s.max_resolution:
+                problems.append({"path": f"data.{fld}", "message": f"{v} is over the limit of {s.max_resolution}"})
+        if req.num_images > s.max_batch_size:
+            problems.append({"path": "data.num_images", "message": f"{req.num_images} is over the limit of {s.max_batch_size}"})
+        if req.steps > s.max_steps:
+            problems.append({"path": "data.steps", "message": f"{req.steps} is over the limit of {s.max_steps}"})
+        for fld in ("scheduler", "sampler"):
+            v = getattr(req, fld)
+            if v is not None and v.lower() not in SCHEDULERS:
+                problems.append({"path": f"data.{fld}", "message": f"{v!r} is not available; accepted: {', '.join(SCHEDULERS)}"})
+        if problems:
+            raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
+        ref = self.locator.resolve(req.model_id or s.default_model)
+        if ref.base_model not in ("sdxl", "sd_1_5", "sd_2"):
+            raise ValidationFailed(
+                f"model {ref.model_id!r} is a {ref.base_model} model ({ref.pipeline_class}); {mode} supports sdxl, sd_1_5, sd_2",
+                [{"path": "data.model_id", "message": "unsupported architecture"}],
+            )
+        device = self.runtime.check_device(req.device_id)
+        side = native_size(ref)
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        paths = self.output.plan(req.output.save_path, session_id, req.num_images, req.output.format)
+        return Plan(req, mode, ref, device, req.width or side, req.height or side, seed, paths)
+
+    # ---- the job ---------------------------------------------------------------------------------
+
+    def run(self, ctx: JobContext, plan: Plan) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        req, perf = plan.req, ctx.session.performance
+        rss = RssSampler()
+        rss.sample()
+        self.runtime.wait()
+        device = plan.device if plan.device != "default" else self.runtime.device
+        ctx.session.device_id = device
+        ctx.set_status("loading")
+        loaded, fresh = self.pipelines.get(plan.ref, device, self.runtime.dtype_name)
+        pipe = self.pipelines.for_mode(loaded, plan.mode)
+        perf["load_ms"] = loaded.load_ms if fresh else 0.0
+        ctx.log(f"model {plan.ref.model_id} {'loaded' if fresh else 'already resident'}")
+        ctx.check_cancelled()
+        rss.sample()
+
+        ctx.set_status("running")
+        torch = self.runtime.torch
+        self.runtime.reset_peak(device)
+        ctx.session.total_steps = req.steps
+        t_inf = time.perf_counter()
+        ctx.start_steps()
+        with force_cancel_hooks(getattr(pipe, "unet", None), ctx), torch.inference_mode():
+            out = pipe(
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                width=plan.width,
+                height=plan.height,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale,
+                num_images_per_prompt=req.num_images,
+                generator=generators(torch, plan.seed, req.num_images),
+                callback_on_step_end=step_callback(ctx, rss.sample),
+                output_type="pil",
+            )
+        inference_s = time.perf_counter() - t_inf
+        loaded.runs += 1
+        ctx.log(f"denoised {req.num_images} image(s) in {inference_s:.2f}s")
+
+        ctx.set_status("postprocessing")
+        params = self._effective(plan, pipe)
+        images, encode_s, save_s = self._deliver(out.images, plan, params, ctx)
+        rss.sample()
+        steps_done = ctx.session.total_steps or req.steps
+        perf.update(
+            inference_ms=round(inference_s * 1000, 2),
+            encode_ms=round(encode_s * 1000, 2),
+            postprocess_ms=round(save_s * 1000, 2),
+            steps_per_second=round(steps_done / inference_s, 3) if inference_s > 0 else 0.0,
+            peak_vram_mb=self.runtime.peak_vram_mb(device),
+            peak_rss_mb=rss.peak_mb,
+        )
+        perf["total_ms"] = round(perf.get("queue_ms", 0.0) + (time.perf_counter() - t_start) * 1000, 2)
+        ctx.session.resources.update(peak_rss_mb=rss.peak_mb, peak_vram_mb=perf["peak_vram_mb"], device=device)
+        return {
+            "images": images,
+            "parameters": params,
+            "performance": dict(perf),
+            "session_id": ctx.session.session_id,
+            "warnings": [],
+        }
+
+    def _effective(self, plan: Plan, pipe: Any) -> dict[str, Any]:
+        req = plan.req
+        sched = type(pipe.scheduler).__name__
+        return {
+            "mode": plan.mode,
+            "prompt": req.prompt,
+            "negative_prompt": req.negative_prompt,
+            "model_id": plan.ref.model_id,
+            "base_model": plan.ref.base_model,
+            "width": plan.width,
+            "height": plan.height,
+            "steps": req.steps,
+            "guidance_scale": req.guidance_scale,
+            "seed": plan.seed,
+            "num_images": req.num_images,
+            "scheduler": sched,
+            "sampler_name": A1111_SAMPLER.get(sched, sched),
+            "device": self.runtime.device if plan.device == "default" else plan.device,
+            "dtype": self.runtime.dtype_name,
+            "output": req.output.model_dump(),
+            "version": f"sdworker {__version__}",
+        }
+
+    def _deliver(self, pil_images: list[Any], plan: Plan, params: dict[str, Any], ctx: JobContext) -> tuple[list[dict[str, Any]], float, float]:
+        fmt, opts = plan.req.output.format, plan.req.output
+        images: list[dict[str, Any]] = []
+        encode_s = save_s = 0.0
+        for i, img in enumerate(pil_images):
+            seed = plan.seed + i
+            text = infotext({**params, "seed": seed})
+            t0 = time.perf_counter()
+            data = encode(img, fmt, opts.quality, text)
+            encode_s += time.perf_counter() - t0
+            entry: dict[str, Any] = {
+                "index": i,
+                "seed": seed,
+                "width": img.width,
+                "height": img.height,
+                "format": fmt,
+                "infotext": text,
+            }
+            if opts.return_base64:
+                entry["base64"] = b64(data)
+            path = plan.paths[i] if i < len(plan.paths) else None
+            if path is not None:
+                t1 = time.perf_counter()
+                self.output.write_atomic(path, data)
+                save_s += time.perf_counter() - t1
+                entry["path"] = str(path)
+                ctx.session.outputs.append(str(path))
+            images.append(entry)
+        return images, encode_s, save_s

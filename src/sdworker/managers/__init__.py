@@ -1,0 +1,1 @@
+"""Managers own the heavy state: torch runtime, model files, pipelines, outputs."""

@@ -1,0 +1,126 @@
+"""Encoding images and writing them: atomic files with the A1111 'parameters' text chunk."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..paths import resolve_in_roots, safe_file_name
+from ..protocol.errors import ValidationFailed, WorkerError
+
+# Scheduler class -> the sampler name A1111 users read in infotext.
+A1111_SAMPLER = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "PNDMScheduler": "PLMS",
+    "DDIMScheduler": "DDIM",
+    "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+}
+
+_EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def infotext(p: dict[str, Any]) -> str:
+    """A1111's 'parameters' text: prompt, negative prompt, then 'Key: value' pairs."""
+    lines = [p.get("prompt", "")]
+    if p.get("negative_prompt"):
+        lines.append(f"Negative prompt: {p['negative_prompt']}")
+    pairs = [
+        ("Steps", p.get("steps")),
+        ("Sampler", p.get("sampler_name")),
+        ("CFG scale", p.get("guidance_scale")),
+        ("Seed", p.get("seed")),
+        ("Size", f"{p.get('width')}x{p.get('height')}"),
+        ("Model", p.get("model_id")),
+        ("Version", p.get("version")),
+    ]
+    lines.append(", ".join(f"{k}: {_fmt(v)}" for k, v in pairs if v is not None))
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def encode(image: Any, fmt: str, quality: int, text: str) -> bytes:
+    from PIL import PngImagePlugin
+
+    buf = io.BytesIO()
+    if fmt == "png":
+        meta = PngImagePlugin.PngInfo()
+        meta.add_text("parameters", text)
+        image.save(buf, format="PNG", pnginfo=meta)
+    elif fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=quality, exif=_exif_comment(image, text))
+    else:
+        image.save(buf, format="WEBP", quality=quality, exif=_exif_comment(image, text))
+    return buf.getvalue()
+
+
+def _exif_comment(image: Any, text: str) -> bytes:
+    """A1111 keeps infotext for JPEG/WebP in EXIF UserComment (UNICODE-prefixed)."""
+    exif = image.getexif()
+    exif[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
+    return exif.tobytes()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class OutputWriter:
+    def __init__(self, output_dir: Path | None):
+        self.root = output_dir
+
+    def plan(self, save_path: str | None, session_id: str, count: int, fmt: str) -> list[Path | None]:
+        """Where each image goes (None: not saved). Checked before any work is done."""
+        if save_path is None and self.root is None:
+            return [None] * count
+        if self.root is None:
+            raise ValidationFailed(
+                "output.save_path needs an output root: start the worker with --output-dir",
+                [{"path": "data.output.save_path", "message": "no --output-dir configured"}],
+            )
+        ext = _EXT[fmt]
+        if save_path is None:
+            stem = self.root / safe_file_name(session_id)
+            return [stem.with_name(f"{stem.name}-{i}{ext}") for i in range(count)]
+        target = resolve_in_roots(save_path, [self.root], "data.output.save_path")
+        if save_path.endswith(("/", os.sep)) or target.is_dir():
+            return [target / f"{safe_file_name(session_id)}-{i}{ext}" for i in range(count)]
+        if not target.suffix:
+            target = target.with_suffix(ext)
+        if count == 1:
+            return [target]
+        return [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+
+    @staticmethod
+    def write_atomic(path: Path, data: bytes) -> None:
+        """Temp file in the same folder, fsync, rename: a reader never sees half an image."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        except OSError as exc:
+            raise WorkerError(f"cannot write to {path.parent}: {exc.strerror or exc}", code="internal_error") from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from exc

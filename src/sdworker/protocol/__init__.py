@@ -1,0 +1,1 @@
+"""Wire layer: framing, envelopes, errors, events. Knows nothing about diffusion."""

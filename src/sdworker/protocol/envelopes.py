@@ -1,0 +1,356 @@
+"""The three request forms (native, JSON-RPC 2.0, legacy action) in and out.
+
+Decoding turns a line into Calls (or Rejections that still know how to be answered);
+encoding turns an outcome back into the form the request came in.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from .errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
+from .keys import normalize_keys
+
+
+class Form(str, Enum):
+    NATIVE = "native"
+    JSONRPC = "jsonrpc"
+    LEGACY = "legacy"
+
+
+@dataclass
+class Call:
+    """One decoded request, whatever form it came in."""
+
+    method: str
+    params: dict[str, Any]
+    form: Form
+    request_id: str  # the id sessions and events use (always a string)
+    raw_id: Any = None  # the id exactly as sent (JSON-RPC ids may be numbers)
+    notification: bool = False  # JSON-RPC without id: run, but never answer
+    priority: int = 0
+    timeout: float | None = None
+    session_id: str | None = None
+    action: str | None = None  # legacy action name, echoed back
+
+
+@dataclass
+class Rejection:
+    """A line or batch item that could not become a Call, with enough to answer it in its form."""
+
+    error: WorkerError
+    form: Form
+    request_id: str | None = None
+    raw_id: Any = None
+    session_id: str | None = None
+
+
+@dataclass
+class Decoded:
+    items: list[Call | Rejection] = field(default_factory=list)
+    batch: bool = False  # a JSON-RPC batch: answered by one array
+
+
+def new_request_id() -> str:
+    return "req-" + uuid.uuid4().hex[:12]
+
+
+# Legacy action -> method. execute_inference picks its method from inference_type.
+LEGACY_ACTIONS: dict[str, str] = {
+    "get_all_capabilities": "inference.get_capabilities",
+    "get_device_capabilities": "inference.get_device_capabilities",
+    "validate_request": "inference.validate_request",
+    "get_supported_types": "inference.get_supported_types",
+    "get_device_supported_types": "inference.get_device_supported_types",
+    "get_session_status": "inference.get_session_status",
+    "cancel_session": "inference.cancel_session",
+    "get_session_logs": "inference.get_session_logs",
+    "get_session_performance": "inference.get_session_performance",
+    "get_session_resources": "inference.get_session_resources",
+    "get_active_sessions": "inference.get_active_sessions",
+    "execute_controlnet": "inference.controlnet",
+    "batch_process": "inference.batch_process",
+    "get_session_details": "inference.get_session_status",
+    "get_comprehensive_status": "inference.get_session_status",
+}
+
+# inference_type (case-insensitive, punctuation ignored) -> generation method.
+INFERENCE_TYPES: dict[str, str] = {
+    "text2img": "inference.text2img",
+    "txt2img": "inference.text2img",
+    "texttoimage": "inference.text2img",
+    "imagegeneration": "inference.text2img",
+    "img2img": "inference.img2img",
+    "imagetoimage": "inference.img2img",
+    "inpainting": "inference.inpainting",
+    "inpaint": "inference.inpainting",
+    "controlnet": "inference.controlnet",
+    "upscale": "inference.upscale",
+    "upscaling": "inference.upscale",
+    "lora": "inference.lora",
+    "text2video": "inference.text2video",
+    "texttovideo": "inference.text2video",
+    "img2video": "inference.img2video",
+    "imagetovideo": "inference.img2video",
+}
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def map_inference_type(value: Any) -> str:
+    key = _NON_ALNUM.sub("", str(value).lower())
+    method = INFERENCE_TYPES.get(key)
+    if method is None:
+        accepted = sorted(INFERENCE_TYPES)
+        raise ValidationFailed(
+            f"inference_type {value!r} is not known; use one of {', '.join(accepted)}",
+            [{"path": "inference_type", "message": f"unknown inference type {value!r}"}],
+        )
+    return method
+
+
+def guess_form(raw: bytes) -> Form:
+    """For lines that are not valid JSON: answer in the form the bytes most look like."""
+    if b'"jsonrpc"' in raw:
+        return Form.JSONRPC
+    if b'"action"' in raw:
+        return Form.LEGACY
+    return Form.NATIVE
+
+
+def decode_line(line: bytes) -> Decoded:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Decoded([Rejection(ParseError(f"line is not valid JSON: {exc}"), guess_form(line))])
+    if isinstance(doc, list):
+        if not doc:
+            return Decoded([Rejection(InvalidRequest("empty JSON-RPC batch"), Form.JSONRPC)])
+        return Decoded([_decode_jsonrpc(item) for item in doc], batch=True)
+    return Decoded([decode_object(doc)])
+
+
+def decode_object(doc: Any) -> Call | Rejection:
+    if not isinstance(doc, dict):
+        return Rejection(InvalidRequest(f"a request is a JSON object, got {type(doc).__name__}"), Form.NATIVE)
+    if "jsonrpc" in doc:
+        return _decode_jsonrpc(doc)
+    if "action" in doc:
+        return _decode_legacy(doc)
+    return _decode_native(doc)
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidRequest(f"timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _priority(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"priority must be an integer, got {value!r}")
+    return value
+
+
+def _params(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationFailed(
+            f"{where} must be a JSON object", [{"path": where, "message": "expected an object"}]
+        )
+    return normalize_keys(value)
+
+
+def _session_of(params: dict[str, Any]) -> str | None:
+    sid = params.get("session_id")
+    return str(sid) if isinstance(sid, (str, int)) and not isinstance(sid, bool) else None
+
+
+def _decode_native(doc: dict[str, Any]) -> Call | Rejection:
+    rid = doc.get("request_id", doc.get("requestId", doc.get("RequestId")))
+    request_id = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and rid != "" else new_request_id()
+    method = doc.get("type", doc.get("message_type", doc.get("messageType", doc.get("MessageType", doc.get("Type")))))
+    try:
+        if not isinstance(method, str) or not method:
+            raise InvalidRequest("a native request needs a string 'type' (the method name)")
+        data = doc.get("data", doc.get("Data"))
+        params = _params(data, "data")
+        return Call(
+            method=method,
+            params=params,
+            form=Form.NATIVE,
+            request_id=request_id,
+            raw_id=request_id,
+            priority=_priority(doc.get("priority")),
+            timeout=_timeout(doc.get("timeout")),
+            session_id=_session_of(params),
+        )
+    except WorkerError as exc:
+        return Rejection(exc, Form.NATIVE, request_id=request_id, raw_id=request_id)
+
+
+def _decode_jsonrpc(doc: Any) -> Call | Rejection:
+    if not isinstance(doc, dict):
+        return Rejection(InvalidRequest("a JSON-RPC request is an object"), Form.JSONRPC)
+    has_id = "id" in doc
+    raw_id = doc.get("id")
+    try:
+        if doc.get("jsonrpc") != "2.0":
+            raise InvalidRequest('"jsonrpc" must be exactly "2.0"')
+        if has_id and (isinstance(raw_id, (bool, dict, list)) or (raw_id is not None and not isinstance(raw_id, (str, int, float)))):
+            raw_id = None
+            raise InvalidRequest("id must be a string, a number or null")
+        method = doc.get("method")
+        if not isinstance(method, str) or not method:
+            raise InvalidRequest('"method" must be a non-empty string')
+        if "params" in doc and not isinstance(doc["params"], (dict, type(None))):
+            raise ValidationFailed(
+                "params must be an object of named parameters", [{"path": "params", "message": "expected an object"}]
+            )
+        params = _params(doc.get("params"), "params")
+        request_id = str(raw_id) if has_id and raw_id is not None else new_request_id()
+        return Call(
+            method=method,
+            params=params,
+            form=Form.JSONRPC,
+            request_id=request_id,
+            raw_id=raw_id,
+            notification=not has_id,
+            priority=_priority(doc.get("priority")),
+            timeout=_timeout(doc.get("timeout")),
+            session_id=_session_of(params),
+        )
+    except WorkerError as exc:
+        rej = Rejection(exc, Form.JSONRPC, raw_id=raw_id)
+        # An invalid request is answered even without an id (id null), as JSON-RPC asks.
+        return rej
+
+
+_LEGACY_ENVELOPE = {"action", "inference_type", "priority", "timeout"}
+
+
+def _decode_legacy(doc: dict[str, Any]) -> Call | Rejection:
+    flat = normalize_keys(doc)
+    sid = flat.get("session_id")
+    session_id = str(sid) if isinstance(sid, (str, int)) and not isinstance(sid, bool) and sid != "" else None
+    rid = flat.get("request_id")
+    request_id = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and rid != "" else (session_id or new_request_id())
+    action = flat.get("action")
+    try:
+        if not isinstance(action, str):
+            raise InvalidRequest("'action' must be a string")
+        if action == "execute_inference":
+            method = map_inference_type(flat.get("inference_type", "text2img"))
+        elif action in LEGACY_ACTIONS:
+            method = LEGACY_ACTIONS[action]
+        else:
+            # Let the dispatcher answer unknown_method with close matches among actions too.
+            method = action
+        params = {k: v for k, v in flat.items() if k not in _LEGACY_ENVELOPE and k != "request_id"}
+        if action in ("get_session_details",):
+            for key in ("include_progress", "include_metrics", "include_resources", "include_logs"):
+                params.setdefault(key, True)
+        if action == "validate_request" and "inference_type" in flat:
+            params["inference_type"] = flat["inference_type"]
+        if session_id is None and action == "execute_inference":
+            session_id = request_id
+            params["session_id"] = session_id
+        return Call(
+            method=method,
+            params=params,
+            form=Form.LEGACY,
+            request_id=request_id,
+            raw_id=request_id,
+            priority=_priority(flat.get("priority")),
+            timeout=_timeout(flat.get("timeout")),
+            session_id=session_id,
+            action=action,
+        )
+    except WorkerError as exc:
+        return Rejection(exc, Form.LEGACY, request_id=request_id, raw_id=request_id, session_id=session_id)
+
+
+# ---- encoding -------------------------------------------------------------------------------
+
+
+def encode_success(call: Call, data: Any) -> dict[str, Any] | None:
+    if call.form is Form.JSONRPC:
+        return None if call.notification else {"jsonrpc": "2.0", "id": call.raw_id, "result": data}
+    if call.form is Form.LEGACY:
+        return {
+            "success": True,
+            "request_id": call.request_id,
+            "session_id": call.session_id or call.request_id,
+            "status": "completed",
+            "results": data,
+        }
+    return {"type": "response", "request_id": call.request_id, "success": True, "data": data}
+
+
+def encode_error(target: Call | Rejection, error: WorkerError) -> dict[str, Any] | None:
+    form = target.form
+    partial = getattr(error, "data", None)
+    if form is Form.JSONRPC:
+        if isinstance(target, Call) and target.notification:
+            return None
+        data: dict[str, Any] = {"error_code": error.code, "error_details": error.details}
+        if partial is not None:
+            data["data"] = partial
+        return {
+            "jsonrpc": "2.0",
+            "id": target.raw_id,
+            "error": {"code": error.jsonrpc_code, "message": error.message, "data": data},
+        }
+    if form is Form.LEGACY:
+        out: dict[str, Any] = {
+            "success": False,
+            "request_id": target.request_id,
+            "error": error.message,
+            "error_code": error.code,
+        }
+        if target.session_id:
+            out["session_id"] = target.session_id
+        if error.code in ("cancelled", "timeout"):
+            out["status"] = "cancelled" if error.code == "cancelled" else "timed_out"
+        if error.details:
+            out["error_details"] = error.details
+        if partial is not None:
+            out["results"] = partial
+        return out
+    out = {
+        "type": "response",
+        "request_id": target.request_id,
+        "success": False,
+        "error": error.message,
+        "error_code": error.code,
+        "error_details": error.details,
+    }
+    if partial is not None:
+        out["data"] = partial
+    return out
+
+
+def encode_event(call: Call, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    body = {"event": event, "request_id": call.request_id, "session_id": call.session_id or call.request_id, "data": data}
+    if call.form is Form.JSONRPC:
+        return {"jsonrpc": "2.0", "method": f"event.{event}", "params": body}
+    return {"type": "event", **body}
+
+
+def ready_event(version: str, protocol: int, pid: int, methods: list[str]) -> dict[str, Any]:
+    return {
+        "type": "event",
+        "event": "ready",
+        "data": {"version": version, "protocol": protocol, "pid": pid, "methods": methods},
+    }

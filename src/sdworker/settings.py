@@ -1,0 +1,102 @@
+"""Worker settings: flags first, SDWORKER_* environment variables as the fallback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .protocol.framing import DEFAULT_MAX_LINE
+
+
+@dataclass
+class Settings:
+    models_dirs: list[Path] = field(default_factory=list)
+    output_dir: Path | None = None
+    data_dir: Path | None = None
+    input_dirs: list[Path] = field(default_factory=list)
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu
+    default_model: str | None = None
+    max_queue: int = 32
+    max_line_bytes: int = DEFAULT_MAX_LINE
+    max_batch_size: int = 8
+    max_resolution: int = 2048
+    max_steps: int = 150
+    events_per_second: float = 10.0
+    on_exit: str = "finish"  # finish | cancel
+    ram_budget_mb: int | None = None
+    vram_budget_mb: int | None = None
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+def _env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [p for p in raw.split(os.pathsep) if p]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdworker",
+        description="Headless diffusion worker: JSON lines on stdin, JSON lines on stdout, logs on stderr.",
+        epilog="Subcommand: 'sdworker make-tiny-model --arch sdxl|sd15 DIR' writes a tiny random model.",
+    )
+    p.add_argument("--models-dir", action="append", default=None, help="folder of models (repeatable); env SDWORKER_MODELS_DIR")
+    p.add_argument("--output-dir", default=None, help="where images are saved; env SDWORKER_OUTPUT_DIR")
+    p.add_argument("--data-dir", default=None, help="presets database and session ledger; env SDWORKER_DATA_DIR")
+    p.add_argument("--input-dir", action="append", default=None, help="extra root images may be read from; env SDWORKER_INPUT_DIR")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (default auto)")
+    p.add_argument("--default-model", default=None, help="model_id used when a request names none")
+    p.add_argument("--max-queue", type=int, default=None, help="jobs waiting before new ones get 'busy' (default 32)")
+    p.add_argument("--max-line-bytes", type=int, default=None, help="longest accepted input line (default 64 MiB)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="most images per request (default 8)")
+    p.add_argument("--max-resolution", type=int, default=None, help="largest width or height (default 2048)")
+    p.add_argument("--events-per-second", type=float, default=None, help="progress events per session per second (default 10)")
+    p.add_argument("--on-exit", default=None, choices=["finish", "cancel"], help="at shutdown, let the running job finish (default) or cancel it")
+    p.add_argument("--ram-budget-mb", type=int, default=None, help="RAM cache budget")
+    p.add_argument("--vram-budget-mb", type=int, default=None, help="VRAM cache budget")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    p.add_argument("--log-format", default=None, choices=["text", "json"], help="stderr log format (default text)")
+    return p
+
+
+def _pick(flag: object, env: str, default: object = None) -> object:
+    if flag is not None:
+        return flag
+    value = os.environ.get(env)
+    return value if value not in (None, "") else default
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    models = args.models_dir if args.models_dir else _env_list("SDWORKER_MODELS_DIR")
+    inputs = args.input_dir if args.input_dir else _env_list("SDWORKER_INPUT_DIR")
+    out = _pick(args.output_dir, "SDWORKER_OUTPUT_DIR")
+    data = _pick(args.data_dir, "SDWORKER_DATA_DIR")
+
+    def num(flag: object, env: str, default: object, cast: type) -> object:
+        value = _pick(flag, env, default)
+        return None if value is None else cast(value)
+
+    return Settings(
+        models_dirs=[Path(m).expanduser() for m in models],
+        output_dir=Path(str(out)).expanduser() if out else None,
+        data_dir=Path(str(data)).expanduser() if data else None,
+        input_dirs=[Path(m).expanduser() for m in inputs],
+        device=_pick(args.device, "SDWORKER_DEVICE"),  # type: ignore[arg-type]
+        dtype=str(_pick(args.dtype, "SDWORKER_DTYPE", "auto")),
+        default_model=_pick(args.default_model, "SDWORKER_DEFAULT_MODEL"),  # type: ignore[arg-type]
+        max_queue=num(args.max_queue, "SDWORKER_MAX_QUEUE", 32, int),  # type: ignore[arg-type]
+        max_line_bytes=num(args.max_line_bytes, "SDWORKER_MAX_LINE_BYTES", DEFAULT_MAX_LINE, int),  # type: ignore[arg-type]
+        max_batch_size=num(args.max_batch_size, "SDWORKER_MAX_BATCH_SIZE", 8, int),  # type: ignore[arg-type]
+        max_resolution=num(args.max_resolution, "SDWORKER_MAX_RESOLUTION", 2048, int),  # type: ignore[arg-type]
+        events_per_second=num(args.events_per_second, "SDWORKER_EVENTS_PER_SECOND", 10.0, float),  # type: ignore[arg-type]
+        on_exit=str(_pick(args.on_exit, "SDWORKER_ON_EXIT", "finish")),
+        ram_budget_mb=num(args.ram_budget_mb, "SDWORKER_RAM_BUDGET_MB", None, int),  # type: ignore[arg-type]
+        vram_budget_mb=num(args.vram_budget_mb, "SDWORKER_VRAM_BUDGET_MB", None, int),  # type: ignore[arg-type]
+        log_level=str(_pick(args.log_level, "SDWORKER_LOG_LEVEL", "INFO")).upper(),
+        log_format=str(_pick(args.log_format, "SDWORKER_LOG_FORMAT", "text")),
+    )
