@@ -47,7 +47,9 @@ class App:
         self.pipelines = PipelineManager(self.runtime)
         self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines)
         self.registry = build_registry(self)
-        self.dispatcher = Dispatcher(self.registry, self.engine, self.writer, settings.events_per_second)
+        self.dispatcher = Dispatcher(
+            self.registry, self.engine, self.writer, settings.events_per_second, lambda: self.runtime.ready
+        )
         self._stop = threading.Event()
         self._stop_reason = "eof"
         self._cancel_running = settings.on_exit == "cancel"
@@ -56,7 +58,8 @@ class App:
         if not self._stop.is_set():
             self._stop_reason = reason
         self._cancel_running = self._cancel_running or cancel_running
-        self.engine.accepting = False
+        if reason != "eof":  # after EOF nothing new can arrive; what was sent before it still runs
+            self.engine.accepting = False
         self._stop.set()
 
     def _read(self, stdin: BinaryIO) -> None:
@@ -82,6 +85,7 @@ class App:
         log.info("shutting down (%s)", reason)
         if reason == "method":
             reader.join(5)
+        self.dispatcher.finish_deferred()
         # EOF: the host sent these jobs and is waiting for them; SIGTERM/shutdown: answer queued ones now.
         self.engine.close(drain=reason == "eof", cancel_running=self._cancel_running)
         self.engine.join()

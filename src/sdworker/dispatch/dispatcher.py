@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 from typing import Any, Callable
@@ -25,7 +26,7 @@ from ..protocol.envelopes import (
 from ..protocol.errors import InvalidRequest, WorkerError
 from ..protocol.events import EventEmitter
 from ..protocol.framing import LineWriter, Oversize
-from .registry import Registry
+from .registry import MethodSpec, Registry
 from .work import Work
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,45 @@ class _Batch:
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, engine: JobEngine, writer: LineWriter, events_per_second: float):
+    def __init__(
+        self,
+        registry: Registry,
+        engine: JobEngine,
+        writer: LineWriter,
+        events_per_second: float,
+        runtime_ready: Callable[[], bool] = lambda: True,
+    ):
         self.registry = registry
         self.engine = engine
         self.writer = writer
         self.events_per_second = events_per_second
+        self.runtime_ready = runtime_ready
         self.lines = 0
+        self._deferred: queue.SimpleQueue[Callable[[], None]] | None = None
+        self._deferred_lock = threading.Lock()
+
+    def _defer(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the deferred lane: one thread, in arrival order, so the reader never waits on torch."""
+        with self._deferred_lock:
+            if self._deferred is None:
+                self._deferred = queue.SimpleQueue()
+                threading.Thread(target=self._deferred_loop, name="deferred-calls", daemon=True).start()
+            self._deferred.put(fn)
+
+    def finish_deferred(self) -> None:
+        """Block until every deferred call so far has been answered (shutdown owes them an answer)."""
+        with self._deferred_lock:
+            lane = self._deferred
+        if lane is None:
+            return
+        done = threading.Event()
+        lane.put(done.set)
+        done.wait()
+
+    def _deferred_loop(self) -> None:
+        assert self._deferred is not None
+        while True:
+            self._deferred.get()()
 
     # ---- entry points ------------------------------------------------------------------------
 
@@ -115,13 +149,14 @@ class Dispatcher:
     # ---- one call ------------------------------------------------------------------------------
 
     def handle_call(self, call: Call, sink: Callable[[dict[str, Any] | None], None]) -> None:
-        answered = threading.Event()
+        answered = False  # jobs are answered once by the engine; this guards the inline path
 
         def respond(result: Any, error: WorkerError | None) -> None:
-            if answered.is_set():
+            nonlocal answered
+            if answered:
                 log.error("second answer for %s suppressed", call.request_id)
                 return
-            answered.set()
+            answered = True
             if error is not None:
                 sink(encode_error(call, error))
             else:
@@ -140,6 +175,16 @@ class Dispatcher:
                 fields = spec.params.model_fields
                 raw = {k: v for k, v in raw.items() if k in fields or k not in LEGACY_COMMON}
             params = spec.validate(raw, prefix="params" if call.form is Form.JSONRPC else "data")
+        except WorkerError as exc:
+            respond(None, exc)
+            return
+        if spec.needs_runtime and not self.runtime_ready():
+            self._defer(lambda: self._run(spec, params, call, respond))
+        else:
+            self._run(spec, params, call, respond)
+
+    def _run(self, spec: MethodSpec, params: BaseModel, call: Call, respond: Respond) -> None:
+        try:
             if not spec.job:
                 respond(spec.handler(params, call), None)
                 return
@@ -160,6 +205,7 @@ class Dispatcher:
             method=call.method,
             model_id=work.model_id,
             device_id=work.device_id,
+            executor=work.executor,
             priority=call.priority,
         )
         events = EventEmitter(self.writer.write, call, self.events_per_second)

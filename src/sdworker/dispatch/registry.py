@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
@@ -17,7 +18,7 @@ from ..protocol.errors import UnknownMethod, from_validation
 _TAG = "__sdworker_method__"
 
 
-@dataclass(frozen=True)
+@dataclass
 class MethodSpec:
     name: str
     handler: Callable[..., Any]
@@ -25,12 +26,25 @@ class MethodSpec:
     result: type[BaseModel] | None
     job: bool  # generation work: queued and run on a device executor
     summary: str
+    needs_runtime: bool = False  # waits for torch: answered off the reader thread until it has loaded
 
     def validate(self, params: dict[str, Any], prefix: str = "data") -> BaseModel:
+        if not params and self._empty is not None:
+            return self._empty  # control-plane calls without params skip validation (hot path)
         try:
             return self.params.model_validate(params)
         except ValidationError as exc:
             raise from_validation(exc, prefix) from None
+
+    @cached_property
+    def _empty(self) -> BaseModel | None:
+        """The params of a call that sends none, when that is valid for this method (job params never)."""
+        if self.job:
+            return None
+        try:
+            return self.params.model_validate({})
+        except ValidationError:
+            return None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -47,12 +61,13 @@ def method(
     params: type[BaseModel],
     result: type[BaseModel] | None = None,
     job: bool = False,
+    needs_runtime: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Tag an instructor method as the handler of `name`."""
 
     def tag(fn: Callable[..., Any]) -> Callable[..., Any]:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        setattr(fn, _TAG, (name, params, result, job, summary))
+        setattr(fn, _TAG, (name, params, result, job, summary, needs_runtime))
         return fn
 
     return tag
@@ -68,10 +83,10 @@ class Registry:
             tag = getattr(fn, _TAG, None)
             if tag is None:
                 continue
-            name, params, result, job, summary = tag
+            name, params, result, job, summary, needs_runtime = tag
             if name in self._specs:
                 raise ValueError(f"method {name!r} registered twice")
-            self._specs[name] = MethodSpec(name, getattr(instructor, attr), params, result, job, summary)
+            self._specs[name] = MethodSpec(name, getattr(instructor, attr), params, result, job, summary, needs_runtime)
 
     def get(self, name: str) -> MethodSpec:
         spec = self._specs.get(name)

@@ -12,5 +12,6 @@ from .context import JobContext
 class Work:
     run: Callable[[JobContext], Any]
     model_id: str | None
-    device_id: str
+    device_id: str  # what the host sees
+    executor: str = "default"  # which device queue runs it
     preview: bool = False

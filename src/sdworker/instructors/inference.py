@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from ..dispatch.registry import method
 from ..dispatch.work import Work
 from ..interfaces.generation import MODES, SCHEDULERS
@@ -49,7 +47,13 @@ class InferenceInstructor:
         call.session_id = session_id
         gen = self.app.generation
         plan = gen.plan(req, mode, session_id)
-        return Work(run=lambda ctx: gen.run(ctx, plan), model_id=plan.ref.model_id, device_id=plan.device, preview=req.preview)
+        return Work(
+            run=lambda ctx: gen.run(ctx, plan),
+            model_id=plan.ref.model_id,
+            device_id=self.app.runtime.device_name(plan.device),
+            executor="default",  # one model cache per process, so one queue: jobs never overlap
+            preview=req.preview,
+        )
 
     @method("inference.validate_request", ValidateParams, ValidateResult)
     def validate_request(self, params: ValidateParams, call: Call) -> dict:
@@ -66,7 +70,7 @@ class InferenceInstructor:
             errors = exc.details or [{"path": "data", "message": exc.message}]
             return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
         normalized = req.model_dump(mode="json")
-        normalized.update(model_id=plan.ref.model_id, width=plan.width, height=plan.height, device_id=plan.device)
+        normalized.update(model_id=plan.ref.model_id, width=plan.width, height=plan.height, device_id=self.app.runtime.device_name(plan.device))
         return {"valid": True, "errors": [], "normalized": normalized}
 
     # ---- sessions ----------------------------------------------------------------------------------
@@ -104,7 +108,7 @@ class InferenceInstructor:
         """Drop a queued job or stop a running one at its next step (force: inside the step)."""
         s = self._session(params.session_id)
         action = self.app.engine.cancel(s.session_id, force=params.force_cancel, preserve=params.preserve_results)
-        return {"session_id": s.session_id, "cancelled": action != "not_active", "status": s.status, "action": action}
+        return {"session_id": s.session_id, "cancelled": action != "not_active", "status": s.status, "action": action, "step": s.step}
 
     @method("inference.get_session_logs", LogsParams)
     def get_session_logs(self, params: LogsParams, call: Call) -> dict:
@@ -126,6 +130,8 @@ class InferenceInstructor:
         return {"session_id": s.session_id, "status": s.status, "resources": self._resources(s)}
 
     def _resources(self, s: Session) -> dict[str, Any]:
+        import psutil
+
         now = psutil.Process().memory_info().rss
         return {**s.resources, "device": s.device_id, "rss_mb": round(now / 2**20, 1)}
 
@@ -154,7 +160,7 @@ class InferenceInstructor:
     def _types(self) -> list[str]:
         return list(MODES)
 
-    @method("inference.get_capabilities", NoParams, Capabilities)
+    @method("inference.get_capabilities", NoParams, Capabilities, needs_runtime=True)
     def get_capabilities(self, params: NoParams, call: Call) -> dict:
         """What this worker can do, on which devices."""
         s = self.app.settings
@@ -169,13 +175,14 @@ class InferenceInstructor:
         }
 
     def _device(self, device_id: str | None) -> dict[str, Any]:
-        wanted = self.app.runtime.check_device(device_id)
+        self.app.runtime.wait()
+        wanted = self.app.runtime.device_name(self.app.runtime.check_device(device_id))
         for d in self.app.runtime.devices():
             if d["device_id"] == wanted:
                 return d
         raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "data.device_id", "message": "unknown device"}])
 
-    @method("inference.get_device_capabilities", DeviceParams)
+    @method("inference.get_device_capabilities", DeviceParams, needs_runtime=True)
     def get_device_capabilities(self, params: DeviceParams, call: Call) -> dict:
         """One device's description and what it can run."""
         s = self.app.settings
@@ -192,7 +199,7 @@ class InferenceInstructor:
         """Generation modes and schedulers this worker accepts."""
         return {"supported_types": self._types(), "schedulers": list(SCHEDULERS)}
 
-    @method("inference.get_device_supported_types", DeviceParams)
+    @method("inference.get_device_supported_types", DeviceParams, needs_runtime=True)
     def get_device_supported_types(self, params: DeviceParams, call: Call) -> dict:
         """Generation modes one device accepts."""
         d = self._device(params.device_id)

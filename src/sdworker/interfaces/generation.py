@@ -95,7 +95,7 @@ class GenerationInterface:
         rss = RssSampler()
         rss.sample()
         self.runtime.wait()
-        device = plan.device if plan.device != "default" else self.runtime.device
+        device = self.runtime.device_name(self.runtime.check_device(plan.device))
         ctx.session.device_id = device
         ctx.set_status("loading")
         loaded, fresh = self.pipelines.get(plan.ref, device, self.runtime.dtype_name)
@@ -168,7 +168,7 @@ class GenerationInterface:
             "num_images": req.num_images,
             "scheduler": sched,
             "sampler_name": A1111_SAMPLER.get(sched, sched),
-            "device": self.runtime.device if plan.device == "default" else plan.device,
+            "device": self.runtime.device_name(plan.device),
             "dtype": self.runtime.dtype_name,
             "output": req.output.model_dump(),
             "version": f"sdworker {__version__}",

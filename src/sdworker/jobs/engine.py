@@ -65,7 +65,7 @@ class JobEngine:
         s = job.session
         if not self.accepting:
             raise ShuttingDown("the worker is shutting down and takes no new jobs")
-        ex = self.executor(s.device_id)
+        ex = self.executor(s.executor)
         with self._lock:
             if s.session_id in self._jobs:
                 raise Busy(f"session {s.session_id!r} is already queued or running; use another session_id")
@@ -85,7 +85,7 @@ class JobEngine:
         if session.status != "queued":
             return None
         with self._lock:
-            ex = self._executors.get(session.device_id)
+            ex = self._executors.get(session.executor)
         if ex is None:
             return None
         for i, job in enumerate(ex.queue.ordered()):
@@ -151,7 +151,7 @@ class JobEngine:
         s.preserve_results = s.preserve_results or preserve
         s.cancel_reason = s.cancel_reason or reason
         s.cancel_event.set()
-        ex = self._executors.get(s.device_id)
+        ex = self._executors.get(s.executor)
         if s.status == "queued" and ex is not None and ex.queue.remove(job):
             err: WorkerError = (
                 TimedOut("the job timed out while waiting in the queue")

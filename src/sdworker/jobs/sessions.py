@@ -6,7 +6,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 ACTIVE = ("queued", "loading", "running", "postprocessing")
@@ -14,9 +13,10 @@ FINAL = ("completed", "failed", "cancelled", "timed_out")
 
 
 def iso(ts: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds and a Z, as the host's DateTime parser reads it."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Session:
     model_id: str | None
     device_id: str
     priority: int = 0
+    executor: str = "default"  # the device queue this job waits in ("default": the worker's device)
     status: str = "queued"
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None

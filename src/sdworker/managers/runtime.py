@@ -12,8 +12,6 @@ import threading
 import time
 from typing import Any
 
-import psutil
-
 from ..protocol.errors import InternalError, ValidationFailed
 from ..settings import Settings
 
@@ -102,6 +100,8 @@ class Runtime:
 
     def devices(self) -> list[dict[str, Any]]:
         """Device descriptions in the host's shape (device_id, name, memory_total_mb, memory_free_mb)."""
+        import psutil
+
         self.wait()
         vm = psutil.virtual_memory()
         out = [
@@ -134,18 +134,30 @@ class Runtime:
         return out
 
     def check_device(self, device_id: str | None) -> str:
-        """The device a request runs on; unknown ids are a validation error."""
+        """The device a request asks for: "default" (the worker's device) or a device id.
+
+        Checked against the real devices once torch has loaded; before that only by its form,
+        and the job checks again when it starts, so no request ever waits on the import here.
+        """
         if device_id in (None, "", "default"):
-            return self.device if self.ready else (self.settings.device or "default")
+            return "default"
         assert device_id is not None
-        self.wait()
         norm = "cuda:0" if device_id in ("cuda", "gpu") else device_id
-        if norm not in self.device_ids():
+        known = self.device_ids() if self.ready and self._error is None else None
+        plausible = norm == "cpu" or (norm.startswith("cuda:") and norm[5:].isdigit())
+        if (known is not None and norm not in known) or not plausible:
+            shown = ", ".join(known) if known is not None else "cpu, cuda, cuda:N"
             raise ValidationFailed(
-                f"device {device_id!r} is not available; devices: {', '.join(self.device_ids())}",
+                f"device {device_id!r} is not available; devices: {shown}",
                 [{"path": "data.device_id", "message": "unknown device"}],
             )
-        return norm
+        return "default" if self.ready and norm == self.device else norm
+
+    def device_name(self, key: str) -> str:
+        """The real device id behind a request's device (the default device once torch has loaded)."""
+        if key == "default":
+            return self.device if self.ready else (self.settings.device or "default")
+        return key
 
     def reset_peak(self, device: str) -> None:
         if device.startswith("cuda"):
@@ -173,13 +185,16 @@ class RssSampler:
     """Peak RSS of the process over a job, sampled at step boundaries and phase changes."""
 
     def __init__(self) -> None:
+        import psutil
+
+        self._error = psutil.Error
         self._proc = psutil.Process()
         self.peak = 0
 
     def sample(self) -> None:
         try:
             rss = self._proc.memory_info().rss
-        except psutil.Error:
+        except self._error:
             return
         if rss > self.peak:
             self.peak = rss

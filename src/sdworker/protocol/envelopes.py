@@ -177,15 +177,31 @@ def _session_of(params: dict[str, Any]) -> str | None:
     return str(sid) if isinstance(sid, (str, int)) and not isinstance(sid, bool) else None
 
 
+def _first(doc: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if key in doc:
+            return doc[key]
+    return None
+
+
+_RID_KEYS = ("request_id", "requestId", "RequestId")
+_TYPE_KEYS = ("type", "message_type", "messageType", "MessageType", "Type")
+_DATA_KEYS = ("data", "Data")
+
+
 def _decode_native(doc: dict[str, Any]) -> Call | Rejection:
-    rid = doc.get("request_id", doc.get("requestId", doc.get("RequestId")))
-    request_id = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and rid != "" else new_request_id()
-    method = doc.get("type", doc.get("message_type", doc.get("messageType", doc.get("MessageType", doc.get("Type")))))
+    rid = _first(doc, _RID_KEYS)
+    if type(rid) is str and rid:
+        request_id = rid
+    elif isinstance(rid, int) and not isinstance(rid, bool):
+        request_id = str(rid)
+    else:
+        request_id = new_request_id()
+    method = _first(doc, _TYPE_KEYS)
     try:
         if not isinstance(method, str) or not method:
             raise InvalidRequest("a native request needs a string 'type' (the method name)")
-        data = doc.get("data", doc.get("Data"))
-        params = _params(data, "data")
+        params = _params(_first(doc, _DATA_KEYS), "data")
         return Call(
             method=method,
             params=params,
@@ -281,6 +297,11 @@ def _decode_legacy(doc: dict[str, Any]) -> Call | Rejection:
         return Rejection(exc, Form.LEGACY, request_id=request_id, raw_id=request_id, session_id=session_id)
 
 
+_SESSION_ACTIONS = frozenset(
+    {"get_session_status", "get_session_details", "get_comprehensive_status", "cancel_session",
+     "get_session_performance", "get_session_resources"}
+)
+
 # ---- encoding -------------------------------------------------------------------------------
 
 
@@ -288,11 +309,13 @@ def encode_success(call: Call, data: Any) -> dict[str, Any] | None:
     if call.form is Form.JSONRPC:
         return None if call.notification else {"jsonrpc": "2.0", "id": call.raw_id, "result": data}
     if call.form is Form.LEGACY:
+        # For session queries the top-level status is the session's, which is what a legacy host reads.
+        status = data.get("status") if isinstance(data, dict) and call.action in _SESSION_ACTIONS else None
         return {
             "success": True,
             "request_id": call.request_id,
             "session_id": call.session_id or call.request_id,
-            "status": "completed",
+            "status": status or "completed",
             "results": data,
         }
     return {"type": "response", "request_id": call.request_id, "success": True, "data": data}

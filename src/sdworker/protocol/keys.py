@@ -27,6 +27,8 @@ def to_snake(key: str) -> str:
 def normalize_keys(value: Any) -> Any:
     """Recursively snake_case every dict key; values (prompts, paths) are left as they are."""
     if isinstance(value, dict):
+        if not value:
+            return value
         return {to_snake(k) if isinstance(k, str) else k: normalize_keys(v) for k, v in value.items()}
     if isinstance(value, list):
         return [normalize_keys(v) for v in value]

@@ -57,6 +57,7 @@ class CancelResult(Result):
     cancelled: bool
     status: str
     action: str
+    step: int = 0
 
 
 class ActiveSessionsParams(Params):

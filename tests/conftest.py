@@ -1,0 +1,177 @@
+"""Shared fixtures: tiny models built once, and a real worker process driven like a host drives it."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdworker.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_model("sdxl", root / "tiny-sdxl")
+    make_tiny_model("sd15", root / "tiny-sd15")
+    return root
+
+
+class Worker:
+    """A spawned `python -m sdworker`: write lines to stdin, read every stdout line (kept raw)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cmd: list[str] | None = None, cwd: Path | None = None):
+        self.stderr_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"sdworker-stderr-{os.getpid()}-{time.monotonic_ns()}.log"
+        self._stderr = open(self.stderr_path, "wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            (cmd or [sys.executable, "-m", "sdworker"]) + args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=full_env,
+            cwd=cwd,
+        )
+        self.raw: list[bytes] = []
+        self._q: queue.Queue[dict[str, Any] | list[Any] | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.pending: list[Any] = []  # messages read but not yet consumed by a wait
+        self.ready = self.wait_for(lambda m: isinstance(m, dict) and m.get("event") == "ready", timeout=30)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            try:
+                self._q.put(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                self._q.put({"__not_json__": line.decode("utf-8", "replace")})
+        self._q.put(None)
+
+    def send(self, message: Any) -> None:
+        data = message if isinstance(message, bytes) else orjson.dumps(message) + b"\n"
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def _next(self, timeout: float) -> Any:
+        msg = self._q.get(timeout=timeout)
+        if msg is None:
+            raise EOFError("worker closed stdout")
+        return msg
+
+    def wait_for(self, pred: Callable[[Any], bool], timeout: float = 60) -> Any:
+        for i, m in enumerate(self.pending):
+            if pred(m):
+                return self.pending.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching message within {timeout}s; pending: {self.pending[-5:]}")
+            msg = self._next(left)
+            if pred(msg):
+                return msg
+            self.pending.append(msg)
+
+    def response(self, request_id: str, timeout: float = 60) -> dict[str, Any]:
+        return self.wait_for(lambda m: isinstance(m, dict) and m.get("type") == "response" and m.get("request_id") == request_id, timeout)
+
+    def call(self, method: str, data: dict[str, Any] | None = None, request_id: str | None = None, timeout: float = 60, **extra: Any) -> dict[str, Any]:
+        rid = request_id or f"t-{time.monotonic_ns()}"
+        self.send({"type": method, "request_id": rid, "data": data or {}, **extra})
+        return self.response(rid, timeout)
+
+    def events(self, session_id: str, event: str | None = None) -> list[dict[str, Any]]:
+        """Events for a session seen so far (taken from pending, in order)."""
+        out = [
+            m for m in self.pending
+            if isinstance(m, dict) and m.get("type") == "event" and m.get("session_id") == session_id and (event is None or m.get("event") == event)
+        ]
+        return out
+
+    def drain(self, seconds: float = 0.2) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                msg = self._q.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if msg is None:
+                break
+            self.pending.append(msg)
+
+    def close(self, timeout: float = 60) -> int:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self._reader.join(5)
+        while True:
+            try:
+                msg = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if msg is not None:
+                self.pending.append(msg)
+        self._stderr.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._stderr.close()
+
+    def stderr(self) -> str:
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def assert_pure_stdout(self) -> None:
+        for line in self.raw:
+            assert line.endswith(b"\n"), line
+            doc = orjson.loads(line)
+            assert isinstance(doc, (dict, list)), line
+
+
+@pytest.fixture
+def spawn(models_dir: Path, tmp_path: Path):
+    """Start workers with extra flags; each is killed at teardown if still running."""
+    started: list[Worker] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None, cmd: list[str] | None = None) -> Worker:
+        args = ["--models-dir", str(models_dir), "--output-dir", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"), *flags]
+        w = Worker(args, env=env, cmd=cmd)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+@pytest.fixture(scope="module")
+def worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One worker shared by a module's tests that do not need a fresh process."""
+    out = tmp_path_factory.mktemp("out")
+    w = Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--max-line-bytes", "65536"])
+    yield w
+    w.kill()
