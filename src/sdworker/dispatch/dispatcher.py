@@ -142,8 +142,6 @@ class Dispatcher:
                 break
         err = InvalidRequest(f"line of {line.size} bytes is over the limit; send at most the configured --max-line-bytes")
         target = Rejection(err, form, request_id=str(rid) if rid is not None else None, raw_id=rid)
-        if form is Form.NATIVE and target.request_id is None:
-            target.request_id = None
         self._write(encode_error(target, err))
 
     # ---- one call ------------------------------------------------------------------------------

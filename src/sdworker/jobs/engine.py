@@ -173,14 +173,12 @@ class JobEngine:
         with self._lock:
             executors = list(self._executors.values())
         for ex in executors:
-            if not drain:
+            if not drain or cancel_running:
                 for job in ex.queue.drain():
                     self.finish(job, error=ShuttingDown("the worker is shutting down; this job never started"))
-            if cancel_running and ex.current is not None:
-                self.cancel(ex.current.session.session_id)
-                if drain:
-                    for job in ex.queue.drain():
-                        self.finish(job, error=ShuttingDown("the worker is shutting down; this job never started"))
+            current = ex.current
+            if cancel_running and current is not None:
+                self.cancel(current.session.session_id)
             ex.queue.close()
 
     def join(self, timeout: float | None = None) -> None:
