@@ -13,6 +13,7 @@ from typing import BinaryIO
 from . import PROTOCOL_VERSION, __version__
 from .dispatch.dispatcher import Dispatcher
 from .dispatch.registry import Registry
+from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
 from .instructors.system import SystemInstructor
 from .interfaces.generation import GenerationInterface
@@ -24,13 +25,15 @@ from .managers.runtime import Runtime
 from .protocol.envelopes import ready_event
 from .protocol.framing import LineWriter, read_lines
 from .settings import Settings
+from .store.db import DB_FILE, Database
+from .store.presets import PresetStore
 
 log = logging.getLogger(__name__)
 
 
 def build_registry(app: "App") -> Registry:
     registry = Registry()
-    for instructor in (SystemInstructor(app), InferenceInstructor(app)):
+    for instructor in (SystemInstructor(app), InferenceInstructor(app), ConfigInstructor(app)):
         registry.add(instructor)
     return registry
 
@@ -45,7 +48,11 @@ class App:
         self.engine = JobEngine(self.sessions, settings.max_queue)
         self.locator = ModelLocator(settings.models_dirs)
         self.pipelines = PipelineManager(self.runtime)
-        self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines)
+        # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.
+        # Opened on first use, never before the ready event.
+        self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
+        self.presets = PresetStore(self.db, self.locator)
+        self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines, self.presets)
         self.registry = build_registry(self)
         self.dispatcher = Dispatcher(
             self.registry, self.engine, self.writer, settings.events_per_second, lambda: self.runtime.ready

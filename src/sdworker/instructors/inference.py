@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
-from ..interfaces.generation import MODES, SCHEDULERS
+from ..managers import schedulers
+from ..managers.modes import MODES
 from ..jobs.sessions import Session, iso
 from ..protocol.envelopes import Call, map_inference_type
 from ..protocol.errors import ValidationFailed, WorkerError
@@ -42,6 +43,16 @@ class InferenceInstructor:
         """Generate images from a prompt."""
         return self._work(params, call, "text2img")
 
+    @method("inference.img2img", GenerationRequest, GenerationResult, job=True)
+    def img2img(self, params: GenerationRequest, call: Call) -> Work:
+        """Generate from an init image (init_image, strength)."""
+        return self._work(params, call, "img2img")
+
+    @method("inference.inpainting", GenerationRequest, GenerationResult, job=True)
+    def inpainting(self, params: GenerationRequest, call: Call) -> Work:
+        """Repaint the white part of mask_image in init_image; works with regular checkpoints."""
+        return self._work(params, call, "inpainting")
+
     def _work(self, req: GenerationRequest, call: Call, mode: str) -> Work:
         session_id = req.session_id or call.session_id or call.request_id
         call.session_id = session_id
@@ -69,7 +80,11 @@ class InferenceInstructor:
         except WorkerError as exc:
             errors = exc.details or [{"path": "data", "message": exc.message}]
             return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
-        normalized = req.model_dump(mode="json")
+        normalized = plan.req.model_dump(mode="json")
+        for key in ("init_image", "mask_image"):
+            if normalized.get(key):
+                normalized[key] = f"<{len(normalized[key])} chars>"
+        normalized.update(seed=plan.seed if req.seed is not None else None, scheduler=plan.scheduler.id if plan.scheduler else None)
         normalized.update(model_id=plan.ref.model_id, width=plan.width, height=plan.height, device_id=self.app.runtime.device_name(plan.device))
         return {"valid": True, "errors": [], "normalized": normalized}
 
@@ -170,7 +185,7 @@ class InferenceInstructor:
             "max_batch_size": s.max_batch_size,
             "max_resolution": {"width": s.max_resolution, "height": s.max_resolution},
             "devices": self.app.runtime.devices(),
-            "schedulers": list(SCHEDULERS),
+            "schedulers": schedulers.accepted_names(),
             "base_models": ["sdxl", "sd_1_5", "sd_2"],
         }
 
@@ -197,7 +212,7 @@ class InferenceInstructor:
     @method("inference.get_supported_types", NoParams)
     def get_supported_types(self, params: NoParams, call: Call) -> dict:
         """Generation modes and schedulers this worker accepts."""
-        return {"supported_types": self._types(), "schedulers": list(SCHEDULERS)}
+        return {"supported_types": self._types(), "schedulers": schedulers.accepted_names()}
 
     @method("inference.get_device_supported_types", DeviceParams, needs_runtime=True)
     def get_device_supported_types(self, params: DeviceParams, call: Call) -> dict:

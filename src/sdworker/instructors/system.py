@@ -51,6 +51,7 @@ class SystemInstructor:
                 "models_dirs": [str(p) for p in s.models_dirs],
                 "output_dir": str(s.output_dir) if s.output_dir else None,
                 "data_dir": str(s.data_dir) if s.data_dir else None,
+                "database": self.app.db.location,  # <data_dir>/sdworker.db, or ":memory:" (not kept) without --data-dir
                 "device": s.device,
                 "dtype": s.dtype,
                 "max_queue": s.max_queue,

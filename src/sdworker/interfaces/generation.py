@@ -7,21 +7,23 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..dispatch.context import JobContext
+from ..managers import modes, schedulers
 from ..managers.denoise import force_cancel_hooks, generators, step_callback
 from ..managers.locator import ModelLocator, ModelRef
-from ..managers.output import A1111_SAMPLER, OutputWriter, b64, encode, infotext
+from ..managers.output import OutputWriter, b64, encode, infotext
 from ..managers.pipelines import PipelineManager
 from ..managers.runtime import Runtime, RssSampler
 from ..protocol.errors import ValidationFailed
 from ..schemas.generation import GenerationRequest
 from ..settings import Settings
 
-MODES = ("text2img",)
-SCHEDULERS = ("default",)
+if TYPE_CHECKING:
+    from ..store.presets import PresetStore
+
 
 
 @dataclass
@@ -36,6 +38,9 @@ class Plan:
     height: int
     seed: int
     paths: list[Path | None]
+    preset: dict[str, Any] | None = None  # preset, preset_origin, ... for the result's parameters
+    scheduler: schedulers.SchedulerChoice | None = None  # None: the model's own scheduler
+    inputs: modes.ModeInputs | None = None
 
 
 def native_size(ref: ModelRef) -> int:
@@ -49,8 +54,16 @@ def native_size(ref: ModelRef) -> int:
 
 
 class GenerationInterface:
-    def __init__(self, settings: Settings, runtime: Runtime, locator: ModelLocator, pipelines: PipelineManager):
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        locator: ModelLocator,
+        pipelines: PipelineManager,
+        presets: "PresetStore | None" = None,
+    ):
         self.settings = settings
+        self.presets = presets
         self.runtime = runtime
         self.locator = locator
         self.pipelines = pipelines
@@ -60,6 +73,16 @@ class GenerationInterface:
 
     def plan(self, req: GenerationRequest, mode: str, session_id: str) -> Plan:
         s = self.settings
+        ref: ModelRef | None = None
+        preset: dict[str, Any] | None = None
+        if req.preset is not None and self.presets is not None:
+            # The preset's values go under the fields the request set itself (model_fields_set);
+            # the checks below then see the effective request. Its sampler + schedule apply only
+            # when the request names neither a sampler nor a scheduler of its own.
+            ref = self.locator.resolve(req.model_id or s.default_model)
+            req, preset = self.presets.for_request(req, ref)  # type: ignore[assignment]
+            if req.scheduler is None and req.sampler is None and preset.get("preset_sampler"):
+                req = req.model_copy(update={"sampler": preset["preset_sampler"], "scheduler": preset.get("preset_scheduler")})
         problems: list[dict[str, str]] = []
         for fld in ("width", "height"):
             v = getattr(req, fld)
@@ -69,23 +92,30 @@ class GenerationInterface:
             problems.append({"path": "data.num_images", "message": f"{req.num_images} is over the limit of {s.max_batch_size}"})
         if req.steps > s.max_steps:
             problems.append({"path": "data.steps", "message": f"{req.steps} is over the limit of {s.max_steps}"})
-        for fld in ("scheduler", "sampler"):
-            v = getattr(req, fld)
-            if v is not None and v.lower() not in SCHEDULERS:
-                problems.append({"path": f"data.{fld}", "message": f"{v!r} is not available; accepted: {', '.join(SCHEDULERS)}"})
+        choice = None
+        try:
+            choice = schedulers.resolve(req.scheduler, req.sampler)
+        except ValidationFailed as exc:
+            problems.extend(exc.details)
         if problems:
+            if preset is not None:  # say where a value the request did not send came from
+                for problem in problems:
+                    if problem["path"].removeprefix("data.") in preset["preset_applied"]:
+                        problem["message"] += f" (from the {req.preset} preset {preset['preset_id']})"
             raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
-        ref = self.locator.resolve(req.model_id or s.default_model)
+        ref = ref or self.locator.resolve(req.model_id or s.default_model)
         if ref.base_model not in ("sdxl", "sd_1_5", "sd_2"):
             raise ValidationFailed(
                 f"model {ref.model_id!r} is a {ref.base_model} model ({ref.pipeline_class}); {mode} supports sdxl, sd_1_5, sd_2",
                 [{"path": "data.model_id", "message": "unsupported architecture"}],
             )
         device = self.runtime.check_device(req.device_id)
+        roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
+        inputs, width, height = modes.prepare(mode, req.init_image, req.mask_image, req.width, req.height, roots)
         side = native_size(ref)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         paths = self.output.plan(req.output.save_path, session_id, req.num_images, req.output.format)
-        return Plan(req, mode, ref, device, req.width or side, req.height or side, seed, paths)
+        return Plan(req, mode, ref, device, width or side, height or side, seed, paths, preset, choice, inputs)
 
     # ---- the job ---------------------------------------------------------------------------------
 
@@ -105,6 +135,7 @@ class GenerationInterface:
         ctx.check_cancelled()
         rss.sample()
 
+        pipe.scheduler = self.pipelines.fresh_scheduler(loaded, plan.scheduler)
         ctx.set_status("running")
         torch = self.runtime.torch
         self.runtime.reset_peak(device)
@@ -115,8 +146,7 @@ class GenerationInterface:
             out = pipe(
                 prompt=req.prompt,
                 negative_prompt=req.negative_prompt,
-                width=plan.width,
-                height=plan.height,
+                **modes.call_kwargs(plan.mode, plan.inputs or modes.ModeInputs(), plan.width, plan.height, req.strength),
                 num_inference_steps=req.steps,
                 guidance_scale=req.guidance_scale,
                 num_images_per_prompt=req.num_images,
@@ -154,6 +184,7 @@ class GenerationInterface:
     def _effective(self, plan: Plan, pipe: Any) -> dict[str, Any]:
         req = plan.req
         sched = type(pipe.scheduler).__name__
+        extra: dict[str, Any] = {"strength": req.strength} if plan.mode != "text2img" else {}
         return {
             "mode": plan.mode,
             "prompt": req.prompt,
@@ -167,11 +198,14 @@ class GenerationInterface:
             "seed": plan.seed,
             "num_images": req.num_images,
             "scheduler": sched,
-            "sampler_name": A1111_SAMPLER.get(sched, sched),
+            "sampler": plan.scheduler.id if plan.scheduler else "default",
+            "sampler_name": plan.scheduler.display_name if plan.scheduler else schedulers.display_name(pipe.scheduler),
+            **extra,
             "device": self.runtime.device_name(plan.device),
             "dtype": self.runtime.dtype_name,
             "output": req.output.model_dump(),
             "version": f"sdworker {__version__}",
+            **(plan.preset or {}),
         }
 
     def _deliver(self, pil_images: list[Any], plan: Plan, params: dict[str, Any], ctx: JobContext) -> tuple[list[dict[str, Any]], float, float]:

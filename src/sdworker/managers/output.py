@@ -12,19 +12,6 @@ from typing import Any
 from ..paths import resolve_in_roots, safe_file_name
 from ..protocol.errors import ValidationFailed, WorkerError
 
-# Scheduler class -> the sampler name A1111 users read in infotext.
-A1111_SAMPLER = {
-    "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a",
-    "PNDMScheduler": "PLMS",
-    "DDIMScheduler": "DDIM",
-    "LMSDiscreteScheduler": "LMS",
-    "HeunDiscreteScheduler": "Heun",
-    "DPMSolverMultistepScheduler": "DPM++ 2M",
-    "UniPCMultistepScheduler": "UniPC",
-    "LCMScheduler": "LCM",
-}
-
 _EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 

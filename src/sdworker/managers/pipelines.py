@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.errors import ModelLoadFailed
+from . import modes, schedulers
 from .locator import ModelRef
 from .runtime import Runtime
 
@@ -28,6 +29,7 @@ class LoadedPipeline:
     loaded_at: float = field(default_factory=time.time)
     runs: int = 0
     modes: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline sharing these components
+    scheduler_config: dict[str, Any] = field(default_factory=dict)  # as loaded, never mutated
 
 
 class PipelineManager:
@@ -64,20 +66,24 @@ class PipelineManager:
         self.load_count += 1
         ms = round((time.perf_counter() - t0) * 1000, 2)
         log.info("loaded %s (%s) on %s/%s in %.0f ms", ref.model_id, ref.pipeline_class, device, dtype, ms)
-        return LoadedPipeline(ref, pipe, device, dtype, ms)
+        return LoadedPipeline(ref, pipe, device, dtype, ms, scheduler_config=dict(pipe.scheduler.config))
 
     def for_mode(self, loaded: LoadedPipeline, mode: str) -> Any:
         """The pipeline class of `mode` over the same components (no reload, no second copy)."""
         if mode in loaded.modes:
             return loaded.modes[mode]
-        from diffusers import AutoPipelineForText2Image
-
-        auto = {"text2img": AutoPipelineForText2Image}[mode]
         pipe = loaded.pipe
-        target = auto.from_pipe(pipe) if not _is_mode(pipe, mode) else pipe
+        target = pipe if modes.is_mode(pipe, mode) else modes.auto_pipeline(mode).from_pipe(pipe)
         target.set_progress_bar_config(disable=True)
         loaded.modes[mode] = target
         return target
+
+    @staticmethod
+    def fresh_scheduler(loaded: LoadedPipeline, choice: schedulers.SchedulerChoice | None) -> Any:
+        """A new scheduler per run, from the model's own config: no state or flag leaks between runs."""
+        if choice is not None:
+            return schedulers.build(choice, loaded.scheduler_config)
+        return type(loaded.pipe.scheduler).from_config(loaded.scheduler_config)
 
     def unload(self) -> None:
         with self._lock:
@@ -94,9 +100,3 @@ class PipelineManager:
         with self._lock:
             return [self._current] if self._current else []
 
-
-def _is_mode(pipe: Any, mode: str) -> bool:
-    name = type(pipe).__name__
-    if mode == "text2img":
-        return "Img2Img" not in name and "Inpaint" not in name
-    return False

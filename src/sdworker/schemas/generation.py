@@ -41,10 +41,17 @@ class GenerationRequest(Params):
     num_images: int = Field(default=1, ge=1, le=64, description="alias batch_size")
     scheduler: str | None = Field(default=None, description="default: the model's own scheduler")
     sampler: str | None = None
+    strength: float = Field(default=0.75, gt=0.0, le=1.0, description="img2img/inpainting: how much of the init image is replaced")
+    init_image: str | None = Field(default=None, description="img2img/inpainting: base64 (data: prefix allowed) or a path inside an allowed root")
+    mask_image: str | None = Field(default=None, description="inpainting: white = repaint; same size as init_image")
     session_id: str | None = Field(default=None, min_length=1, max_length=200)
     device_id: str | None = None
     preview: bool = False
     output: OutputOptions = Field(default_factory=OutputOptions)
+    preset: Literal["quality", "speed"] | None = Field(
+        default=None,
+        description="apply the model's quality or speed preset (config.resolve) under the fields this request sets itself",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -55,6 +62,11 @@ class GenerationRequest(Params):
     @classmethod
     def _seed(cls, v: Any) -> Any:
         return None if v == -1 else v
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("session_id", mode="before")
     @classmethod

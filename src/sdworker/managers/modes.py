@@ -1,0 +1,98 @@
+"""Generation modes: the diffusers pipeline family that runs each, its inputs, and its call arguments.
+
+A mode is a row here, not a fork of the run path: text2img, img2img and inpainting share one
+loaded model (diffusers' `from_pipe` reuses the components) and differ only in these arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..protocol.errors import ValidationFailed
+from .images_in import decode_image
+
+MODES = ("text2img", "img2img", "inpainting")
+
+_AUTO = {
+    "text2img": "AutoPipelineForText2Image",
+    "img2img": "AutoPipelineForImage2Image",
+    "inpainting": "AutoPipelineForInpainting",
+}
+
+
+@dataclass
+class ModeInputs:
+    init_image: Any = None  # PIL RGB, already at the output size
+    mask_image: Any = None  # PIL L, same size (white = repaint)
+
+
+def auto_pipeline(mode: str) -> Any:
+    import diffusers
+
+    return getattr(diffusers, _AUTO[mode])
+
+
+def is_mode(pipe: Any, mode: str) -> bool:
+    name = type(pipe).__name__
+    if mode == "img2img":
+        return "Img2Img" in name
+    if mode == "inpainting":
+        return "Inpaint" in name
+    return "Img2Img" not in name and "Inpaint" not in name
+
+
+def _fit(side: int) -> int:
+    return max(64, side - side % 8)
+
+
+def prepare(
+    mode: str,
+    init_image: str | None,
+    mask_image: str | None,
+    width: int | None,
+    height: int | None,
+    roots: list[Path],
+) -> tuple[ModeInputs, int | None, int | None]:
+    """Decode and size the input images; returns them with the output width and height.
+
+    img2img/inpainting output the requested size, or the init image's size rounded down to a
+    multiple of 8; the init image (and mask) are resized to it.
+    """
+    if mode == "text2img":
+        return ModeInputs(), width, height
+    problems: list[dict[str, str]] = []
+    if not init_image:
+        problems.append({"path": "data.init_image", "message": f"{mode} needs an init_image"})
+    if mode == "inpainting" and not mask_image:
+        problems.append({"path": "data.mask_image", "message": "inpainting needs a mask_image"})
+    if problems:
+        raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
+    assert init_image is not None
+    init = decode_image(init_image, "data.init_image", roots, "RGB")
+    mask = None
+    if mode == "inpainting":
+        assert mask_image is not None
+        mask = decode_image(mask_image, "data.mask_image", roots, "L")
+        if mask.size != init.size:
+            msg = f"mask is {mask.size[0]}x{mask.size[1]} but init_image is {init.size[0]}x{init.size[1]}; they must match"
+            raise ValidationFailed(f"data.mask_image: {msg}", [{"path": "data.mask_image", "message": msg}])
+    w = width or _fit(init.width)
+    h = height or _fit(init.height)
+    if init.size != (w, h):
+        from PIL import Image
+
+        init = init.resize((w, h), Image.Resampling.LANCZOS)
+        if mask is not None:
+            mask = mask.resize((w, h), Image.Resampling.NEAREST)
+    return ModeInputs(init, mask), w, h
+
+
+def call_kwargs(mode: str, inputs: ModeInputs, width: int, height: int, strength: float) -> dict[str, Any]:
+    """The mode-specific arguments of the pipeline call (the shared ones are the caller's)."""
+    if mode == "text2img":
+        return {"width": width, "height": height}
+    if mode == "img2img":
+        return {"image": inputs.init_image, "strength": strength}
+    return {"image": inputs.init_image, "mask_image": inputs.mask_image, "strength": strength, "width": width, "height": height}
