@@ -16,6 +16,7 @@ from .dispatch.registry import Registry
 from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
 from .instructors.system import SystemInstructor
+from .interfaces.batch import BatchInterface
 from .interfaces.generation import GenerationInterface
 from .jobs.engine import JobEngine
 from .jobs.sessions import SessionRegistry
@@ -53,9 +54,15 @@ class App:
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
         self.presets = PresetStore(self.db, self.locator)
         self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines, self.presets)
+        self.batch = BatchInterface(self.generation)
         self.registry = build_registry(self)
         self.dispatcher = Dispatcher(
-            self.registry, self.engine, self.writer, settings.events_per_second, lambda: self.runtime.ready
+            self.registry,
+            self.engine,
+            self.writer,
+            settings.events_per_second,
+            lambda: self.runtime.ready,
+            settings.max_json_depth,
         )
         self._stop = threading.Event()
         self._stop_reason = "eof"
@@ -72,7 +79,10 @@ class App:
     def _read(self, stdin: BinaryIO) -> None:
         try:
             for line in read_lines(stdin, self.settings.max_line_bytes):
-                self.dispatcher.handle_line(line)
+                try:
+                    self.dispatcher.handle_line(line)
+                except Exception:  # one bad line never ends the loop
+                    log.exception("unhandled error while handling a line")
                 if self._stop.is_set() and self._stop_reason == "method":
                     return
         except Exception:  # the loop must never die silently: log, then shut down cleanly

@@ -21,6 +21,7 @@ class Settings:
     default_model: str | None = None
     max_queue: int = 32
     max_line_bytes: int = DEFAULT_MAX_LINE
+    max_json_depth: int = 64
     max_batch_size: int = 8
     max_resolution: int = 2048
     max_steps: int = 150
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-model", default=None, help="model_id used when a request names none")
     p.add_argument("--max-queue", type=int, default=None, help="jobs waiting before new ones get 'busy' (default 32)")
     p.add_argument("--max-line-bytes", type=int, default=None, help="longest accepted input line (default 64 MiB)")
+    p.add_argument("--max-json-depth", type=int, default=None, help="deepest accepted JSON nesting (default 64)")
     p.add_argument("--max-batch-size", type=int, default=None, help="most images per request (default 8)")
     p.add_argument("--max-resolution", type=int, default=None, help="largest width or height (default 2048)")
     p.add_argument("--events-per-second", type=float, default=None, help="progress events per session per second (default 10)")
@@ -91,6 +93,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         default_model=_pick(args.default_model, "SDWORKER_DEFAULT_MODEL"),  # type: ignore[arg-type]
         max_queue=num(args.max_queue, "SDWORKER_MAX_QUEUE", 32, int),  # type: ignore[arg-type]
         max_line_bytes=num(args.max_line_bytes, "SDWORKER_MAX_LINE_BYTES", DEFAULT_MAX_LINE, int),  # type: ignore[arg-type]
+        max_json_depth=num(args.max_json_depth, "SDWORKER_MAX_JSON_DEPTH", 64, int),  # type: ignore[arg-type]
         max_batch_size=num(args.max_batch_size, "SDWORKER_MAX_BATCH_SIZE", 8, int),  # type: ignore[arg-type]
         max_resolution=num(args.max_resolution, "SDWORKER_MAX_RESOLUTION", 2048, int),  # type: ignore[arg-type]
         events_per_second=num(args.events_per_second, "SDWORKER_EVENTS_PER_SECOND", 10.0, float),  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from ..jobs.executor import classify
 from ..jobs.sessions import Session
 from ..protocol.envelopes import (
     Call,
+    DEFAULT_MAX_DEPTH,
     Decoded,
     Form,
     Rejection,
@@ -75,7 +76,9 @@ class Dispatcher:
         writer: LineWriter,
         events_per_second: float,
         runtime_ready: Callable[[], bool] = lambda: True,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
     ):
+        self.max_json_depth = max_json_depth
         self.registry = registry
         self.engine = engine
         self.writer = writer
@@ -115,7 +118,12 @@ class Dispatcher:
         if isinstance(line, Oversize):
             self._reject_oversize(line)
             return
-        decoded = decode_line(line)
+        try:
+            decoded = decode_line(line, self.max_json_depth)
+        except Exception as exc:  # a decoder bug must cost one answer, never the input loop
+            log.exception("could not decode a line")
+            self._write(encode_error(Rejection(classify(exc), guess_form(line[:4096])), classify(exc)))
+            return
         self.handle_decoded(decoded)
 
     def handle_decoded(self, decoded: Decoded) -> None:

@@ -13,7 +13,8 @@ from ..jobs.sessions import Session, iso
 from ..protocol.envelopes import Call, map_inference_type
 from ..protocol.errors import ValidationFailed, WorkerError
 from ..schemas.base import NoParams
-from ..schemas.generation import GenerationRequest, GenerationResult, ValidateResult
+from ..schemas.batch import BatchRequest, BatchResult
+from ..schemas.generation import GenerationRequest, GenerationResult, ParsePromptParams, ParsePromptResult, ValidateResult
 from ..schemas.sessions import (
     ActiveSessionsParams,
     ActiveSessionsResult,
@@ -66,6 +67,23 @@ class InferenceInstructor:
             preview=req.preview,
         )
 
+    @method("inference.batch_process", BatchRequest, BatchResult, job=True)
+    def batch_process(self, params: BatchRequest, call: Call) -> Work:
+        """Many generation requests as one job: compatible items share batched pipeline calls."""
+
+        session_id = params.session_id or call.session_id or call.request_id
+        call.session_id = session_id
+        batch = self.app.batch
+        bplan = batch.plan_all(params, session_id)
+        device = bplan.device or self.app.runtime.check_device(params.device_id)
+        return Work(
+            run=lambda ctx: batch.run(ctx, bplan),
+            model_id=bplan.model_id,
+            device_id=self.app.runtime.device_name(device),
+            executor="default",
+            preview=params.preview,
+        )
+
     @method("inference.validate_request", ValidateParams, ValidateResult)
     def validate_request(self, params: ValidateParams, call: Call) -> dict:
         """Run every check a generation request gets, without generating."""
@@ -76,6 +94,16 @@ class InferenceInstructor:
             if not spec.job:
                 raise ValidationFailed(f"{name} is not a generation method", [{"path": "method", "message": "not a generation method"}])
             req = spec.validate(data)
+            if isinstance(req, BatchRequest):  # the batch's own checks: every item planned, errors per item
+                bplan = self.app.batch.plan_all(req, req.session_id or call.request_id)
+                bad = [it for it in bplan.items if it.error is not None]
+                errors = [
+                    {**d, "error_code": it.error.code}  # type: ignore[union-attr]
+                    for it in bad
+                    for d in (it.error.details or [{"path": f"data.requests[{it.index}]", "message": it.error.message}])  # type: ignore[union-attr]
+                ]
+                summary = {"items": len(bplan.items), "valid_items": len(bplan.items) - len(bad), "groups": len(bplan.groups), "batch_size": bplan.batch_size, "warnings": bplan.warnings}
+                return {"valid": not bad, "errors": errors, "normalized": summary}
             plan = self.app.generation.plan(req, name.split(".", 1)[1], req.session_id or call.request_id)  # type: ignore[arg-type]
         except WorkerError as exc:
             errors = exc.details or [{"path": "data", "message": exc.message}]
@@ -87,6 +115,28 @@ class InferenceInstructor:
         normalized.update(seed=plan.seed if req.seed is not None else None, scheduler=plan.scheduler.id if plan.scheduler else None)
         normalized.update(model_id=plan.ref.model_id, width=plan.width, height=plan.height, device_id=self.app.runtime.device_name(plan.device))
         return {"valid": True, "errors": [], "normalized": normalized}
+
+    @method("inference.parse_prompt", ParsePromptParams, ParsePromptResult)
+    def parse_prompt(self, params: ParsePromptParams, call: Call) -> dict:
+        """A1111 prompt pieces [text, weight]; token and chunk counts when model_id is loaded (never loads it)."""
+        from ..prompts.attention import parse_prompt_attention
+
+        out: dict[str, Any] = {"chunks": [[t, w] for t, w in parse_prompt_attention(params.prompt)], "model_loaded": False}
+        if params.model_id is None:
+            return out
+        ref = self.app.locator.resolve(params.model_id)  # an unknown model is a validation error
+        lp = next((lp for lp in self.app.pipelines.loaded() if lp.ref.path == ref.path), None)
+        if lp is None:
+            return out
+        from ..prompts.encode import encoders, prompt_chunks
+
+        out["model_loaded"] = True
+        out["token_counts"], out["chunks_per_encoder"] = {}, {}
+        for name, tok, _ in encoders(lp.pipe):
+            chunks = prompt_chunks(params.prompt, tok, lp.pipe)
+            out["token_counts"][name] = sum(len(c) for c in chunks)
+            out["chunks_per_encoder"][name] = len(chunks)
+        return out
 
     # ---- sessions ----------------------------------------------------------------------------------
 

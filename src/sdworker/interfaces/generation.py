@@ -17,6 +17,7 @@ from ..managers.locator import ModelLocator, ModelRef
 from ..managers.output import OutputWriter, b64, encode, infotext
 from ..managers.pipelines import PipelineManager
 from ..managers.runtime import Runtime, RssSampler
+from ..prompts.encode import pipeline_prompt_kwargs
 from ..protocol.errors import ValidationFailed
 from ..schemas.generation import GenerationRequest
 from ..settings import Settings
@@ -24,6 +25,14 @@ from ..settings import Settings
 if TYPE_CHECKING:
     from ..store.presets import PresetStore
 
+
+
+def _compel_installed() -> bool:
+    try:
+        import compel  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 @dataclass
@@ -97,6 +106,8 @@ class GenerationInterface:
             choice = schedulers.resolve(req.scheduler, req.sampler)
         except ValidationFailed as exc:
             problems.extend(exc.details)
+        if req.prompt_syntax == "compel" and not _compel_installed():
+            problems.append({"path": "data.prompt_syntax", "message": "compel is not installed in this worker; use a1111 or none"})
         if problems:
             if preset is not None:  # say where a value the request did not send came from
                 for problem in problems:
@@ -144,8 +155,7 @@ class GenerationInterface:
         ctx.start_steps()
         with force_cancel_hooks(getattr(pipe, "unet", None), ctx), torch.inference_mode():
             out = pipe(
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt,
+                **pipeline_prompt_kwargs(pipe, req.prompt, req.negative_prompt, req.clip_skip, req.prompt_syntax),
                 **modes.call_kwargs(plan.mode, plan.inputs or modes.ModeInputs(), plan.width, plan.height, req.strength),
                 num_inference_steps=req.steps,
                 guidance_scale=req.guidance_scale,

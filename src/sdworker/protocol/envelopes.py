@@ -49,6 +49,7 @@ class Rejection:
     request_id: str | None = None
     raw_id: Any = None
     session_id: str | None = None
+    notification: bool = False  # a JSON-RPC notification with bad params: never answered
 
 
 @dataclass
@@ -124,16 +125,52 @@ def guess_form(raw: bytes) -> Form:
     return Form.NATIVE
 
 
-def decode_line(line: bytes) -> Decoded:
+DEFAULT_MAX_DEPTH = 64
+
+
+def nesting_depth(doc: Any, limit: int) -> int:
+    """Depth of nested arrays/objects, counted without recursion and stopping past `limit`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def decode_line(line: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Decoded:
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return Decoded([Rejection(ParseError(f"line is not valid JSON: {exc}"), guess_form(line))])
+    if nesting_depth(doc, max_depth) > max_depth:
+        err = InvalidRequest(f"JSON nested deeper than {max_depth} levels; flatten it or raise --max-json-depth")
+        return Decoded([_reject_whole(doc, err)])
     if isinstance(doc, list):
         if not doc:
             return Decoded([Rejection(InvalidRequest("empty JSON-RPC batch"), Form.JSONRPC)])
         return Decoded([_decode_jsonrpc(item) for item in doc], batch=True)
     return Decoded([decode_object(doc)])
+
+
+def _reject_whole(doc: Any, err: WorkerError) -> Rejection:
+    """Refuse a parsed document as a whole, answered in its form with the id it carries."""
+    if not isinstance(doc, dict):
+        return Rejection(err, Form.JSONRPC if isinstance(doc, list) else Form.NATIVE)
+    if "jsonrpc" in doc:
+        rid = doc.get("id")
+        return Rejection(err, Form.JSONRPC, raw_id=rid if isinstance(rid, (str, int, float)) and not isinstance(rid, bool) else None)
+    form = Form.LEGACY if "action" in doc else Form.NATIVE
+    keys = ("request_id", "session_id") if form is Form.LEGACY else _RID_KEYS
+    rid = _first(doc, keys)
+    request_id = str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and rid != "" else None
+    sid = doc.get("session_id")
+    return Rejection(err, form, request_id=request_id, raw_id=request_id, session_id=sid if isinstance(sid, str) else None)
 
 
 def decode_object(doc: Any) -> Call | Rejection:
@@ -248,9 +285,10 @@ def _decode_jsonrpc(doc: Any) -> Call | Rejection:
             session_id=_session_of(params),
         )
     except WorkerError as exc:
-        rej = Rejection(exc, Form.JSONRPC, raw_id=raw_id)
-        # An invalid request is answered even without an id (id null), as JSON-RPC asks.
-        return rej
+        # An invalid request is answered even without an id (id null), as JSON-RPC asks; a
+        # well-formed notification whose params are wrong is still a notification: no answer.
+        silent = not has_id and isinstance(exc, ValidationFailed)
+        return Rejection(exc, Form.JSONRPC, raw_id=raw_id, notification=silent)
 
 
 _LEGACY_ENVELOPE = {"action", "inference_type", "priority", "timeout"}
@@ -325,7 +363,7 @@ def encode_error(target: Call | Rejection, error: WorkerError) -> dict[str, Any]
     form = target.form
     partial = getattr(error, "data", None)
     if form is Form.JSONRPC:
-        if isinstance(target, Call) and target.notification:
+        if target.notification:
             return None
         data: dict[str, Any] = {"error_code": error.code, "error_details": error.details}
         if partial is not None:

@@ -52,6 +52,13 @@ class GenerationRequest(Params):
         default=None,
         description="apply the model's quality or speed preset (config.resolve) under the fields this request sets itself",
     )
+    clip_skip: int | None = Field(
+        default=None, ge=1, le=12, description="A1111 style: 1 = last layer (the default), 2 = penultimate, ..."
+    )
+    prompt_syntax: Literal["a1111", "compel", "none"] = Field(
+        default="a1111",
+        description="a1111: (word:1.2), [word], BREAK, 75-token chunks; compel: compel's syntax (needs compel installed); none: literal text",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -72,6 +79,18 @@ class GenerationRequest(Params):
     @classmethod
     def _sid(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class ParsePromptParams(Params):
+    prompt: str = Field(max_length=20000)
+    model_id: str | None = Field(default=None, description="when this model is loaded: token counts per tokenizer")
+
+
+class ParsePromptResult(Result):
+    chunks: list[tuple[str, float]] = Field(description="A1111 (text, weight) pieces; BREAK is [\"BREAK\", -1.0]")
+    model_loaded: bool = False
+    token_counts: dict[str, int] | None = Field(default=None, description="tokenizer name -> tokens, without BOS/EOS")
+    chunks_per_encoder: dict[str, int] | None = Field(default=None, description="tokenizer name -> 75-token chunks")
 
 
 class ImageResult(Result):
