@@ -183,3 +183,19 @@ def test_validate_request_checks_every_item(worker):
     v = r["data"]
     assert v["valid"] is False and v["normalized"]["valid_items"] == 1 and v["normalized"]["groups"] == 1
     assert v["errors"][0]["error_code"] == "model_not_found"
+
+
+def test_weighted_prompts_batch_as_embeddings_and_match_single_requests(worker):
+    reqs = [
+        {**BASE, "prompt": "a (red:1.3) house", "seed": 8},
+        {**BASE, "prompt": "plain words", "seed": 9},
+        {**BASE, "prompt": "a [blue] boat", "seed": 10},
+    ]
+    r = worker.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 4, "enable_dynamic_sizing": False}}, timeout=180)
+    assert r["success"], r
+    # weighted items share a call with stacked embeddings; the plain one is a text call of its own
+    assert r["data"]["performance"]["groups"] == 1 and r["data"]["performance"]["batch_sizes"] == [2, 1]
+    one = worker.call("inference.batch_process", {"requests": reqs[:1], "batch_config": {"batch_size": 1}}, timeout=180)
+    single = worker.call("inference.text2img", reqs[0], timeout=120)
+    assert single["success"] and one["success"]
+    assert np.array_equal(_decode(one["data"]["items"][0]["images"][0]["base64"]), _decode(single["data"]["images"][0]["base64"]))

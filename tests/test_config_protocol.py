@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from sdworker.managers import schedulers
 from sdworker.store import builtin_presets as bp
 
 FLUX_LINE = (
@@ -137,8 +138,10 @@ def test_preset_drives_generation_and_the_request_overrides_it(spawn) -> None:
     p = ok(w.call("inference.text2img", {**base, "preset": "Quality", "parameters": {"num_inference_steps": 1}}, timeout=180))["parameters"]
     assert (p["steps"], p["guidance_scale"], p["width"], p["height"]) == (1, 3.5, 64, 64)
     assert (p["preset"], p["preset_origin"], p["preset_id"]) == ("quality", "model", tiny["id"])
-    assert p["preset_applied"] == {"guidance_scale": 3.5, "width": 64, "height": 64}  # clip_skip: no request field yet
+    assert p["preset_applied"] == {"guidance_scale": 3.5, "width": 64, "height": 64, "clip_skip": 2}
     assert (p["preset_sampler"], p["preset_scheduler"]) == ("dpmpp_2m", "karras")
+    # the preset's sampler + schedule run when the request names neither
+    assert (p["scheduler"], p["sampler_name"]) == ("DPMSolverMultistepScheduler", "DPM++ 2M Karras")
 
     # No speed preset of its own: the base model's built-in (sdxl speed: CFG 5), under the request's size and steps.
     p = ok(w.call("inference.text2img", {**base, "preset": "speed", "steps": 1, "width": 64, "height": 64}))["parameters"]
@@ -146,7 +149,7 @@ def test_preset_drives_generation_and_the_request_overrides_it(spawn) -> None:
     assert (p["steps"], p["guidance_scale"], p["width"]) == (1, speed.cfg_scale, 64)
     assert (p["preset_origin"], p["preset_base_model"], p["preset_sampler"]) == ("builtin", "sdxl", speed.sampler)
     assert p["preset_applied"] == {"guidance_scale": speed.cfg_scale}
-    assert p["scheduler"] != speed.sampler  # the model's own scheduler still runs (the scheduler module will apply it)
+    assert p["sampler"] == schedulers.resolve(speed.scheduler, speed.sampler).id
 
     # A preset value the request field rejects is a validation_error before anything is queued.
     ok(w.call("config.update", {"id": tiny["id"], "model_specific_params": {"width": 64, "height": 4096}}))

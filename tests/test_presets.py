@@ -318,7 +318,7 @@ def test_apply_preset_goes_under_what_the_request_sets() -> None:
     req = GenerationRequest.model_validate({"prompt": "x", "steps": 5})
     new, applied = apply_preset(req, preset)
     assert (new.steps, new.guidance_scale, new.width, new.height) == (5, 7.0, 512, 768)
-    assert applied == {"guidance_scale": 7.0, "width": 512, "height": 768}  # clip_skip: no such request field (yet)
+    assert applied == {"guidance_scale": 7.0, "width": 512, "height": 768, "clip_skip": 2}
     req = GenerationRequest.model_validate({"prompt": "x", "cfg_scale": 3, "width": 64})
     new, applied = apply_preset(req, preset)
     assert (new.steps, new.guidance_scale, new.width, new.height) == (30, 3.0, 64, 768)

@@ -1,6 +1,6 @@
 """inference.batch_process: many generation requests as one job, run as few batched pipeline calls.
 
-Semantics (docs/protocol.md and the report of issue 3 say the same):
+Semantics (the issue 3 report says the same; docs/protocol.md does not cover batches yet):
 
 - plan_all: every item is validated and planned at submit time with GenerationInterface.plan. A
   bad item gets its own error entry (error_code, error, error_details with paths under
@@ -34,6 +34,7 @@ from ..dispatch.context import JobContext
 from ..managers import modes
 from ..managers.denoise import force_cancel_hooks
 from ..managers.runtime import RssSampler
+from ..prompts.encode import pipeline_prompt_kwargs
 from ..protocol.envelopes import map_inference_type
 from ..protocol.errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
 from ..schemas.batch import BatchRequest
@@ -99,6 +100,27 @@ def group_key(plan: "Plan") -> tuple:
         req.strength if plan.mode != "text2img" else None,
         req.negative_prompt is None,
     )
+
+
+def _prompt_signature(kw: dict[str, Any]) -> tuple:
+    """Prompt kwargs with equal signatures can share one call."""
+    if "prompt" in kw:
+        return ("text", kw.get("negative_prompt") is None, kw.get("clip_skip"))
+    return ("embeds",) + tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(kw.items()))
+
+
+def _batched_prompt_kwargs(torch: Any, kws: list[dict[str, Any]]) -> dict[str, Any]:
+    """One call's prompt kwargs from its images' (same signature): text lists, or embeddings stacked."""
+    first = kws[0]
+    if "prompt" in first:
+        out: dict[str, Any] = {
+            "prompt": [kw["prompt"] for kw in kws],
+            "negative_prompt": None if first.get("negative_prompt") is None else [kw["negative_prompt"] for kw in kws],
+        }
+        if "clip_skip" in first:
+            out["clip_skip"] = first["clip_skip"]
+        return out
+    return {k: torch.cat([kw[k] for kw in kws], dim=0) for k in first}
 
 
 def _error_entry(exc: WorkerError) -> dict[str, Any]:
@@ -321,17 +343,23 @@ class BatchInterface:
         ctx.check_cancelled()
         rss.sample()
         per_call = self._images_per_call(bplan, pipe, first, device, stats["memory"], warnings, gi)
-        images = grp.images
-        chunks = [images[i : i + per_call] for i in range(0, len(images), per_call)]
+        if ctx.session.status != "running":
+            ctx.set_status("running")
+        # The prompt kwargs of each item, exactly as a single request gets them (prompts.encode): plain
+        # text (diffusers encodes it; lists batch it) or weighted embeddings (concatenated on the batch
+        # axis). Images whose kwargs cannot share a call (text vs embeds, other embedding lengths or
+        # clip skip) run in separate calls of the group.
+        kws = {it.index: self._item_prompt_kwargs(pipe, it) for it in grp.items}
+        subs: dict[tuple, list[tuple[BatchItem, int]]] = {}
+        for entry in grp.images:
+            subs.setdefault(_prompt_signature(kws[entry[0].index]), []).append(entry)
+        chunks = [imgs[i : i + per_call] for imgs in subs.values() for i in range(0, len(imgs), per_call)]
         call_steps = self._call_steps(grp)
         pending: dict[int, list[Any]] = {}  # item index -> PIL images so far
         offset = steps_before
         for ci, chunk in enumerate(chunks):
             ctx.check_cancelled()
-            if ctx.session.status != "running":
-                ctx.set_status("running")
-            prompts = [it.plan.req.prompt for it, _ in chunk]  # type: ignore[union-attr]
-            negatives = None if first.req.negative_prompt is None else [it.plan.req.negative_prompt for it, _ in chunk]  # type: ignore[union-attr]
+            prompt_kwargs = _batched_prompt_kwargs(torch, [kws[it.index] for it, _ in chunk])
             gens = [torch.Generator("cpu").manual_seed(it.plan.seed + i) for it, i in chunk]  # type: ignore[union-attr]
             inputs = modes.ModeInputs()
             if first.mode != "text2img":
@@ -360,8 +388,7 @@ class BatchInterface:
             t_inf = time.perf_counter()
             with force_cancel_hooks(getattr(pipe, "unet", None), ctx), torch.inference_mode():
                 out = pipe(
-                    prompt=prompts,
-                    negative_prompt=negatives,
+                    **prompt_kwargs,
                     **modes.call_kwargs(first.mode, inputs, first.width, first.height, first.req.strength),
                     num_inference_steps=first.req.steps,
                     guidance_scale=first.req.guidance_scale,
@@ -386,6 +413,11 @@ class BatchInterface:
                     self._deliver(ctx, it, pending.pop(it.index), pipe, gi, done, stats)
             rss.sample()
         return offset
+
+    @staticmethod
+    def _item_prompt_kwargs(pipe: Any, it: BatchItem) -> dict[str, Any]:
+        req = it.plan.req  # type: ignore[union-attr]
+        return pipeline_prompt_kwargs(pipe, req.prompt, req.negative_prompt, req.clip_skip, req.prompt_syntax)
 
     def _deliver(self, ctx: JobContext, it: BatchItem, pils: list[Any], pipe: Any, gi: int, done: dict[int, dict[str, Any]], stats: dict[str, Any]) -> None:
         plan = it.plan

@@ -205,6 +205,8 @@ class GenerationInterface:
             "height": plan.height,
             "steps": req.steps,
             "guidance_scale": req.guidance_scale,
+            "clip_skip": req.clip_skip,
+            "prompt_syntax": req.prompt_syntax,
             "seed": plan.seed,
             "num_images": req.num_images,
             "scheduler": sched,

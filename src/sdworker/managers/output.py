@@ -27,6 +27,8 @@ def infotext(p: dict[str, Any]) -> str:
         ("Seed", p.get("seed")),
         ("Size", f"{p.get('width')}x{p.get('height')}"),
         ("Model", p.get("model_id")),
+        ("Denoising strength", p.get("strength")),
+        ("Clip skip", p.get("clip_skip") if (p.get("clip_skip") or 1) > 1 else None),
         ("Version", p.get("version")),
     ]
     lines.append(", ".join(f"{k}: {_fmt(v)}" for k, v in pairs if v is not None))
