@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from .base import Params, Result
-from .generation import ImageResult
+from .generation import ImageResult, Performance
 
 
 class BatchConfig(Params):
@@ -51,16 +51,9 @@ class BatchItemResult(Result):
     error: ItemError | None = None
 
 
-class BatchPerformance(Result):
-    queue_ms: float = 0.0
-    load_ms: float = 0.0
-    inference_ms: float = 0.0
-    postprocess_ms: float = 0.0
-    encode_ms: float = 0.0
-    total_ms: float = 0.0
-    steps_per_second: float = 0.0
-    peak_vram_mb: float | None = None
-    peak_rss_mb: float | None = None
+class BatchPerformance(Performance):
+    """A single request's timings plus how the batch was split."""
+
     groups: int = 0
     pipeline_calls: int = 0
     images: int = 0
