@@ -64,6 +64,15 @@ def test_unknown_scheduler_lists_accepted(worker):
     assert "DPM++ 2M Karras" in types["schedulers"] and "euler_ancestral" in types["schedulers"]
 
 
+def test_default_scheduler_is_the_models_own_after_another_ran(worker):
+    req = {"model_id": "tiny-sd15", "steps": 3, "seed": 4}
+    first = worker.call("inference.text2img", req, timeout=120)["data"]
+    worker.call("inference.text2img", {**req, "scheduler": "DPM++ 2M"}, timeout=120)
+    again = worker.call("inference.text2img", req, timeout=120)["data"]
+    assert again["parameters"]["scheduler"] == first["parameters"]["scheduler"] == "PNDMScheduler"
+    assert again["images"][0]["base64"] == first["images"][0]["base64"]
+
+
 def test_no_flag_leaks_between_requests(worker):
     a = worker.call("inference.text2img", {"model_id": "tiny-sd15", "steps": 3, "seed": 4, "scheduler": "Euler"}, timeout=120)["data"]
     worker.call("inference.text2img", {"model_id": "tiny-sd15", "steps": 3, "seed": 4, "scheduler": "Euler Karras"}, timeout=120)

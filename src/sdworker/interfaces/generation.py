@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..store.presets import PresetStore
 
 
-
 def _compel_installed() -> bool:
     try:
         import compel  # noqa: F401

@@ -30,6 +30,7 @@ class LoadedPipeline:
     runs: int = 0
     modes: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline sharing these components
     scheduler_config: dict[str, Any] = field(default_factory=dict)  # as loaded, never mutated
+    scheduler_class: type | None = None  # the model's own scheduler class, as loaded
 
 
 class PipelineManager:
@@ -66,7 +67,9 @@ class PipelineManager:
         self.load_count += 1
         ms = round((time.perf_counter() - t0) * 1000, 2)
         log.info("loaded %s (%s) on %s/%s in %.0f ms", ref.model_id, ref.pipeline_class, device, dtype, ms)
-        return LoadedPipeline(ref, pipe, device, dtype, ms, scheduler_config=dict(pipe.scheduler.config))
+        return LoadedPipeline(
+            ref, pipe, device, dtype, ms, scheduler_config=dict(pipe.scheduler.config), scheduler_class=type(pipe.scheduler)
+        )
 
     def for_mode(self, loaded: LoadedPipeline, mode: str) -> Any:
         """The pipeline class of `mode` over the same components (no reload, no second copy)."""
@@ -83,7 +86,9 @@ class PipelineManager:
         """A new scheduler per run, from the model's own config: no state or flag leaks between runs."""
         if choice is not None:
             return schedulers.build(choice, loaded.scheduler_config)
-        return type(loaded.pipe.scheduler).from_config(loaded.scheduler_config)
+        # Not type(loaded.pipe.scheduler): an earlier run may have swapped that for another class.
+        assert loaded.scheduler_class is not None
+        return loaded.scheduler_class.from_config(loaded.scheduler_config)
 
     def unload(self) -> None:
         with self._lock:
