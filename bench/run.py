@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Core benchmarks of the sdworker process, each side by side with a baseline.
 
-    python bench/run.py [--quick] [--threads N] [--write docs/benchmarks.md]
+    python bench/run.py [--quick] [--threads N] [--section core|issue3|all] [--write docs/benchmarks.md]
 
 (a) system.ping throughput, pipelined (one writer thread, one reader thread),
     vs a bare orjson echo loop subprocess driven the same way.     target: >= 1/4 of echo
@@ -11,6 +11,12 @@
     while a CPU text2img runs.                                       target: p99 < 50 ms
 (d) end-to-end text2img through the worker (model warm) vs direct diffusers in a
     separate process on the same tiny model, plus the PNG encode.    target: ratio <= 1.05
+
+With --section issue3 (or all), in a section of its own:
+(e) mode switches text2img -> img2img -> inpainting on the loaded model: extra job
+    overhead per switch, and the worker's RSS over the switches.   target: < 50 ms, RSS < +5 %
+(f) inference.batch_process of 8 compatible items vs the 8 sent one by one (wall time).
+(g) p50/p99 round trip of inference.validate_request over 200 requests. target: p99 < 50 ms
 
 A tiny random-weight SDXL model is built in a temp dir first. Every child process is
 killed on exit, and every wait has a timeout, so the script never hangs.
@@ -607,6 +613,224 @@ class Bench:
         return "\n".join(parts) + "\n"
 
 
+# ---- Issue 3: mode switches, batch_process, validate_request ------------------------------------------------
+
+SECTION3 = "## Issue 3: modes, batches, validation"
+
+
+def _png_b64(size: int, mask: bool = False) -> str:
+    """A deterministic test image (noise), or a mask with a white centre square."""
+    import numpy as np
+    from PIL import Image
+
+    if mask:
+        a = np.zeros((size, size), dtype=np.uint8)
+        a[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
+        img = Image.fromarray(a, "L")
+    else:
+        img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (size, size, 3), dtype=np.uint8), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+class Issue3:
+    """(e) mode switches on a loaded model, (f) batch_process vs one by one, (g) validate_request latency.
+
+    Runs against its own worker on the same tiny SDXL; rows and notes go to their own section.
+    """
+
+    def __init__(self, bench: Bench):
+        self.b = bench
+        q = bench.args.quick
+        self.size = 64  # the tiny model's native size: the figures are about the worker, not denoising
+        self.steps = 2 if q else 4
+        self.rounds = 4 if q else 10  # text2img -> img2img -> inpainting cycles
+        self.repeats = 1 if q else 3  # batch vs one-by-one pairs
+        self.n_validate = 200
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+
+    def gen(self, seed: int = 1, **extra: Any) -> dict[str, Any]:
+        return {"model_id": "tiny-sdxl", "prompt": "a cat", "width": self.size, "height": self.size, "steps": self.steps,
+                "guidance_scale": 7.0, "seed": seed, **extra}
+
+    def guard(self, tag: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log(f"({tag}) FAILED: {type(exc).__name__}: {exc}")
+            self.rows.append(Row(f"({tag}) measurement", "failed", "-", f"{type(exc).__name__}: {exc}", False))
+
+    def run(self) -> None:
+        worker = self.b.child(self.b.worker_argv, "worker-issue3")
+        try:
+            worker.wait_ready(MEASURE_TIMEOUT)
+            worker.request({"type": "inference.get_capabilities", "request_id": "caps", "data": {}}, MEASURE_TIMEOUT)
+            info = worker.request({"type": "system.get_info", "request_id": "info", "data": {}}, MEASURE_TIMEOUT)
+            rt = info.msg["data"].get("runtime", {})  # type: ignore[index]
+            self.b.versions.setdefault("torch", rt.get("torch"))
+            self.b.versions.setdefault("diffusers", rt.get("diffusers"))
+            log("issue 3: warm-up text2img (loads the model)")
+            for i in range(2):
+                worker.request({"type": "inference.text2img", "request_id": f"i3warm{i}", "data": self.gen()}, MEASURE_TIMEOUT * 3)
+            self.guard("e", lambda: self.measure_modes(worker))
+            self.guard("f", lambda: self.measure_batch(worker))
+            self.guard("g", lambda: self.measure_validate(worker))
+        finally:
+            worker.kill()
+
+    # ---- (e) mode switches --------------------------------------------------------------------------------
+
+    def measure_modes(self, worker: Child) -> None:
+        log(f"(e) mode switches on the loaded model: first switches, {self.rounds} cycles text2img -> img2img -> inpainting, "
+            "then first switches again after a reload from the RAM cache")
+        init, mask = _png_b64(self.size), _png_b64(self.size, mask=True)
+        data = {
+            "text2img": self.gen(),
+            "img2img": self.gen(init_image=init, strength=0.75),
+            "inpainting": self.gen(init_image=init, mask_image=mask, strength=0.75),
+        }
+        n = 0
+
+        def overhead(mode: str) -> float:
+            """ms of the job that is not denoising, encoding or saving: load, mode pipeline, scheduler, prompt."""
+            nonlocal n
+            n += 1
+            w = worker.request({"type": f"inference.{mode}", "request_id": f"mode{n}", "data": data[mode]}, MEASURE_TIMEOUT)
+            p = w.msg["data"]["performance"]  # type: ignore[index]
+            return p["total_ms"] - p["queue_ms"] - p["inference_ms"] - p["encode_ms"] - p["postprocess_ms"]
+
+        rss0 = _rss_mb(worker.proc.pid)
+        first = {m: overhead(m) for m in ("img2img", "inpainting")}  # the process's first: includes diffusers' imports
+        rss_mid = _rss_mb(worker.proc.pid)
+        same = {m: statistics.median(overhead(m) for _ in range(5)) for m in data}  # no switch: the baseline
+        cycled: dict[str, list[float]] = {m: [] for m in data}
+        for _ in range(self.rounds):
+            for m in data:
+                cycled[m].append(overhead(m))
+        rss1 = _rss_mb(worker.proc.pid)
+        # A model built anew (from the RAM cache) has no mode pipelines yet: its first switches build them.
+        worker.request({"type": "model.unload_model", "request_id": "unload", "data": {"model_id": "tiny-sdxl", "keep_in_ram": True}}, MEASURE_TIMEOUT)
+        overhead("text2img")
+        fresh = {m: overhead(m) for m in ("img2img", "inpainting")}
+        self.rows.append(Row("first img2img job of the process: extra job overhead", f"{first['img2img'] - same['img2img']:.0f} ms",
+                             f"{same['img2img']:.1f} ms overhead with no switch", "info (one-time import of diffusers' auto pipelines)", None))
+        for m in ("img2img", "inpainting"):
+            extra = fresh[m] - same[m]
+            self.rows.append(Row(f"first switch to {m} on a freshly built model (from_pipe): extra job overhead", f"{extra:.1f} ms",
+                                 f"{same[m]:.1f} ms overhead with no switch", "< 50 ms", extra < 50))
+        warm = statistics.median(statistics.median(cycled[m]) - same[m] for m in data)
+        worst = max(max(cycled[m]) - same[m] for m in data)
+        self.rows.append(Row(f"later switches (cycling, {self.rounds} x 3 jobs): extra overhead per switch (median; max {worst:.1f} ms)",
+                             f"{warm:.1f} ms", "same-mode jobs", "< 50 ms", warm < 50))
+        self.rows.append(Row("worker RSS, first img2img and inpainting jobs", f"{rss0:.0f} -> {rss_mid:.0f} MB", "-",
+                             f"info ({(rss_mid - rss0) / rss0 * 100:+.1f} %: imports, mode pipelines)", None))
+        growth = (rss1 - rss_mid) / rss_mid
+        self.rows.append(Row(f"worker RSS over the next {15 + 3 * self.rounds} jobs ({3 * self.rounds} of them cycling modes)",
+                             f"{rss_mid:.0f} -> {rss1:.0f} MB", "-", f"< 5 % growth (is {growth * 100:+.1f} %)", growth < 0.05))
+        log("  first switches of the process: " + ", ".join(f"{m} +{first[m] - same[m]:.1f} ms" for m in first)
+            + "; of a rebuilt model: " + ", ".join(f"{m} +{fresh[m] - same[m]:.1f} ms" for m in fresh)
+            + f"; cycling +{warm:.1f} ms; RSS {rss0:.0f} -> {rss_mid:.0f} -> {rss1:.0f} MB")
+
+    # ---- (f) batch_process vs one by one -----------------------------------------------------------------------
+
+    def measure_batch(self, worker: Child) -> None:
+        log(f"(f) batch_process of 8 compatible items vs 8 text2img one by one, {self.repeats} pair(s)")
+        items = [self.gen(seed=100 + i, prompt=f"a cat, take {i}") for i in range(8)]
+        timeout = MEASURE_TIMEOUT * 3
+        batch_s, single_s, calls = [], [], set()
+        for r in range(self.repeats):
+            def batched() -> None:
+                w = worker.request({"type": "inference.batch_process", "request_id": f"batch{r}",
+                                    "data": {"requests": items, "batch_config": {"batch_size": 8, "enable_dynamic_sizing": False}}}, timeout)
+                batch_s.append(w.rtt)
+                calls.add(w.msg["data"]["performance"].get("pipeline_calls"))  # type: ignore[index]
+
+            def one_by_one() -> None:
+                t0 = time.perf_counter()
+                for i, it in enumerate(items):
+                    worker.request({"type": "inference.text2img", "request_id": f"one{r}-{i}", "data": it}, timeout)
+                single_s.append(time.perf_counter() - t0)
+
+            la = os.getloadavg()[0]
+            for fn in ((batched, one_by_one) if r % 2 == 0 else (one_by_one, batched)):
+                fn()
+            log(f"  pair {r + 1}: batch {batch_s[-1]:.2f}s, one by one {single_s[-1]:.2f}s (load avg {la:.2f} -> {os.getloadavg()[0]:.2f})")
+        self.notes.append("(f): batch / one by one per pair: " + ", ".join(f"{b:.2f} s / {o:.2f} s" for b, o in zip(batch_s, single_s)) + ".")
+        b, s = statistics.median(batch_s), statistics.median(single_s)
+        self.rows.append(Row(f"batch_process, 8 compatible items {self.size}x{self.size}, {self.steps} steps (median of {self.repeats})",
+                             f"{b:.2f} s", f"{s:.2f} s (8 text2img one by one)", f"info (is {b / s:.2f})", None))
+        if calls != {1}:
+            self.notes.append(f"(f): the batch ran in {sorted(c for c in calls if c is not None)} pipeline call(s), not 1.")
+
+    # ---- (g) validate_request latency ---------------------------------------------------------------------
+
+    def measure_validate(self, worker: Child) -> None:
+        log(f"(g) inference.validate_request, {self.n_validate} requests one after another")
+        variants = [
+            self.gen(),  # valid
+            self.gen(hires={"scale": 2}, precision={"dtype": "fp32", "vae_tiling": True}),  # valid, the new checks
+            self.gen(width=100000, steps=0),  # invalid fields
+            self.gen(model_id="no-such-model"),  # unknown model: a catalog rescan
+        ]
+        rtts = []
+        for i in range(self.n_validate):
+            w = worker.request({"type": "inference.validate_request", "request_id": f"v{i}", "data": variants[i % len(variants)]}, MEASURE_TIMEOUT)
+            rtts.append(w.rtt)
+        p50, p99 = pct(rtts, 50), pct(rtts, 99)
+        self.rows.append(Row(f"validate_request round trip, p50 (n={len(rtts)})", f"{p50 * 1e3:.1f} ms", "-", "info", None))
+        self.rows.append(Row(f"validate_request round trip, p99 (max {max(rtts) * 1e3:.1f} ms)", f"{p99 * 1e3:.1f} ms", "-", "< 50 ms", p99 < 0.050))
+        log(f"  p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, max {max(rtts) * 1e3:.1f} ms")
+
+    # ---- report ----------------------------------------------------------------------------------------------
+
+    def section(self) -> str:
+        head = ["measurement", "sdworker", "baseline", "ratio / target", "pass?"]
+        table = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        for r in self.rows:
+            ok = "-" if r.ok is None else ("yes" if r.ok else "**NO**")
+            table.append(f"| {r.name} | {r.worker} | {r.baseline} | {r.target} | {ok} |")
+        s = self.size
+        parts = [
+            SECTION3,
+            "",
+            "Measured by `python bench/run.py --section issue3` on the same tiny random-weight SDXL, "
+            f"{s}x{s}, {self.steps} steps, in one worker process (`--device cpu`).",
+            "",
+            self.b.machine(),
+            "",
+            "\n".join(table),
+            "",
+            "How each row is taken:",
+            "- mode switch: each job's overhead is `total_ms - queue_ms - inference_ms - encode_ms - postprocess_ms` "
+            "from its `performance` (loading from the cache, the mode's pipeline, the scheduler, the prompt). After "
+            "two warm-up text2img jobs, the first img2img and the first inpainting job (which build their "
+            "`from_pipe` pipelines over the loaded components; the very first one also pays diffusers' one-time "
+            "import of its auto-pipeline tables) are compared with the median of 5 same-mode jobs; "
+            f"then {self.rounds} cycles text2img -> img2img -> inpainting, each job against its mode's same-mode "
+            "median; then `model.unload_model` (`keep_in_ram`), one text2img (the pipeline is rebuilt from the RAM "
+            "cache) and the first img2img and inpainting jobs of that rebuilt model. RSS: the worker process's "
+            "resident set (psutil) before the first switches, after them, and after the same-mode jobs and the cycles.",
+            "- batch: one `inference.batch_process` with 8 items of one model, size and step count (different "
+            "prompts and seeds; `batch_size` 8, dynamic sizing off: one pipeline call) vs the same 8 sent as "
+            "`inference.text2img` one after another, each waited for; wall time write -> last response. "
+            "Pairs alternate their order.",
+            f"- validate_request: {self.n_validate} requests one after another, write -> response, cycling over a "
+            "valid request, a valid one with `hires` and `precision`, one with out-of-range fields and one naming "
+            "an unknown model (a catalog rescan each time).",
+        ]
+        if self.notes:
+            parts += ["", "Notes from this run:"] + [f"- {n}" for n in self.notes]
+        return "\n".join(parts) + "\n"
+
+
 INTRO = """# Benchmarks
 
 Figures of the sdworker process against plain baselines on the same machine. Rerun with
@@ -618,18 +842,18 @@ Each section is written by its own benchmark and can be replaced on its own.
 """
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Replace the Core section in place (or add it), leaving any other sections as they are."""
+def write_doc(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replace the section under `heading` in place (or add it), leaving any other sections as they are."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(INTRO + "\n" + section)
         return
     text = path.read_text()
-    start = text.find(SECTION)
+    start = text.find(heading)
     if start < 0:
         path.write_text(text.rstrip("\n") + "\n\n" + section)
         return
-    nxt = text.find("\n## ", start + len(SECTION))
+    nxt = text.find("\n## ", start + len(heading))
     rest = text[nxt + 1:] if nxt >= 0 else ""
     path.write_text(text[:start] + section + ("\n" + rest if rest else ""))
 
@@ -637,26 +861,41 @@ def write_doc(path: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small N, sizes and repeats: a smoke run")
-    p.add_argument("--write", metavar="PATH", help="write the Core section of this markdown file (e.g. docs/benchmarks.md)")
+    p.add_argument("--write", metavar="PATH", help="write the measured sections of this markdown file (e.g. docs/benchmarks.md)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for both sides (default: all cores)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (model, child stderr logs)")
+    p.add_argument("--section", choices=("core", "issue3", "all"), default="core",
+                   help="core: (a)-(d); issue3: mode switches, batch_process, validate_request (e)-(g); all: both")
     args = p.parse_args(argv)
     bench = Bench(args)
+    issue3 = Issue3(bench) if args.section in ("issue3", "all") else None
     t0 = time.perf_counter()
+    stage: Bench | Issue3 = bench  # where an abort is noted
     try:
-        bench.run()
+        if args.section in ("core", "all"):
+            bench.run()
+        if issue3 is not None:
+            stage = issue3
+            if args.section == "issue3":
+                bench.build_model()
+            issue3.run()
     except Exception as exc:
         log(f"aborted: {type(exc).__name__}: {exc}")
-        bench.notes.append(f"run aborted: {type(exc).__name__}: {exc}")
+        stage.notes.append(f"run aborted: {type(exc).__name__}: {exc}")
     finally:
         bench.cleanup()
-    section = bench.section()
-    print(section)
+    written = []
+    if args.section in ("core", "all"):
+        written.append((bench.section(), SECTION, bench.rows))
+    if issue3 is not None:
+        written.append((issue3.section(), SECTION3, issue3.rows))
+    for section, heading, _rows in written:
+        print(section)
+        if args.write:
+            write_doc(Path(args.write), section, heading)
+            log(f"wrote {heading!r} to {args.write}")
     log(f"done in {time.perf_counter() - t0:.0f}s")
-    if args.write:
-        write_doc(Path(args.write), section)
-        log(f"wrote {args.write}")
-    return 0 if bench.rows and all(r.ok is not False for r in bench.rows) else 1
+    return 0 if all(rows and all(r.ok is not False for r in rows) for _s, _h, rows in written) else 1
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ def test_database_opens_lazily_in_wal_at_the_latest_schema(tmp_path: Path) -> No
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert {"inference_configurations", "schema_migrations", "ix_inference_configurations_model_id",
                 "ix_inference_configurations_base_model"} <= names
-        assert [tuple(r)[:2] for r in conn.execute("SELECT version, name FROM schema_migrations")] == [(1, "inference_configurations")]
+        assert [tuple(r)[:2] for r in conn.execute("SELECT version, name FROM schema_migrations")] == [(m.version, m.name) for m in MIGRATIONS]
+        assert [tuple(r)[:2] for r in conn.execute("SELECT version, name FROM schema_migrations")][0] == (1, "inference_configurations")
     db.close()
     again = Database(path)  # reopening runs nothing twice
     assert again.schema_version() == len(MIGRATIONS)
@@ -90,23 +91,24 @@ def test_migrations_are_generic_and_atomic(tmp_path: Path) -> None:
     path = tmp_path / DB_FILE
     Database(path).close()
     Database(path).schema_version()
-    bad = MIGRATIONS + (Migration(2, "ledger", ("CREATE TABLE ledger (x INTEGER)", "THIS IS NOT SQL")),)
+    nxt = len(MIGRATIONS) + 1  # the next version this code does not know
+    bad = MIGRATIONS + (Migration(nxt, "ledger", ("CREATE TABLE ledger (x INTEGER)", "THIS IS NOT SQL")),)
     with pytest.raises(sqlite3.OperationalError):
         Database(path, bad).schema_version()
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert check.execute("SELECT name FROM sqlite_master WHERE name = 'ledger'").fetchone() is None  # rolled back whole
     check.close()
-    good = MIGRATIONS + (Migration(2, "ledger", ("CREATE TABLE ledger (x INTEGER)", lambda c: c.execute("INSERT INTO ledger VALUES (1)"))),)
+    good = MIGRATIONS + (Migration(nxt, "ledger", ("CREATE TABLE ledger (x INTEGER)", lambda c: c.execute("INSERT INTO ledger VALUES (1)"))),)
     db = Database(path, good)
-    assert db.schema_version() == 2
+    assert db.schema_version() == nxt
     with db.read() as conn:
         assert conn.execute("SELECT x FROM ledger").fetchall()[0][0] == 1
     db.close()
     with pytest.raises(DatabaseError, match="newer than this sdworker"):
-        Database(path).schema_version()  # the code knows only version 1
-    with pytest.raises(ValueError, match="expected 2"):
-        Database(path, MIGRATIONS + (Migration(3, "gap", ()),))
+        Database(path).schema_version()  # the code knows only up to len(MIGRATIONS)
+    with pytest.raises(ValueError, match=f"expected {nxt}"):
+        Database(path, MIGRATIONS + (Migration(nxt + 1, "gap", ()),))
 
 
 def test_transaction_rolls_back_on_error_and_nests_as_savepoint(tmp_path: Path) -> None:

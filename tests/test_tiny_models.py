@@ -163,9 +163,9 @@ def test_refuses_foreign_folder_and_overwrites_model(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_rejects_unknown_arch_and_single_file(tmp_path: Path) -> None:
+def test_rejects_unknown_arch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown arch"):
         make_tiny_model("sd3", tmp_path / "x")
-    with pytest.raises(NotImplementedError, match="single-file layout comes with the model issue"):
-        make_tiny_model("sd15", tmp_path / "x", single_file=True)
+    with pytest.raises(ValueError, match="unknown arch"):
+        make_tiny_model("sd3", tmp_path / "x", single_file=True)
     assert not (tmp_path / "x").exists()

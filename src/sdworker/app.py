@@ -15,26 +15,36 @@ from .dispatch.dispatcher import Dispatcher
 from .dispatch.registry import Registry
 from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
+from .instructors.model import ModelInstructor
+from .instructors.postprocess import PostprocessInstructor
 from .instructors.system import SystemInstructor
 from .interfaces.batch import BatchInterface
 from .interfaces.generation import GenerationInterface
 from .jobs.engine import JobEngine
 from .jobs.sessions import SessionRegistry
+from .managers.components import EncoderManager, TokenizerManager, UNetManager
+from .managers.controlnet import ControlNetManager
+from .managers.catalog import ModelCatalog
 from .managers.locator import ModelLocator
+from .managers.lora import LoRAManager
+from .managers.memory import MB, MemoryManager
 from .managers.pipelines import PipelineManager
+from .managers.vae import VAEManager
 from .managers.runtime import Runtime
 from .protocol.envelopes import ready_event
 from .protocol.framing import LineWriter, read_lines
 from .settings import Settings
 from .store.db import DB_FILE, Database
 from .store.presets import PresetStore
+from .store.ledger import SessionLedger
+from . import limits
 
 log = logging.getLogger(__name__)
 
 
 def build_registry(app: "App") -> Registry:
     registry = Registry()
-    for instructor in (SystemInstructor(app), InferenceInstructor(app), ConfigInstructor(app)):
+    for instructor in (SystemInstructor(app), InferenceInstructor(app), ModelInstructor(app), ConfigInstructor(app), PostprocessInstructor(app)):
         registry.add(instructor)
     return registry
 
@@ -47,13 +57,28 @@ class App:
         self.runtime = Runtime(settings)
         self.sessions = SessionRegistry()
         self.engine = JobEngine(self.sessions, settings.max_queue)
-        self.locator = ModelLocator(settings.models_dirs)
-        self.pipelines = PipelineManager(self.runtime)
+        self.catalog = ModelCatalog(settings.models_dirs)
+        self.locator = ModelLocator(settings.models_dirs, self.catalog, settings.allow_pickle)
+        self.memory = MemoryManager(
+            int(settings.ram_budget_mb * MB) if settings.ram_budget_mb is not None else None,
+            int(settings.vram_budget_mb * MB) if settings.vram_budget_mb is not None else None,
+        )
+        dtype_of = self.runtime.torch_dtype
+        self.vaes = VAEManager(self.memory, dtype_of)
+        self.unets = UNetManager(self.memory, dtype_of)
+        self.encoders = EncoderManager(self.memory, dtype_of)
+        self.tokenizers = TokenizerManager(self.memory, dtype_of)
+        self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers])
+        self.loras = LoRAManager(self.memory, settings.allow_pickle)
+        self.controlnets = ControlNetManager(self.memory, dtype_of)
         # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.
         # Opened on first use, never before the ready event.
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
         self.presets = PresetStore(self.db, self.locator)
-        self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines, self.presets)
+        limits.configure(settings)  # prompt and input-image limits, read by schemas and the decoder
+        self.ledger = SessionLedger(self.db, settings.ledger_keep, settings.ledger_days)  # every job, in sdworker.db
+        self.engine.ledger = self.ledger
+        self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines, self.presets, self.vaes, self.loras, controlnets=self.controlnets)
         self.batch = BatchInterface(self.generation)
         self.registry = build_registry(self)
         self.dispatcher = Dispatcher(
@@ -92,6 +117,7 @@ class App:
     def serve(self, stdin: BinaryIO) -> int:
         self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names()))
         self.runtime.start()
+        self.ledger.start()  # after ready, on its own thread: earlier runs' active sessions -> interrupted
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))
         reader = threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True)
@@ -106,6 +132,7 @@ class App:
         # EOF: the host sent these jobs and is waiting for them; SIGTERM/shutdown: answer queued ones now.
         self.engine.close(drain=reason == "eof", cancel_running=self._cancel_running)
         self.engine.join()
+        self.ledger.close()
         log.info("bye")
         return 0
 

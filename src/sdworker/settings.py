@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_CHARS
 from .protocol.framing import DEFAULT_MAX_LINE
 
 
@@ -25,10 +26,16 @@ class Settings:
     max_batch_size: int = 8
     max_resolution: int = 2048
     max_steps: int = 150
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ledger_keep: int = 10000  # finished sessions kept in the ledger (0: none)
+    ledger_days: float | None = None  # also drop finished sessions older than this
     events_per_second: float = 10.0
     on_exit: str = "finish"  # finish | cancel
-    ram_budget_mb: int | None = None
-    vram_budget_mb: int | None = None
+    allow_pickle: bool = False  # .ckpt/.pt/.bin models (then torch.load(weights_only=True))
+    ram_budget_mb: float | None = None
+    vram_budget_mb: float | None = None
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -56,10 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-json-depth", type=int, default=None, help="deepest accepted JSON nesting (default 64)")
     p.add_argument("--max-batch-size", type=int, default=None, help="most images per request (default 8)")
     p.add_argument("--max-resolution", type=int, default=None, help="largest width or height (default 2048)")
+    p.add_argument("--max-steps", type=int, default=None, help="most denoising steps per request (default 150)")
+    p.add_argument("--max-prompt-chars", type=int, default=None, help="longest prompt or negative_prompt (default 10000)")
+    p.add_argument("--max-image-bytes", type=int, default=None, help="largest input image, decoded bytes (default 50 MiB)")
+    p.add_argument("--max-image-pixels", type=int, default=None, help="most pixels in an input image (default 64 Mpx)")
+    p.add_argument("--ledger-keep", type=int, default=None, help="finished sessions kept in the ledger (default 10000); env SDWORKER_LEDGER_KEEP")
+    p.add_argument("--ledger-days", type=float, default=None, help="also drop finished sessions older than this many days; env SDWORKER_LEDGER_DAYS")
     p.add_argument("--events-per-second", type=float, default=None, help="progress events per session per second (default 10)")
     p.add_argument("--on-exit", default=None, choices=["finish", "cancel"], help="at shutdown, let the running job finish (default) or cancel it")
-    p.add_argument("--ram-budget-mb", type=int, default=None, help="RAM cache budget")
-    p.add_argument("--vram-budget-mb", type=int, default=None, help="VRAM cache budget")
+    p.add_argument("--allow-pickle", action="store_true", default=None, help="also load .ckpt/.pt/.bin files (weights_only); env SDWORKER_ALLOW_PICKLE=1")
+    p.add_argument("--ram-budget-mb", type=float, default=None, help="RAM cache budget (default: total RAM less 4 GiB)")
+    p.add_argument("--vram-budget-mb", type=float, default=None, help="VRAM cache budget (default: free VRAM less 1.5 GiB)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     p.add_argument("--log-format", default=None, choices=["text", "json"], help="stderr log format (default text)")
     return p
@@ -96,10 +110,17 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         max_json_depth=num(args.max_json_depth, "SDWORKER_MAX_JSON_DEPTH", 64, int),  # type: ignore[arg-type]
         max_batch_size=num(args.max_batch_size, "SDWORKER_MAX_BATCH_SIZE", 8, int),  # type: ignore[arg-type]
         max_resolution=num(args.max_resolution, "SDWORKER_MAX_RESOLUTION", 2048, int),  # type: ignore[arg-type]
+        max_steps=num(args.max_steps, "SDWORKER_MAX_STEPS", 150, int),  # type: ignore[arg-type]
+        max_prompt_chars=num(args.max_prompt_chars, "SDWORKER_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, int),  # type: ignore[arg-type]
+        max_image_bytes=num(args.max_image_bytes, "SDWORKER_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, int),  # type: ignore[arg-type]
+        max_image_pixels=num(args.max_image_pixels, "SDWORKER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, int),  # type: ignore[arg-type]
+        ledger_keep=num(args.ledger_keep, "SDWORKER_LEDGER_KEEP", 10000, int),  # type: ignore[arg-type]
+        ledger_days=num(args.ledger_days, "SDWORKER_LEDGER_DAYS", None, float),  # type: ignore[arg-type]
         events_per_second=num(args.events_per_second, "SDWORKER_EVENTS_PER_SECOND", 10.0, float),  # type: ignore[arg-type]
         on_exit=str(_pick(args.on_exit, "SDWORKER_ON_EXIT", "finish")),
-        ram_budget_mb=num(args.ram_budget_mb, "SDWORKER_RAM_BUDGET_MB", None, int),  # type: ignore[arg-type]
-        vram_budget_mb=num(args.vram_budget_mb, "SDWORKER_VRAM_BUDGET_MB", None, int),  # type: ignore[arg-type]
+        allow_pickle=str(_pick(args.allow_pickle, "SDWORKER_ALLOW_PICKLE", False)).lower() in ("1", "true", "yes"),
+        ram_budget_mb=num(args.ram_budget_mb, "SDWORKER_RAM_BUDGET_MB", None, float),  # type: ignore[arg-type]
+        vram_budget_mb=num(args.vram_budget_mb, "SDWORKER_VRAM_BUDGET_MB", None, float),  # type: ignore[arg-type]
         log_level=str(_pick(args.log_level, "SDWORKER_LOG_LEVEL", "INFO")).upper(),
         log_format=str(_pick(args.log_format, "SDWORKER_LOG_FORMAT", "text")),
     )

@@ -61,7 +61,8 @@ class JobContext:
         data: dict[str, Any] = {**s.progress(), "image_index": image_index}
         if extra:
             data.update(extra)
-        self.events.emit("progress", data, throttle=step < total)
+        # a preview is never thrown away by the rate limit (previews come every few steps only)
+        self.events.emit("progress", data, throttle=step < total and not (extra and "preview" in extra))
 
     def start_steps(self) -> None:
         self._steps_started = time.perf_counter()

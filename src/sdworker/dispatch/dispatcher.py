@@ -8,8 +8,6 @@ import re
 import threading
 from typing import Any, Callable
 
-from pydantic import BaseModel
-
 from ..jobs.engine import Job, JobEngine
 from ..jobs.executor import classify
 from ..jobs.sessions import Session
@@ -44,8 +42,9 @@ _ID_PATTERNS = (
 
 
 def to_wire(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
+    dump = getattr(result, "model_dump", None)  # a pydantic model (duck-typed: pydantic loads lazily)
+    if dump is not None and not isinstance(result, dict):
+        return dump(mode="json")
     return result
 
 
@@ -189,7 +188,7 @@ class Dispatcher:
         else:
             self._run(spec, params, call, respond)
 
-    def _run(self, spec: MethodSpec, params: BaseModel, call: Call, respond: Respond) -> None:
+    def _run(self, spec: MethodSpec, params: Any, call: Call, respond: Respond) -> None:
         try:
             if not spec.job:
                 respond(spec.handler(params, call), None)
@@ -213,6 +212,7 @@ class Dispatcher:
             device_id=work.device_id,
             executor=work.executor,
             priority=call.priority,
+            request=call.params,
         )
         events = EventEmitter(self.writer.write, call, self.events_per_second)
         job = Job(session=session, run=work.run, respond=respond, events=events, timeout=call.timeout, preview=work.preview)

@@ -1,19 +1,32 @@
 """Methods are registered once, next to their handler, with the pydantic models of their shapes.
 
 `@method(...)` only tags a function; `Registry.add(instructor)` collects the tagged methods of
-an instructor instance, so nothing global is built at import time.
+an instructor instance, so nothing global is built at import time. Shapes may be named as
+"module:Class" (a module of sdworker.schemas): they are imported on first use, so the ready
+event (which lists the method names) never waits for pydantic and the schema modules.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from ..protocol.errors import UnknownMethod, from_validation
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+ShapeRef = Union[str, "type[BaseModel]"]  # a class, or "module:Class" under sdworker.schemas
+
+
+def _resolve(ref: ShapeRef | None) -> Any:
+    if ref is None or not isinstance(ref, str):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(f"sdworker.schemas.{module}"), name)
 
 _TAG = "__sdworker_method__"
 
@@ -22,25 +35,37 @@ _TAG = "__sdworker_method__"
 class MethodSpec:
     name: str
     handler: Callable[..., Any]
-    params: type[BaseModel]
-    result: type[BaseModel] | None
+    params_ref: ShapeRef
+    result_ref: ShapeRef | None
     job: bool  # generation work: queued and run on a device executor
     summary: str
     needs_runtime: bool = False  # waits for torch: answered off the reader thread until it has loaded
 
-    def validate(self, params: dict[str, Any], prefix: str = "data") -> BaseModel:
+    @cached_property
+    def params(self) -> "type[BaseModel]":
+        return _resolve(self.params_ref)
+
+    @cached_property
+    def result(self) -> "type[BaseModel] | None":
+        return _resolve(self.result_ref)
+
+    def validate(self, params: dict[str, Any], prefix: str = "data") -> "BaseModel":
         if not params and self._empty is not None:
             return self._empty  # control-plane calls without params skip validation (hot path)
+        from pydantic import ValidationError
+
         try:
             return self.params.model_validate(params)
         except ValidationError as exc:
             raise from_validation(exc, prefix) from None
 
     @cached_property
-    def _empty(self) -> BaseModel | None:
+    def _empty(self) -> "BaseModel | None":
         """The params of a call that sends none, when that is valid for this method (job params never)."""
         if self.job:
             return None
+        from pydantic import ValidationError
+
         try:
             return self.params.model_validate({})
         except ValidationError:
@@ -58,8 +83,8 @@ class MethodSpec:
 
 def method(
     name: str,
-    params: type[BaseModel],
-    result: type[BaseModel] | None = None,
+    params: ShapeRef,
+    result: ShapeRef | None = None,
     job: bool = False,
     needs_runtime: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

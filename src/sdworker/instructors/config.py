@@ -13,25 +13,10 @@ from ..dispatch.registry import method
 from ..paths import resolve_in_roots
 from ..protocol.envelopes import Call
 from ..protocol.errors import UnsafePath, ValidationFailed, WorkerError
-from ..schemas.presets import (
-    Preset,
-    PresetCreateParams,
-    PresetDeleteResult,
-    PresetExportParams,
-    PresetExportResult,
-    PresetIdParams,
-    PresetImportParams,
-    PresetImportResult,
-    PresetListParams,
-    PresetListResult,
-    PresetPopulateParams,
-    PresetPopulateResult,
-    PresetResolveParams,
-    PresetUpdateParams,
-)
 from ..store.presets import write_atomic
 
 if TYPE_CHECKING:
+    from ..schemas.presets import Preset, PresetCreateParams, PresetDeleteResult, PresetExportParams, PresetExportResult, PresetIdParams, PresetImportParams, PresetImportResult, PresetListParams, PresetListResult, PresetPopulateParams, PresetPopulateResult, PresetResolveParams, PresetUpdateParams
     from ..app import App
 
 _MAX_IMPORT_BYTES = 256 * 2**20
@@ -45,7 +30,7 @@ class ConfigInstructor:
     def store(self):  # noqa: ANN201 - PresetStore
         return self.app.presets
 
-    @method("config.list", PresetListParams, PresetListResult)
+    @method("config.list", "presets:PresetListParams", "presets:PresetListResult")
     def list(self, params: PresetListParams, call: Call) -> dict[str, Any]:
         """Stored presets, filtered by model_id, base_model, configuration_type; include_builtin adds built-ins."""
         items, total = self.store.list(
@@ -53,19 +38,19 @@ class ConfigInstructor:
         )
         return {"items": items, "count": len(items), "total": total}
 
-    @method("config.get", PresetIdParams, Preset)
+    @method("config.get", "presets:PresetIdParams", "presets:Preset")
     def get(self, params: PresetIdParams, call: Call) -> dict[str, Any]:
         """One preset by id (stored or built-in)."""
         return self.store.get(params.id)
 
-    @method("config.create", PresetCreateParams, Preset)
+    @method("config.create", "presets:PresetCreateParams", "presets:Preset")
     def create(self, params: PresetCreateParams, call: Call) -> dict[str, Any]:
         """Store a preset for a model; (model_id, configuration_type) is unique."""
         values = params.model_dump(exclude={"model_specific_params"})
         values["model_specific_params"] = params.model_specific_params.model_dump(exclude_unset=True)
         return self.store.create(values)
 
-    @method("config.update", PresetUpdateParams, Preset)
+    @method("config.update", "presets:PresetUpdateParams", "presets:Preset")
     def update(self, params: PresetUpdateParams, call: Call) -> dict[str, Any]:
         """Change the fields sent; model_specific_params is replaced whole."""
         changes = {k: getattr(params, k) for k in params.model_fields_set if k != "id"}
@@ -73,12 +58,12 @@ class ConfigInstructor:
             changes["model_specific_params"] = params.model_specific_params.model_dump(exclude_unset=True)  # type: ignore[union-attr]
         return self.store.update(params.id, changes)
 
-    @method("config.delete", PresetIdParams, PresetDeleteResult)
+    @method("config.delete", "presets:PresetIdParams", "presets:PresetDeleteResult")
     def delete(self, params: PresetIdParams, call: Call) -> dict[str, Any]:
         """Delete a stored preset by id."""
         return self.store.delete(params.id)
 
-    @method("config.populate", PresetPopulateParams, PresetPopulateResult)
+    @method("config.populate", "presets:PresetPopulateParams", "presets:PresetPopulateResult")
     def populate(self, params: PresetPopulateParams, call: Call) -> dict[str, Any]:
         """Create the missing quality/speed presets of every discovered model from its base model's built-ins."""
         refs = self.app.locator.scan()
@@ -93,7 +78,7 @@ class ConfigInstructor:
             refs = [r for r in refs if r.model_id in wanted]
         return self.store.populate(refs, params.configuration_types, params.dry_run)
 
-    @method("config.resolve", PresetResolveParams, Preset)
+    @method("config.resolve", "presets:PresetResolveParams", "presets:Preset")
     def resolve(self, params: PresetResolveParams, call: Call) -> dict[str, Any]:
         """The preset a request would use: the model's own (origin model), else its base model's built-in."""
         return self.store.resolve(params.configuration_type, params.model_id, params.base_model)
@@ -107,7 +92,7 @@ class ConfigInstructor:
             roots += list(s.input_dirs)
         return roots
 
-    @method("config.import", PresetImportParams, PresetImportResult)
+    @method("config.import", "presets:PresetImportParams", "presets:PresetImportResult")
     def import_(self, params: PresetImportParams, call: Call) -> dict[str, Any]:
         """Load a mongoexport of the inference_configurations collection (JSON lines); all or nothing."""
         text = params.jsonl
@@ -129,7 +114,7 @@ class ConfigInstructor:
         assert text is not None
         return self.store.import_jsonl(text, params.on_conflict, field=field)
 
-    @method("config.export", PresetExportParams, PresetExportResult)
+    @method("config.export", "presets:PresetExportParams", "presets:PresetExportResult")
     def export(self, params: PresetExportParams, call: Call) -> dict[str, Any]:
         """The stored presets as mongoexport JSON lines (relaxed Extended JSON), returned or written to path."""
         text = self.store.export_jsonl(model_id=params.model_id, base_model=params.base_model, configuration_type=params.configuration_type)

@@ -12,18 +12,10 @@ from .. import PROTOCOL_VERSION, __version__
 from ..dispatch.registry import method
 from ..jobs.sessions import iso
 from ..protocol.envelopes import Call
-from ..schemas.base import NoParams
-from ..schemas.system import (
-    InfoResult,
-    ListMethodsParams,
-    ListMethodsResult,
-    PingParams,
-    PingResult,
-    ShutdownParams,
-    ShutdownResult,
-)
 
 if TYPE_CHECKING:
+    from ..schemas.base import NoParams
+    from ..schemas.system import InfoResult, ListMethodsParams, ListMethodsResult, PingParams, PingResult, ShutdownParams, ShutdownResult
     from ..app import App
 
 
@@ -31,12 +23,12 @@ class SystemInstructor:
     def __init__(self, app: "App"):
         self.app = app
 
-    @method("system.ping", PingParams, PingResult)
+    @method("system.ping", "system:PingParams", "system:PingResult")
     def ping(self, params: PingParams, call: Call) -> dict:
         """Liveness check; echoes `echo` back."""
         return {"pong": True, "time": iso(time.time()), "echo": params.echo}
 
-    @method("system.get_info", NoParams, InfoResult)
+    @method("system.get_info", "base:NoParams", "system:InfoResult")
     def get_info(self, params: NoParams, call: Call) -> dict:
         """Version, protocol, settings and runtime state."""
         s = self.app.settings
@@ -64,7 +56,7 @@ class SystemInstructor:
             "runtime": self.app.runtime.info(),
         }
 
-    @method("system.list_methods", ListMethodsParams, ListMethodsResult)
+    @method("system.list_methods", "system:ListMethodsParams", "system:ListMethodsResult")
     def list_methods(self, params: ListMethodsParams, call: Call) -> dict:
         """Every method with the JSON Schema of its params and result."""
         out = []
@@ -76,7 +68,7 @@ class SystemInstructor:
             out.append(d)
         return {"methods": out}
 
-    @method("system.shutdown", ShutdownParams, ShutdownResult)
+    @method("system.shutdown", "system:ShutdownParams", "system:ShutdownResult")
     def shutdown(self, params: ShutdownParams, call: Call) -> dict:
         """Stop taking jobs, let the running one finish (or cancel it), answer what is owed, exit 0."""
         running = [s.session_id for s in self.app.engine.running()]

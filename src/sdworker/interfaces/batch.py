@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from ..dispatch.context import JobContext
 from ..managers import modes
+from ..managers.adapters import AdapterManager
 from ..managers.denoise import force_cancel_hooks
 from ..managers.runtime import RssSampler
 from ..prompts.encode import pipeline_prompt_kwargs
@@ -99,6 +100,7 @@ def group_key(plan: "Plan") -> tuple:
         plan.scheduler.id if plan.scheduler else None,
         req.strength if plan.mode != "text2img" else None,
         req.negative_prompt is None,
+        tuple((p.item.model_id, p.weight) for p in plan.loras),  # one LoRA set per diffusers call
     )
 
 
@@ -190,7 +192,12 @@ class BatchInterface:
             req = GenerationRequest.model_validate(data)
         except ValidationError as exc:
             raise from_validation(exc, "data") from None
-        return self.gen.plan(req, mode, f"{session_id}-{i}")
+        plan = self.gen.plan(req, mode, f"{session_id}-{i}")
+        alone = plan.single_run_only + (["post_processing"] if req.post_processing else [])
+        if alone:  # batched pipeline calls carry none of these: say so rather than drop them
+            msg = f"{', '.join(alone)} cannot run inside batch_process; send this item as its own request"
+            raise ValidationFailed(f"data.{alone[0]}: {msg}", [{"path": f"data.{name}", "message": msg} for name in alone])
+        return plan
 
     @staticmethod
     def group(items: list[BatchItem]) -> list[Group]:
@@ -335,11 +342,56 @@ class BatchInterface:
         device = gen.runtime.device_name(gen.runtime.check_device(first.device))
         if ctx.session.status != "loading":
             ctx.set_status("loading")
-        loaded, fresh = gen.pipelines.get(first.ref, device, gen.runtime.dtype_name)
+        with gen.pipelines.use(first.ref, device, gen.runtime.dtype_name) as (loaded, report):
+            stats["load"] += report.ms / 1000
+            ctx.log(f"group {gi}: model {first.ref.model_id} {'loaded' if report.fresh else 'from the cache'}, {len(grp.items)} item(s)")
+            return self._run_group_loaded(ctx, bplan, gi, grp, done, warnings, stats, rss, steps_before, steps_after, loaded)
+
+    def _run_group_loaded(
+        self,
+        ctx: JobContext,
+        bplan: BatchPlan,
+        gi: int,
+        grp: Group,
+        done: dict[int, dict[str, Any]],
+        warnings: list[str],
+        stats: dict[str, Any],
+        rss: RssSampler,
+        steps_before: int,
+        steps_after: int,
+        loaded: Any,
+    ) -> int:
+        """The group's LoRAs and embeddings on its pipeline for its calls (none: the base model's modules)."""
+        gen, first = self.gen, grp.items[0].plan
+        assert first is not None
         pipe = gen.pipelines.for_mode(loaded, first.mode)
-        if fresh:
-            stats["load"] += loaded.load_ms / 1000
-        ctx.log(f"group {gi}: model {first.ref.model_id} {'loaded' if fresh else 'already resident'}, {len(grp.items)} item(s)")
+        for it in grp.items:
+            warnings.extend(gen.embeddings.ensure_loaded(pipe, it.plan.embeddings, first.ref.model_id))  # type: ignore[union-attr]
+        uses = AdapterManager.load(gen.loras, first.loras)  # the same for every item: group_key holds the set
+        with gen.adapters.applied(pipe, uses, first.ref.model_id, first.ref.base_model) as more:
+            warnings.extend(more)
+            return self._run_group_calls(ctx, bplan, gi, grp, done, warnings, stats, rss, steps_before, steps_after, loaded)
+
+    def _run_group_calls(
+        self,
+        ctx: JobContext,
+        bplan: BatchPlan,
+        gi: int,
+        grp: Group,
+        done: dict[int, dict[str, Any]],
+        warnings: list[str],
+        stats: dict[str, Any],
+        rss: RssSampler,
+        steps_before: int,
+        steps_after: int,
+        loaded: Any,
+    ) -> int:
+        gen = self.gen
+        torch = gen.runtime.torch
+        first = grp.items[0].plan
+        assert first is not None
+        device = loaded.device
+        pipe = gen.pipelines.for_mode(loaded, first.mode)
         ctx.check_cancelled()
         rss.sample()
         per_call = self._images_per_call(bplan, pipe, first, device, stats["memory"], warnings, gi)

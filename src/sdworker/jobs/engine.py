@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..dispatch.context import JobContext
 from ..protocol.errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError
@@ -14,6 +14,9 @@ from ..protocol.events import EventEmitter
 from .executor import DeviceExecutor
 from .queue import JobQueue
 from .sessions import FINAL, Session, SessionRegistry
+
+if TYPE_CHECKING:
+    from ..store.ledger import SessionLedger
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class JobEngine:
         self._executors: dict[str, DeviceExecutor] = {}
         self._jobs: dict[str, Job] = {}  # unfinished jobs by session id
         self.accepting = True
+        self.ledger: "SessionLedger | None" = None  # set by the App: every transition is recorded there
 
     # ---- admission ---------------------------------------------------------------------------
 
@@ -108,6 +112,11 @@ class JobEngine:
         session.status = status
         entry = {"status": status, "time": time.time()}
         session.transitions.append(entry)
+        if self.ledger is not None:  # a final status is committed there before the event and the answer
+            try:
+                self.ledger.record(session, status)
+            except Exception:  # the ledger must never cost the job
+                log.exception("ledger record failed for %s", session.session_id)
         if job is not None:
             data = {"status": status, "session_id": session.session_id, "progress": session.progress()}
             if session.error_code:

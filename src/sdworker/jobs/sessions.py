@@ -42,6 +42,8 @@ class Session:
     logs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     transitions: list[dict[str, Any]] = field(default_factory=list)
+    request: dict[str, Any] | None = field(default=None, repr=False)  # the request data, for the ledger
+    ledger_key: str | None = field(default=None, repr=False)  # this session's row in the ledger
     # control: set by cancel/timeout, read by the running job at its next step
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     cancel_reason: str | None = None  # "cancelled" | "timeout"

@@ -13,7 +13,9 @@ def generators(torch: Any, seed: int, count: int) -> list[Any]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
 
 
-def step_callback(ctx: JobContext, on_step: Callable[[], None] | None = None) -> Callable[..., dict]:
+def step_callback(
+    ctx: JobContext, on_step: Callable[[], None] | None = None, drill: Callable[[int], None] | None = None
+) -> Callable[..., dict]:
     """callback_on_step_end: report the step, then stop here if the job was cancelled."""
 
     def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
@@ -21,6 +23,8 @@ def step_callback(ctx: JobContext, on_step: Callable[[], None] | None = None) ->
         ctx.progress(step_index + 1, total)
         if on_step is not None:
             on_step()
+        if drill is not None:
+            drill(step_index + 1)
         ctx.check_cancelled()
         return callback_kwargs
 

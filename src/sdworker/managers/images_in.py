@@ -8,15 +8,22 @@ import io
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from ..paths import resolve_in_roots
 from ..protocol.errors import ValidationFailed
 
-MAX_PIXELS = 64 * 1024 * 1024  # decompression-bomb guard: PIL refuses larger images
+MAX_PIXELS = limits.DEFAULT_MAX_IMAGE_PIXELS  # the default; --max-image-pixels (limits.current()) rules
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{field}: {message}", [{"path": field, "message": message}])
+
+
+def _check_size(size: int, field: str) -> None:
+    limit = limits.current().max_image_bytes
+    if size > limit:
+        raise _bad(field, f"image is {size} bytes, over the limit of {limit} (--max-image-bytes)")
 
 
 def image_bytes(value: str, field: str, roots: list[Path]) -> bytes:
@@ -29,9 +36,11 @@ def image_bytes(value: str, field: str, roots: list[Path]) -> bytes:
     elif len(text) < 4096 and text.lower().endswith(_IMAGE_EXTENSIONS):
         path = resolve_in_roots(text, roots, field)
         try:
+            _check_size(path.stat().st_size, field)
             return path.read_bytes()
         except OSError as exc:
             raise _bad(field, f"cannot read {text!r}: {exc.strerror or exc}") from None
+    _check_size(limits.base64_decoded_size(text), field)  # before decoding: no 1 GB buffer for a refusal
     try:
         return base64.b64decode(text, validate=False)
     except (binascii.Error, ValueError) as exc:
@@ -42,15 +51,21 @@ def decode_image(value: str, field: str, roots: list[Path], mode: str = "RGB") -
     """Open, verify and convert an input image; every failure names the field."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    max_pixels = limits.current().max_image_pixels
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own guard (it raises only past twice this)
     data = image_bytes(value, field, roots)
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            w, h = probe.size
+            if w * h > max_pixels:  # refused before any pixel is decoded
+                raise _bad(field, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (--max-image-pixels)")
             probe.verify()
         img = Image.open(io.BytesIO(data))
         img.load()
+    except ValidationFailed:
+        raise
     except Image.DecompressionBombError:
-        raise _bad(field, f"image is larger than {MAX_PIXELS} pixels") from None
+        raise _bad(field, f"image is larger than {max_pixels} pixels (--max-image-pixels)") from None
     except Exception as exc:  # PIL raises many types for corrupt input
         raise _bad(field, f"not a readable image ({type(exc).__name__})") from None
     return img.convert(mode)

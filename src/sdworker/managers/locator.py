@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..paths import resolve_in_roots
 from ..protocol.errors import ModelNotFound, UnsafePath, ValidationFailed
+from ..protocol.errors import WorkerError as WorkerErrorBase
+
+if TYPE_CHECKING:
+    from .catalog import CatalogItem, ModelCatalog
 
 # model_index.json _class_name -> base_model (contract section 7 ids)
 _PIPELINE_ARCH = {
@@ -50,26 +54,52 @@ def _base_model(folder: Path, index: dict) -> str:
     return base
 
 
+_SINGLE_FILE_PIPELINES = {
+    "sdxl": "StableDiffusionXLPipeline",
+    "pony": "StableDiffusionXLPipeline",
+    "sd_1_5": "StableDiffusionPipeline",
+    "sd_2": "StableDiffusionPipeline",
+}
+
+
+def pickle_refused(name: str, field: str) -> UnsafePath:
+    return UnsafePath(
+        f"{field}: {name!r} is a pickle file (.ckpt/.pt/.bin), which can run code when loaded; "
+        "use its .safetensors version, or start the worker with --allow-pickle (then loaded with weights_only)",
+        [{"path": field, "message": "pickle files need --allow-pickle"}],
+    )
+
+
 class ModelLocator:
-    def __init__(self, models_dirs: list[Path]):
+    """Resolves the checkpoint a generation request names (diffusers folder or single file)."""
+
+    def __init__(self, models_dirs: list[Path], catalog: "ModelCatalog | None" = None, allow_pickle: bool = False):
         self.roots = [d for d in models_dirs]
+        self.allow_pickle = allow_pickle
+        if catalog is None:
+            from .catalog import ModelCatalog
+
+            catalog = ModelCatalog(self.roots)
+        self.catalog = catalog
 
     def scan(self) -> list[ModelRef]:
         refs: list[ModelRef] = []
-        for root in self.roots:
-            if not root.is_dir():
-                continue
-            for child in sorted(root.iterdir()):
-                if (child / "model_index.json").is_file():
-                    try:
-                        refs.append(self._ref(child.name, child))
-                    except (OSError, ValueError):
-                        continue
+        for item in self.catalog.items():
+            if item.kind == "checkpoint":
+                try:
+                    refs.append(self._from_item(item))
+                except (OSError, ValueError, WorkerErrorBase):
+                    continue
         return refs
 
     def _ref(self, model_id: str, folder: Path) -> ModelRef:
         index = _read_index(folder)
         return ModelRef(model_id, folder, index.get("_class_name", "DiffusionPipeline"), _base_model(folder, index))
+
+    def _from_item(self, item: "CatalogItem") -> ModelRef:
+        if item.format == "diffusers":
+            return self._ref(item.model_id, item.path)
+        return ModelRef(item.model_id, item.path, _SINGLE_FILE_PIPELINES.get(item.base_model, "unknown"), item.base_model, "single_file")
 
     def resolve(self, model_id: str | None, field: str = "data.model_id") -> ModelRef:
         if not model_id:
@@ -79,13 +109,17 @@ class ModelLocator:
             )
         if not self.roots:
             raise ModelNotFound(f"model {model_id!r}: no --models-dir is configured")
-        folder = resolve_in_roots(model_id, self.roots, field)
-        if (folder / "model_index.json").is_file():
+        folder = resolve_in_roots(model_id, self.roots, field)  # unsafe_path for ../ and outside paths
+        if (folder / "model_index.json").is_file():  # the fast path: no scan
             return self._ref(model_id, folder)
-        known = [r.model_id for r in self.scan()]
-        close = difflib.get_close_matches(model_id, known, n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else (f"; available: {', '.join(known[:10])}" if known else "")
-        raise ModelNotFound(f"model {model_id!r} was not found in the models dirs{hint}", [{"path": field, "message": "not found"}])
+        item = self.catalog.find(model_id, "checkpoint", field)
+        if item.pickle and not self.allow_pickle:
+            raise pickle_refused(model_id, field)
+        try:
+            return self._from_item(item)
+        except OSError:  # listed a moment ago, gone now
+            self.catalog.invalidate()
+            raise ModelNotFound(f"model {model_id!r} is no longer in the models dirs", [{"path": field, "message": "not found"}]) from None
 
 
 __all__ = ["ModelLocator", "ModelRef", "UnsafePath"]

@@ -34,6 +34,17 @@ def auto_pipeline(mode: str) -> Any:
     return getattr(diffusers, _AUTO[mode])
 
 
+def with_components(pipe: Any, mode: str, **components: Any) -> Any:
+    """A pipeline of `mode` for one run: `pipe`'s components, except these (e.g. another VAE).
+
+    The auto pipelines' from_pipe keeps every component's dtype (DiffusionPipeline.from_pipe
+    would cast them all to fp32) and leaves `pipe`, the cached pipeline, as it was.
+    """
+    new = auto_pipeline(mode).from_pipe(pipe, **components)
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
 def is_mode(pipe: Any, mode: str) -> bool:
     name = type(pipe).__name__
     if mode == "img2img":

@@ -20,6 +20,8 @@ def infotext(p: dict[str, Any]) -> str:
     lines = [p.get("prompt", "")]
     if p.get("negative_prompt"):
         lines.append(f"Negative prompt: {p['negative_prompt']}")
+    hires = p.get("hires") or {}
+    refiner = p.get("refiner") or {}
     pairs = [
         ("Steps", p.get("steps")),
         ("Sampler", p.get("sampler_name")),
@@ -27,8 +29,15 @@ def infotext(p: dict[str, Any]) -> str:
         ("Seed", p.get("seed")),
         ("Size", f"{p.get('width')}x{p.get('height')}"),
         ("Model", p.get("model_id")),
-        ("Denoising strength", p.get("strength")),
+        ("VAE", p.get("vae") if p.get("vae") not in (None, "model") else None),
+        ("Denoising strength", p.get("strength", hires.get("denoise"))),
         ("Clip skip", p.get("clip_skip") if (p.get("clip_skip") or 1) > 1 else None),
+        ("Hires upscale", hires.get("scale") if hires and not hires.get("resize") else None),
+        ("Hires resize", hires.get("resize")),
+        ("Hires steps", hires.get("steps")),
+        ("Hires upscaler", hires.get("upscaler_name")),
+        ("Refiner", refiner.get("model")),
+        ("Refiner switch at", refiner.get("switch_at")),
         ("Version", p.get("version")),
     ]
     lines.append(", ".join(f"{k}: {_fmt(v)}" for k, v in pairs if v is not None))
@@ -71,8 +80,12 @@ class OutputWriter:
     def __init__(self, output_dir: Path | None):
         self.root = output_dir
 
-    def plan(self, save_path: str | None, session_id: str, count: int, fmt: str) -> list[Path | None]:
-        """Where each image goes (None: not saved). Checked before any work is done."""
+    def plan(self, save_path: str | None, session_id: str, count: int, fmt: str, overwrite: bool = False) -> list[Path | None]:
+        """Where each image goes (None: not saved). Checked before any work is done.
+
+        A `save_path` never replaces an existing file unless `overwrite`; the worker's own names
+        (`<session>-<i>.<ext>` in the output dir) are its files and are replaced.
+        """
         if save_path is None and self.root is None:
             return [None] * count
         if self.root is None:
@@ -86,16 +99,25 @@ class OutputWriter:
             return [stem.with_name(f"{stem.name}-{i}{ext}") for i in range(count)]
         target = resolve_in_roots(save_path, [self.root], "data.output.save_path")
         if save_path.endswith(("/", os.sep)) or target.is_dir():
-            return [target / f"{safe_file_name(session_id)}-{i}{ext}" for i in range(count)]
-        if not target.suffix:
-            target = target.with_suffix(ext)
-        if count == 1:
-            return [target]
-        return [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+            paths = [target / f"{safe_file_name(session_id)}-{i}{ext}" for i in range(count)]
+        else:
+            if not target.suffix:
+                target = target.with_suffix(ext)
+            paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+        if not overwrite:
+            taken = [p for p in paths if os.path.lexists(p)]
+            if taken:
+                raise exists_error(taken[0])
+        return list(paths)
 
     @staticmethod
-    def write_atomic(path: Path, data: bytes) -> None:
-        """Temp file in the same folder, fsync, rename: a reader never sees half an image."""
+    def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
+        """Temp file in the same folder, fsync, rename: a reader never sees half an image.
+
+        replace=False: the file must not exist yet. The temp file is hard-linked to its name,
+        which fails atomically when something else took the name meanwhile (on file systems
+        without hard links: checked, then renamed). No temp file is left behind either way.
+        """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -106,10 +128,33 @@ class OutputWriter:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
         except OSError as exc:
+            raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from exc
+        finally:
             try:
                 os.unlink(tmp)
             except OSError:
-                pass
-            raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from exc
+                pass  # renamed into place (or never written)
+
+
+def exists_error(path: Path) -> ValidationFailed:
+    msg = f"{path.name} already exists; choose another save_path or set output.overwrite"
+    return ValidationFailed(f"data.output.save_path: {msg}", [{"path": "data.output.save_path", "message": msg}])
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Give the finished temp file the name `path`, which must not exist (the temp is unlinked after)."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise exists_error(path) from None
+    except OSError:
+        pass  # no hard links here (some network and FAT file systems)
+    if os.path.lexists(path):
+        raise exists_error(path)
+    os.replace(tmp, path)

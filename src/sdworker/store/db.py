@@ -1,7 +1,7 @@
 """The worker's embedded SQLite database: `sdworker.db` under --data-dir, or in memory without one.
 
-One file holds every table the worker keeps (inference presets today; the session ledger adds
-its own through MIGRATIONS). What keeps it consistent when the process dies at any instant:
+One file holds every table the worker keeps (inference presets, migration 1; the session ledger,
+migration 2). What keeps it consistent when the process dies at any instant:
 
 - WAL journal (`PRAGMA journal_mode=WAL`): a write appends to sdworker.db-wal and commits with
   one commit record; a crash before that record leaves the transaction out, whole. Readers see
@@ -84,6 +84,52 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
             "CREATE INDEX ix_inference_configurations_model_id ON inference_configurations (model_id)",
             "CREATE INDEX ix_inference_configurations_base_model ON inference_configurations (base_model)",
+        ),
+    ),
+    # The session ledger (store/ledger.py): one row per job, keyed by run id + sequence because a
+    # host may reuse a session_id in a later run; one row per status change. Times are epoch seconds.
+    Migration(
+        2,
+        "session ledger",
+        (
+            """
+            CREATE TABLE sessions (
+                id            TEXT PRIMARY KEY NOT NULL,
+                session_id    TEXT NOT NULL,
+                request_id    TEXT,
+                method        TEXT NOT NULL,
+                model_id      TEXT,
+                device_id     TEXT,
+                priority      INTEGER NOT NULL DEFAULT 0,
+                status        TEXT NOT NULL,
+                created_at    REAL NOT NULL,
+                started_at    REAL,
+                finished_at   REAL,
+                step          INTEGER NOT NULL DEFAULT 0,
+                total_steps   INTEGER NOT NULL DEFAULT 0,
+                request       TEXT CHECK (request IS NULL OR json_valid(request)),
+                performance   TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(performance)),
+                outputs       TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(outputs)),
+                logs          TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(logs)),
+                error         TEXT,
+                error_code    TEXT,
+                run_id        TEXT NOT NULL,
+                pid           INTEGER NOT NULL
+            )
+            """,
+            "CREATE INDEX ix_sessions_session_id ON sessions (session_id, created_at)",
+            "CREATE INDEX ix_sessions_status ON sessions (status)",
+            "CREATE INDEX ix_sessions_created_at ON sessions (created_at)",
+            """
+            CREATE TABLE session_transitions (
+                seq           INTEGER PRIMARY KEY,
+                session_key   TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+                session_id    TEXT NOT NULL,
+                status        TEXT NOT NULL,
+                time          REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX ix_session_transitions_key ON session_transitions (session_key, seq)",
         ),
     ),
 )

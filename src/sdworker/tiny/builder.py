@@ -211,6 +211,9 @@ def build_pipeline(arch: str, scratch: str | Path) -> DiffusionPipeline:
 def make_tiny_model(arch: str, out_dir: str | Path, single_file: bool = False) -> Path:
     """Build a tiny random-weight ``arch`` pipeline and save it (diffusers layout) to ``out_dir``.
 
+    With ``single_file=True`` it writes one original-layout checkpoint instead:
+    ``out_dir`` is then the file path (``.safetensors`` is appended when missing).
+
     The model is saved to a temporary sibling folder first and then swapped in, so an
     existing model folder is replaced whole (no stale files from another arch) and a
     failed build never leaves a half-written model behind. The caller's torch RNG state
@@ -219,7 +222,10 @@ def make_tiny_model(arch: str, out_dir: str | Path, single_file: bool = False) -
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHES}")
     if single_file:
-        raise NotImplementedError("single-file layout comes with the model issue")
+        # one original-layout (civitai-style) .safetensors file; same weights as the folder
+        from .single_file import make_tiny_single_file
+
+        return make_tiny_single_file(arch, out_dir)
     out = Path(out_dir).absolute()
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)

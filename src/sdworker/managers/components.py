@@ -1,0 +1,107 @@
+"""Component managers: load one part of a model (UNet, VAE, encoders, tokenizers) into the cache.
+
+Each manager owns a family of component names and knows how to read it from a diffusers folder
+(`<model>/<sub>/config.json` + weights); what is loaded goes into the MemoryManager under its
+content identity (fingerprint.py), so a second model with the same weights gets the same object.
+Pipelines never load weights themselves: they are assembled from these entries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..protocol.errors import ModelLoadFailed
+from . import fingerprint
+from .memory import CacheEntry, MemoryManager, module_bytes
+
+log = logging.getLogger(__name__)
+
+_LIBRARIES = ("diffusers", "transformers")
+
+
+def component_class(library: str, class_name: str) -> type:
+    """The class model_index.json names; only from the libraries a pipeline may use."""
+    if library not in _LIBRARIES:
+        raise ModelLoadFailed(f"component library {library!r} is not one of {', '.join(_LIBRARIES)}")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if not isinstance(cls, type):
+        raise ModelLoadFailed(f"{library} has no class {class_name!r} (needed by the model's model_index.json)")
+    return cls
+
+
+class ComponentManager:
+    """Loads the components named in `names`; shared base of the per-kind managers."""
+
+    names: tuple[str, ...] = ()
+    has_dtype = True  # tokenizers do not
+
+    def __init__(self, memory: MemoryManager, torch_dtype: Any):
+        self.memory = memory
+        self._torch_dtype = torch_dtype  # name -> torch.dtype (Runtime.torch_dtype)
+        self.disk_loads = 0
+
+    def handles(self, name: str) -> bool:
+        return name in self.names
+
+    def key(self, folder: Path, dtype: str) -> str:
+        return fingerprint.of_folder(folder, f"{type(self).__name__}:{dtype if self.has_dtype else '-'}")
+
+    def load(self, folder: Path, library: str, class_name: str, dtype: str, model_id: str, component: str) -> CacheEntry:
+        """The cache entry for the component in `folder`, read from disk only when not cached."""
+        try:
+            key = self.key(folder, dtype)
+        except OSError as exc:
+            raise ModelLoadFailed(f"model {model_id!r}: cannot read {component} at {folder}: {exc}") from exc
+        hit = self.memory.get(key)
+        if hit is not None:
+            hit.model_ids.add(model_id)
+            return hit
+        t0 = time.perf_counter()
+        cls = component_class(library, class_name)
+        try:
+            obj = self._read(cls, folder, dtype)
+        except ModelLoadFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
+            raise ModelLoadFailed(f"model {model_id!r}: {component} could not be loaded from {folder}: {type(exc).__name__}: {exc}") from exc
+        self.disk_loads += 1
+        log.info("read %s of %s from disk in %.0f ms", component, model_id, (time.perf_counter() - t0) * 1000)
+        return self.memory.put(self.entry(key, component, obj, dtype, folder, model_id))
+
+    def entry(self, key: str, component: str, obj: Any, dtype: str, source: Path, model_id: str) -> CacheEntry:
+        return CacheEntry(key, component, obj, module_bytes(obj), "cpu", dtype if self.has_dtype else "-", str(source), {model_id})
+
+    def _read(self, cls: type, folder: Path, dtype: str) -> Any:
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if self.has_dtype:
+            kwargs["dtype"] = self._torch_dtype(dtype)
+        obj = cls.from_pretrained(str(folder), **kwargs)  # type: ignore[attr-defined]
+        if hasattr(obj, "eval"):
+            obj.eval()
+        return obj
+
+
+class UNetManager(ComponentManager):
+    names = ("unet", "transformer", "prior", "decoder")
+
+
+class EncoderManager(ComponentManager):
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3", "image_encoder")
+
+
+class TokenizerManager(ComponentManager):
+    names = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    has_dtype = False
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    for name in ("config.json", "scheduler_config.json"):
+        p = folder / name
+        if p.is_file():
+            return json.loads(p.read_text(encoding="utf-8"))
+    return {}

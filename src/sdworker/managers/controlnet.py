@@ -1,0 +1,495 @@
+"""ControlNets: check a request's list (plan_controlnets), load them (ControlNetManager), run them.
+
+A request's `controlnets` is a list of {model, image, conditioning_scale, preprocessor, start,
+end}. Everything that can be checked before queueing is checked in `plan_controlnets`: the
+model is a ControlNet of the models dirs made for the model's architecture, the numbers are in
+range, the image decodes; it is resized to the output size (A1111's "Just Resize") and run
+through its preprocessor there, so the job only loads and denoises.
+
+Running: the ControlNet pipeline of the mode is built over the loaded model's components
+(`AutoPipelineFor*.from_pipe(pipe, controlnet=...)`: no reload, no copy, and unlike
+`DiffusionPipeline.from_pipe` it leaves every shared component's dtype as it is), with one
+`ControlNetModel` or, for several, a `MultiControlNetModel`. The ControlNet weights are cache
+entries like any component: loaded once, shared by content, pinned while a job uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ..protocol.errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from . import fingerprint, modes, preprocessors
+from .components import ComponentManager
+from .images_in import decode_image
+from .memory import CacheEntry
+
+if TYPE_CHECKING:
+    from .catalog import CatalogItem, ModelCatalog
+
+log = logging.getLogger(__name__)
+
+FIELD = "data.controlnets"
+MAX_SCALE = 2.0
+_LDM_PREFIX = "control_model."  # original-layout ControlNets saved inside a whole checkpoint
+# Base models that share ControlNets (a Pony model is an SDXL model).
+FAMILIES = {"sd_1_5": "SD 1.x", "sd_2": "SD 2.x", "sdxl": "SDXL", "pony": "SDXL"}
+
+# (SDXL?, mode) -> the diffusers pipeline that runs it; the control image goes to `image` in
+# text2img and to `control_image` where `image` is the init image (img2img, inpainting).
+PIPELINES: dict[tuple[bool, str], str] = {
+    (False, "text2img"): "StableDiffusionControlNetPipeline",
+    (False, "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    (False, "inpainting"): "StableDiffusionControlNetInpaintPipeline",
+    (True, "text2img"): "StableDiffusionXLControlNetPipeline",
+    (True, "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+    (True, "inpainting"): "StableDiffusionXLControlNetInpaintPipeline",
+}
+
+
+@dataclass
+class ControlSpec:
+    """One checked ControlNet of a request, its control image ready for the pipeline."""
+
+    index: int
+    model_id: str
+    path: Path
+    format: str  # diffusers | safetensors | ckpt
+    base_model: str  # the ControlNet's own; "unknown" when neither catalog nor config says
+    image: Any  # PIL RGB, width x height, preprocessed
+    conditioning_scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocessor: str = "none"
+
+    def describe(self) -> dict[str, Any]:
+        """For the result's `parameters` (the image is left out)."""
+        return {
+            "model": self.model_id,
+            "conditioning_scale": self.conditioning_scale,
+            "start": self.start,
+            "end": self.end,
+            "preprocessor": self.preprocessor,
+        }
+
+
+def _get(spec: Any, name: str, default: Any = None) -> Any:
+    if isinstance(spec, Mapping):
+        return spec.get(name, default)
+    return getattr(spec, name, default)
+
+
+def _number(value: Any, default: float) -> float | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+# ---- planning -------------------------------------------------------------------------------------
+
+
+def controlnet_base(item: "CatalogItem") -> str:
+    """The base model a ControlNet was made for: the catalog's word, else its config or tensor names.
+
+    "sd" means SD 1.x or 2.x (not SDXL) where the width of its text context cannot say which.
+    """
+    if item.base_model != "unknown":
+        return item.base_model
+    try:
+        if item.path.is_dir():
+            return family_of_config(json.loads((item.path / "config.json").read_text(encoding="utf-8")))
+        if item.path.suffix.lower() == ".safetensors":
+            from .single_file import checkpoint_shapes
+
+            names = [k.removeprefix(_LDM_PREFIX) for k in checkpoint_shapes(item.path)]
+            return "sdxl" if any(k.startswith(("label_emb.", "add_embedding.")) for k in names) else "sd"
+    except (OSError, ValueError, WorkerError):
+        pass
+    return "unknown"
+
+
+def family_of_config(cfg: Mapping[str, Any]) -> str:
+    """sdxl for SDXL-conditioned UNets/ControlNets (text_time embedding), else SD 1.x/2.x by context width."""
+    if cfg.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return {768: "sd_1_5", 1024: "sd_2"}.get(cfg.get("cross_attention_dim"), "sd")  # type: ignore[arg-type]
+
+
+def _find(catalog: "ModelCatalog", name: str, path: str) -> "CatalogItem":
+    try:
+        return catalog.find(name, "controlnet", path)
+    except ModelNotFound as not_found:
+        try:
+            other = catalog.find(name, None, path)
+        except WorkerError:
+            raise not_found from None
+        raise ValidationFailed(f"{path}: {other.model_id!r} is a {other.kind}, not a ControlNet", [{"path": path, "message": f"a {other.kind}, not a ControlNet"}]) from None
+
+
+def _fits(cn_base: str, model_base: str) -> str | None:
+    """Why a ControlNet of `cn_base` cannot run on a `model_base` model (None: it can, or cannot tell)."""
+    model = FAMILIES[model_base]
+    if cn_base == "unknown":
+        return None  # a layout nothing here can read: the load compares it with the UNet
+    if cn_base == "sd":
+        return f"it is an SD 1.x/2.x ControlNet and the model is SDXL ({model_base})" if model == "SDXL" else None
+    if cn_base not in FAMILIES:
+        return f"it is a {cn_base} ControlNet; ControlNets here are for SD 1.x, SD 2.x and SDXL models"
+    if FAMILIES[cn_base] != model:
+        return f"it is an {FAMILIES[cn_base]} ControlNet and the model is {model} ({model_base})"
+    return None
+
+
+_SHAPE_KEYS = ("cross_attention_dim", "block_out_channels", "addition_embed_type")
+
+
+def mismatch(cn_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str | None:
+    """Why a ControlNet's residuals cannot be added to this UNet's blocks (None: they can)."""
+    for name in _SHAPE_KEYS:
+        mine, theirs = cn_config.get(name), unet_config.get(name)
+        if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
+            mine, theirs = list(mine or []), list(theirs or [])
+        if mine != theirs:
+            return f"its {name} is {mine}, the model's UNet has {theirs}"
+    return None
+
+
+def unet_config(model_path: Path) -> dict[str, Any] | None:
+    """The UNet config of a diffusers model folder (None for a single file or an unreadable one)."""
+    try:
+        return json.loads((model_path / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def plan_controlnets(
+    specs: list[Any] | None,
+    model_base: str,
+    width: int,
+    height: int,
+    roots: list[Path],
+    catalog: "ModelCatalog",
+    allow_pickle: bool = False,
+    model_unet: Mapping[str, Any] | None = None,
+) -> list[ControlSpec]:
+    """Check a request's ControlNets and prepare their images; every problem is reported at once.
+
+    `specs` are objects or dicts with model, image, conditioning_scale, preprocessor, start, end.
+    `model_unet` (the model's UNet config, when it has one on disk) lets a ControlNet folder be
+    compared with it exactly; otherwise the base models are compared, and the load checks again.
+    Raises ValidationFailed with paths data.controlnets[i].field (unsafe_path for a pickle file
+    without --allow-pickle, model_not_found for an unknown model).
+    """
+    if not specs:
+        return []
+    if model_base not in FAMILIES:
+        msg = f"ControlNets need an SD 1.x, SD 2.x or SDXL model; this one is {model_base}"
+        raise ValidationFailed(f"{FIELD}: {msg}", [{"path": FIELD, "message": msg}])
+    problems: list[dict[str, str]] = []
+    planned: list[ControlSpec] = []
+    for i, spec in enumerate(specs):
+        at = f"{FIELD}[{i}]"
+        found = len(problems)
+
+        def bad(fld: str, message: str) -> None:
+            problems.append({"path": f"{at}.{fld}", "message": message})
+
+        nums = _numbers(spec, bad)
+        try:
+            pre = preprocessors.resolve(_get(spec, "preprocessor"), f"{at}.preprocessor")
+        except ValidationFailed as exc:
+            problems.extend(exc.details)
+            pre = "none"
+        found_model = _model(spec, at, bad, catalog, model_base, model_unet, allow_pickle)
+        image = None
+        source = _get(spec, "image")
+        if not isinstance(source, str) or not source.strip():
+            bad("image", "required: the control image (base64, or a path inside an allowed root)")
+        else:
+            try:
+                image = decode_image(source, f"{at}.image", roots, "RGB")
+            except ValidationFailed as exc:
+                problems.extend(exc.details)
+        if len(problems) > found or found_model is None or image is None:
+            continue
+        item, base = found_model
+        planned.append(
+            ControlSpec(
+                i, item.model_id, item.path, item.format, base, control_image(image, pre, width, height),
+                nums["conditioning_scale"], nums["start"], nums["end"], pre,
+            )
+        )
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}{more}", problems)
+    return planned
+
+
+def _numbers(spec: Any, bad: Callable[[str, str], None]) -> dict[str, float]:
+    """conditioning_scale in [0, 2]; start and end in [0, 1], start < end (defaults 1, 0, 1)."""
+    nums: dict[str, float] = {}
+    for fld, default in (("conditioning_scale", 1.0), ("start", 0.0), ("end", 1.0)):
+        value = _number(_get(spec, fld), default)
+        if value is None:
+            bad(fld, f"must be a number, not {_get(spec, fld)!r}")
+        else:
+            nums[fld] = value
+    scale = nums.get("conditioning_scale")
+    if scale is not None and not 0.0 <= scale <= MAX_SCALE:
+        bad("conditioning_scale", f"{scale} is outside [0, {MAX_SCALE:g}]")
+    for fld in ("start", "end"):
+        if fld in nums and not 0.0 <= nums[fld] <= 1.0:
+            bad(fld, f"{nums[fld]} is outside [0, 1] (a fraction of the steps)")
+    if "start" in nums and "end" in nums and nums["start"] >= nums["end"]:
+        bad("end", f"end ({nums['end']}) must be greater than start ({nums['start']})")
+    return nums
+
+
+def _model(
+    spec: Any,
+    at: str,
+    bad: Callable[[str, str], None],
+    catalog: "ModelCatalog",
+    model_base: str,
+    model_unet: Mapping[str, Any] | None,
+    allow_pickle: bool,
+) -> "tuple[CatalogItem, str] | None":
+    """The ControlNet's catalog item and base model, when it is one and fits the model."""
+    name = _get(spec, "model")
+    if not isinstance(name, str) or not name.strip():
+        bad("model", "required: a ControlNet in the models dirs")
+        return None
+    item = _find(catalog, name.strip(), f"{at}.model")
+    if item.pickle and not allow_pickle:
+        from .locator import pickle_refused
+
+        raise pickle_refused(name, f"{at}.model")
+    base = controlnet_base(item)
+    why = _fits(base, model_base)
+    if why is None and model_unet is not None and item.path.is_dir():
+        try:
+            why = mismatch(json.loads((item.path / "config.json").read_text(encoding="utf-8")), model_unet)
+        except (OSError, ValueError):
+            pass  # unreadable: the load says so
+    if why:
+        bad("model", f"{item.model_id!r} does not fit this model: {why}")
+        return None
+    return item, base
+
+
+def control_image(image: Any, preprocessor: str, width: int, height: int) -> Any:
+    """The image the pipeline gets: resized to the output size, then preprocessed there."""
+    if image.size != (width, height):
+        from PIL import Image
+
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return preprocessors.apply(preprocessor, image)
+
+
+def check_against_unet(spec: ControlSpec, net: Any, model_unet: Mapping[str, Any]) -> None:
+    """A loaded ControlNet that does not fit the model's UNet: a validation error (for files the plan could not read)."""
+    why = mismatch(net.config, model_unet)
+    if why:
+        path = f"{FIELD}[{spec.index}].model"
+        msg = f"{spec.model_id!r} does not fit this model: {why}"
+        raise ValidationFailed(f"{path}: {msg}", [{"path": path, "message": msg}])
+
+
+# ---- running --------------------------------------------------------------------------------------
+
+
+def _is_sdxl(pipe: Any) -> bool:
+    return hasattr(pipe, "text_encoder_2")
+
+
+def pipeline_for(pipe: Any, mode: str, nets: list[Any]) -> Any:
+    """The ControlNet pipeline of `mode` over `pipe`'s components, with these ControlNetModels."""
+    if not nets:
+        raise ValueError("pipeline_for needs at least one ControlNet")
+    want = PIPELINES.get((_is_sdxl(pipe), mode))
+    if want is None:
+        raise Unsupported(f"ControlNets work with text2img, img2img and inpainting, not {mode}")
+    if len(nets) == 1:
+        controlnet = nets[0]
+    else:
+        from diffusers.models.controlnets import MultiControlNetModel
+
+        controlnet = MultiControlNetModel(nets)
+    new = modes.auto_pipeline(mode).from_pipe(pipe, controlnet=controlnet)
+    if type(new).__name__ != want:
+        raise Unsupported(f"{type(pipe).__name__} has no ControlNet {mode} pipeline (got {type(new).__name__})")
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+def controlnet_call_kwargs(pipeline_class: Any, specs: list[ControlSpec]) -> dict[str, Any]:
+    """The ControlNet arguments of the pipeline call: scalars for one ControlNet, lists for several."""
+    name = pipeline_class.__name__ if isinstance(pipeline_class, type) else type(pipeline_class).__name__
+    key = "control_image" if ("Img2Img" in name or "Inpaint" in name) else "image"
+    if len(specs) == 1:
+        s = specs[0]
+        return {
+            key: s.image,
+            "controlnet_conditioning_scale": s.conditioning_scale,
+            "control_guidance_start": s.start,
+            "control_guidance_end": s.end,
+        }
+    return {
+        key: [s.image for s in specs],
+        "controlnet_conditioning_scale": [s.conditioning_scale for s in specs],
+        "control_guidance_start": [s.start for s in specs],
+        "control_guidance_end": [s.end for s in specs],
+    }
+
+
+def infotext_pairs(specs: list[ControlSpec]) -> list[tuple[str, str]]:
+    """A1111's infotext entries: ControlNet 0: "Module: canny, Model: ..., Weight: 1, ..."."""
+    out = []
+    for n, s in enumerate(specs):
+        body = f"Module: {s.preprocessor}, Model: {s.model_id}, Weight: {s.conditioning_scale:g}, Guidance Start: {s.start:g}, Guidance End: {s.end:g}"
+        out.append((f"ControlNet {n}", f'"{body}"'))
+    return out
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+
+class ControlNetManager(ComponentManager):
+    """ControlNetModel from a diffusers folder (config.json + weights) or a single file."""
+
+    names = ("controlnet",)
+
+    def load_spec(self, spec: ControlSpec, dtype: str) -> CacheEntry:
+        return self.load_standalone(spec.path, spec.model_id, dtype, spec.base_model)
+
+    def load_standalone(self, path: Path, model_id: str, dtype: str, base_model: str = "unknown") -> CacheEntry:
+        if path.is_dir():
+            return self.load(path, "diffusers", "ControlNetModel", dtype, model_id, "controlnet")
+        try:
+            key = fingerprint.of_file(path, f"controlnet-file:{dtype}")
+        except OSError as exc:
+            raise ModelLoadFailed(f"ControlNet {model_id!r}: cannot read {path}: {exc}") from exc
+        hit = self.memory.get(key)
+        if hit is not None:
+            hit.model_ids.add(model_id)
+            return hit
+        t0 = time.perf_counter()
+        try:
+            net = load_single_file(path, self._torch_dtype(dtype), base_model)
+        except WorkerError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
+            raise ModelLoadFailed(
+                f"ControlNet {model_id!r} could not be loaded from {path.name}: {type(exc).__name__}: {exc}; "
+                "a diffusers folder (config.json + weights) always loads"
+            ) from exc
+        net.eval()
+        self.disk_loads += 1
+        log.info("read ControlNet %s from disk in %.0f ms", model_id, (time.perf_counter() - t0) * 1000)
+        return self.memory.put(self.entry(key, "controlnet", net, dtype, path, model_id))
+
+    def loaded(self) -> list[CacheEntry]:
+        return [e for e in self.memory.entries() if e.component == "controlnet"]
+
+
+# ---- single files ---------------------------------------------------------------------------------
+
+_HINT_RE = re.compile(r"^input_hint_block\.(\d+)\.weight$")
+_COND_BLOCK_RE = re.compile(r"^controlnet_cond_embedding\.blocks\.(\d+)\.weight$")
+_LDM_ATTN_RE = re.compile(r"^input_blocks\.(\d+)\.1\.(?:transformer_blocks\.(\d+)\.|proj_in\.)")
+_DIFFUSERS_ATTN_RE = re.compile(r"^down_blocks\.(\d+)\.attentions\.\d+\.(?:transformer_blocks\.(\d+)\.|proj_in\.)")
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    import torch
+
+    state = torch.load(str(path), map_location="cpu", weights_only=True)  # pickles only with --allow-pickle (plan)
+    return state.get("state_dict", state) if isinstance(state, dict) else {}
+
+
+def single_file_config(state: Mapping[str, Any], base_model: str = "unknown") -> dict[str, Any]:
+    """A ControlNetModel config for a single-file ControlNet (original or diffusers key layout).
+
+    The UNet part comes from the packaged UNet config of its family (SD 1.5 or SDXL, full size
+    or tiny); the conditioning embedding's channels and the per-level transformer depth (SDXL
+    ControlNets come in several sizes) are read from the tensor shapes.
+    """
+    import inspect
+
+    from diffusers import ControlNetModel
+
+    from .single_file import CONFIGS_ROOT
+
+    shapes = {k.removeprefix(_LDM_PREFIX): tuple(v.shape) for k, v in state.items()}
+    original = any(k.startswith("input_hint_block.") for k in shapes)
+    sdxl = any(k.startswith(("label_emb.", "add_embedding.")) for k in shapes)
+    context = next((shape[1] for k, shape in shapes.items() if k.endswith("attn2.to_k.weight")), None)
+    if base_model in ("sdxl", "pony"):
+        sdxl = True
+    elif base_model == "sd_2" or (not sdxl and context == 1024):
+        raise Unsupported("single-file SD 2.x ControlNets are not supported; use its diffusers folder")
+    elif base_model not in ("sd_1_5", "sd", "unknown"):
+        raise Unsupported(f"single-file {base_model} ControlNets are not supported; use its diffusers folder")
+    conv_in = shapes.get("input_blocks.0.0.weight" if original else "conv_in.weight")
+    if conv_in is None:
+        raise ModelLoadFailed("not a ControlNet of the SD/SDXL UNet layout (no conv_in)")
+    config_set = ("sdxl" if sdxl else "sd15") if conv_in[0] == 320 else ("tiny-sdxl" if sdxl else "tiny-sd15")
+    unet = json.loads((CONFIGS_ROOT / config_set / "unet" / "config.json").read_text(encoding="utf-8"))
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+    cfg: dict[str, Any] = {k: v for k, v in unet.items() if k in accepted}
+
+    if original:
+        hint = sorted((int(m.group(1)), shapes[k]) for k in shapes if (m := _HINT_RE.match(k)))
+        outs = [shape[0] for _, shape in hint]
+        first_in = hint[0][1][1] if hint else 3
+    else:
+        blocks = sorted((int(m.group(1)), shapes[k]) for k in shapes if (m := _COND_BLOCK_RE.match(k)))
+        head = shapes.get("controlnet_cond_embedding.conv_in.weight")
+        outs = ([head[0]] if head else []) + [shape[0] for _, shape in blocks] + [0]  # + conv_out
+        first_in = head[1] if head else 3
+    if len(outs) < 2:
+        raise ModelLoadFailed("not a ControlNet: no conditioning embedding (input_hint_block) found")
+    cfg["conditioning_embedding_out_channels"] = outs[:-1][::2]
+    cfg["conditioning_channels"] = first_in
+
+    # Transformer depth per down level: the blocks under each level's attentions (0 where a
+    # level has attentions with no transformer blocks, as in diffusers' "small" SDXL ControlNets).
+    layers = int(cfg["layers_per_block"])
+    depth: dict[int, int] = {}
+    for k in shapes:
+        if m := _LDM_ATTN_RE.match(k):
+            level = (int(m.group(1)) - 1) // (layers + 1)
+        elif m := _DIFFUSERS_ATTN_RE.match(k):
+            level = int(m.group(1))
+        else:
+            continue
+        blocks = int(m.group(2)) + 1 if m.group(2) is not None else 0
+        depth[level] = max(depth.get(level, 0), blocks)
+    levels = len(cfg["down_block_types"])
+    per_level = [depth.get(level, 1) for level in range(levels)]
+    cfg["transformer_layers_per_block"] = per_level[0] if len(set(per_level)) == 1 else per_level
+    cfg["_class_name"] = "ControlNetModel"
+    return cfg
+
+
+def load_single_file(path: Path, torch_dtype: Any, base_model: str = "unknown") -> Any:
+    """ControlNetModel.from_single_file, offline, with a config made for the file (no Hub lookup)."""
+    from diffusers import ControlNetModel
+
+    state = _read_state(path)
+    cfg = single_file_config(state, base_model)
+    with tempfile.TemporaryDirectory(prefix="sdworker-controlnet-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+        return ControlNetModel.from_single_file(state, config=tmp, local_files_only=True, torch_dtype=torch_dtype)

@@ -1,0 +1,336 @@
+"""Decide what a model file is (kind + contract base_model id) from tensor names and shapes.
+
+Works on ``{key: shape}`` as read by :mod:`.safetensors_header`, so nothing is loaded. Both
+the original single-file layouts (``model.diffusion_model.*``, ``first_stage_model.*``,
+``cond_stage_model.*``, ``conditioner.embedders.*``, BFL/SAI bare keys) and diffusers layouts
+(``down_blocks.*``, ``transformer_blocks.*``) are understood. The facts used are the ones
+diffusers' ``single_file_utils`` and ComfyUI's model detection rely on:
+
+* SD U-Nets: the cross-attention context width (``attn2.to_k.weight`` input dim) is 768 for
+  SD 1.x, 1024 for SD 2.x, 2048 for SDXL base and 1280 for the SDXL refiner; the SDXL "adm"
+  vector (``label_emb.0.0.weight`` / ``add_embedding.linear_1.weight`` input) is 2816 for the
+  base and 2560 for the refiner.
+* SD3 has ``joint_blocks`` (diffusers: ``transformer_blocks`` + ``pos_embed``); Flux has
+  ``double_blocks``/``single_blocks`` (diffusers: ``single_transformer_blocks``) and only
+  Flux dev carries a guidance embedder (``guidance_in.*`` /
+  ``time_text_embed.guidance_embedder.*``), schnell lacks it.
+* An SD VAE is the same network for SD 1.x, 2.x and SDXL (only the weights differ), so a VAE's
+  base is ``unknown`` unless its file name or metadata names one. 16-channel VAEs are Flux/SD3.
+* Pony is SDXL by shape; it is told apart only by metadata or the file name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import _hints
+from ._folder import detect_diffusers_folder
+from ._lora import detect_embedding, detect_lora, is_lora
+from ._pickles import PICKLE_SUFFIXES, guess_from_path
+from ._types import BASE_MODELS, KINDS, Detection
+from .safetensors_header import read_header
+
+__all__ = [
+    "BASE_MODELS",
+    "KINDS",
+    "PICKLE_SUFFIXES",
+    "Detection",
+    "detect",
+    "detect_diffusers_folder",
+    "detect_file",
+    "guess_from_path",
+]
+
+Shapes = Mapping[str, Sequence[int]]
+
+
+_UNET_PREFIX = "model.diffusion_model."
+_VAE_PREFIXES = ("first_stage_model.", "vae.")
+_TE_PREFIXES = ("cond_stage_model.", "conditioner.", "text_encoders.")
+_CONTEXT_BASE = {768: "sd_1_5", 1024: "sd_2", 2048: "sdxl", 1280: "sdxl_refiner"}
+_ADM_BASE = {2816: "sdxl", 2560: "sdxl_refiner"}
+_ATTN2_K = re.compile(r"attn2\.to_k\.weight$")
+
+
+def detect(
+    shapes: Shapes,
+    metadata: Mapping[str, str] | None = None,
+    name: str | None = None,
+    format: str = "safetensors",
+) -> Detection:
+    """Classify a state dict given as ``{key: shape}``; ``name`` is the file name (hints only)."""
+    md = dict(metadata or {})
+    norm = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+    found = (
+        detect_embedding(norm)
+        or _controlnet(norm)
+        or (detect_lora(norm, md) if is_lora(norm) else None)
+        or _diffusion(norm, md)
+        or _vae(norm, md, name)
+        or _text_encoder(norm)
+        or _upscaler(norm)
+    )
+    if found is None:
+        kind = _hints.kind_from_metadata(md) or "unknown"
+        base = _hints.base_from_metadata(md) or "unknown"
+        found = (kind, base, {"evidence": "metadata" if (kind, base) != ("unknown", "unknown") else "none"})
+    kind, base, details = found
+    base = _refine_base(kind, base, md, name)
+    return Detection(kind, base, format, details)
+
+
+def detect_file(path: str | os.PathLike[str]) -> Detection:
+    """Detect a single model file (safetensors header, or the name of a pickle) or a diffusers folder."""
+    p = Path(path)
+    if p.is_dir():
+        return detect_diffusers_folder(p)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        return guess_from_path(p)
+    header = read_header(p)
+    return detect(header.shapes(), header.metadata, p.name)
+
+
+def _refine_base(kind: str, base: str, md: Mapping[str, str], name: str | None) -> str:
+    """Pony over SDXL, and Flux dev/schnell/krea where shapes alone cannot say."""
+    if base == "sdxl" and _hints.says_pony(md, name, trust_title=kind in ("checkpoint", "unet", "unknown")):
+        return "pony"
+    if base in ("flux", "flux_dev"):
+        declared = _hints.base_from_metadata(md) or ""
+        named = _hints.base_from_text(name) if kind in ("checkpoint", "unet") else None
+        for hint in (declared, named):
+            if base == "flux" and hint in ("flux_dev", "flux_schnell", "flux_krea"):
+                return hint
+            if base == "flux_dev" and hint == "flux_krea":
+                return hint
+    return base
+
+
+# ---- diffusion models (whole checkpoints and bare U-Nets/transformers) ------------------------------
+
+
+def _sub(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
+    return {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+
+
+def _has_prefix(keys: Any, *prefixes: str) -> bool:
+    return any(k.startswith(prefixes) for k in keys)
+
+
+def _text_encoders(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Which text encoders a single-file checkpoint bundles, by their key prefixes."""
+    found = []
+    for prefix, name in (
+        ("cond_stage_model.transformer.", "clip_l"),
+        ("cond_stage_model.model.", "open_clip_h"),
+        ("conditioner.embedders.0.transformer.", "clip_l"),
+        ("conditioner.embedders.0.model.", "open_clip_g"),
+        ("conditioner.embedders.1.model.", "open_clip_g"),
+        ("text_encoders.clip_l.", "clip_l"),
+        ("text_encoders.clip_g.", "clip_g"),
+        ("text_encoders.t5xxl.", "t5xxl"),
+    ):
+        if _has_prefix(shapes, prefix) and name not in found:
+            found.append(name)
+    return found
+
+
+def _diffusion(shapes: dict[str, tuple[int, ...]], md: Mapping[str, str]) -> tuple[str, str, dict] | None:
+    prefixed = _has_prefix(shapes, _UNET_PREFIX)
+    unet = _sub(shapes, _UNET_PREFIX) if prefixed else shapes
+    result = _flux(unet) or _sd3(unet) or _sd_unet(unet, shapes)
+    if result is None:
+        return None
+    base, details = result
+    has_vae = _has_prefix(shapes, *_VAE_PREFIXES)
+    encoders = _text_encoders(shapes)
+    details = {**details, "has_vae": has_vae, "text_encoders": encoders}
+    kind = "checkpoint" if prefixed and (has_vae or encoders) else "unet"
+    if base == "unknown":
+        base = _hints.base_from_metadata(md) or "unknown"
+    prediction = md.get("modelspec.prediction_type")
+    if "v_pred" in shapes or prediction == "v":
+        details["prediction_type"] = "v"
+    return kind, base, details
+
+
+def _flux(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
+    if _has_prefix(unet, "single_stream_modulation.", "early_stream_modulations."):
+        return "unknown", {"family": "flux2", "layout": "original"}
+    original = _has_prefix(unet, "double_blocks.", "single_blocks.")
+    diffusers = _has_prefix(unet, "single_transformer_blocks.")
+    if not (original or diffusers):
+        return None
+    details: dict[str, Any] = {"family": "flux", "layout": "original" if original else "diffusers"}
+    if _has_prefix(unet, "distilled_guidance_layer."):
+        return "unknown", {**details, "family": "chroma"}
+    guidance = _has_prefix(unet, "guidance_in.", "time_text_embed.guidance_embedder.")
+    img_in = unet.get("img_in.weight") or unet.get("x_embedder.weight")
+    if img_in and len(img_in) == 2:
+        details["in_channels"] = img_in[1]
+        details["variant"] = {384: "fill", 128: "depth"}.get(img_in[1], "dev" if guidance else "schnell")
+    details["guidance_embed"] = guidance
+    return ("flux_dev" if guidance else "flux_schnell"), details
+
+
+def _sd3(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
+    if _has_prefix(unet, "joint_blocks."):
+        layout, block = "original", "joint_blocks."
+    elif "transformer_blocks.0.attn.add_k_proj.weight" in unet and "pos_embed.proj.weight" in unet:  # joint attention
+        layout, block = "diffusers", "transformer_blocks."
+    else:
+        return None
+    index = re.compile(re.escape(block) + r"(\d+)\.")
+    depth = 1 + max((int(m.group(1)) for k in unet if (m := index.match(k))), default=-1)
+    return "sd3", {"family": "sd3", "layout": layout, "depth": depth}
+
+
+def _first_dim(shapes: Mapping[str, tuple[int, ...]], keys: Sequence[str], index: int) -> int | None:
+    for key in keys:
+        shape = shapes.get(key)
+        if shape and len(shape) > index:
+            return shape[index]
+    return None
+
+
+def _context_dim(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
+    """Cross-attention context width: the input dim of any ``attn2.to_k`` projection."""
+    for key, shape in shapes.items():
+        if _ATTN2_K.search(key) and len(shape) == 2:
+            return shape[1]
+    return None
+
+
+def _sd_unet(unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
+    if _has_prefix(unet, "input_blocks.") and _has_prefix(unet, "middle_block.", "output_blocks.", "time_embed."):
+        layout = "original"
+    elif _has_prefix(unet, "down_blocks.") and _has_prefix(unet, "conv_in.", "time_embedding.", "mid_block."):
+        layout = "diffusers"
+    else:
+        return None
+    details: dict[str, Any] = {"family": "sd_unet", "layout": layout}
+    ctx = _context_dim(unet)
+    adm = _first_dim(unet, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
+    in_ch = _first_dim(unet, ("input_blocks.0.0.weight", "conv_in.weight"), 1)
+    details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm), ("in_channels", in_ch)) if v})
+    if in_ch == 9:
+        details["variant"] = "inpainting"
+    elif in_ch == 8:
+        details["variant"] = "instruct-pix2pix"
+    if "edm_mean" in whole:
+        details["variant"] = "playground-v2.5"
+    base = _ADM_BASE.get(adm or 0) or _CONTEXT_BASE.get(ctx or 0) or _base_from_encoders(whole)
+    return base, details
+
+
+def _base_from_encoders(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """Fallback when the U-Net says nothing: the bundled text encoders' layout."""
+    if _has_prefix(shapes, "conditioner.embedders.1."):
+        return "sdxl"
+    if _has_prefix(shapes, "conditioner.embedders.0.model."):
+        return "sdxl_refiner"
+    if _has_prefix(shapes, "cond_stage_model.model."):
+        return "sd_2"
+    if _has_prefix(shapes, "cond_stage_model.transformer."):
+        return "sd_1_5"
+    return "unknown"
+
+
+# ---- controlnet -----------------------------------------------------------------------------------
+
+_CONTROL_MARKERS = (
+    "input_hint_block.", "zero_convs.", "middle_block_out.", "controlnet_cond_embedding.",
+    "controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_blocks.", "controlnet_single_blocks.",
+    "controlnet_x_embedder.", "pos_embed_input.",
+)
+
+
+def _controlnet(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] | None:
+    body = _sub(shapes, "control_model.") if _has_prefix(shapes, "control_model.") else shapes
+    control_lora = "lora_controlnet" in shapes
+    if not (control_lora or _has_prefix(body, *_CONTROL_MARKERS)):
+        return None
+    details: dict[str, Any] = {"layout": "diffusers" if _has_prefix(body, "controlnet_") else "original"}
+    if control_lora:
+        details["control_lora"] = True
+    if _has_prefix(body, "controlnet_single_blocks.", "controlnet_x_embedder.", "single_transformer_blocks.",
+                   "double_blocks.", "single_blocks."):
+        return "controlnet", "flux", {**details, "family": "flux"}
+    if _has_prefix(body, "pos_embed_input.") or (_has_prefix(body, "transformer_blocks.") and "pos_embed.proj.weight" in body):
+        return "controlnet", "sd3", {**details, "family": "sd3"}
+    ctx = _context_dim(body)
+    adm = _first_dim(body, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
+    details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm)) if v})
+    base = _ADM_BASE.get(adm or 0) or _CONTEXT_BASE.get(ctx or 0) or "unknown"
+    return "controlnet", base, details
+
+
+# ---- VAE, text encoders, upscalers ---------------------------------------------------------------
+
+
+def _vae(shapes: dict[str, tuple[int, ...]], md: Mapping[str, str], name: str | None) -> tuple[str, str, dict] | None:
+    body = shapes
+    for prefix in _VAE_PREFIXES:
+        if shapes and all(k.startswith(prefix) for k in shapes):
+            body = _sub(shapes, prefix)
+    if "encoder.conv_in.weight" not in body and "decoder.conv_in.weight" not in body:
+        return None
+    layout = "diffusers" if _has_prefix(body, "encoder.down_blocks.", "decoder.up_blocks.") else "original"
+    latent = _first_dim(body, ("decoder.conv_in.weight",), 1)
+    if latent is None:
+        out = _first_dim(body, ("encoder.conv_out.weight",), 0)
+        latent = out // 2 if out else None
+    details: dict[str, Any] = {"layout": layout, "latent_channels": latent}
+    hint = _hints.base_from_metadata(md) or _hints.base_from_text(name) or _hints.base_from_text(md.get("modelspec.title"))
+    allowed = {4: ("sd_1_5", "sd_2", "sdxl", "pony"), 16: ("flux", "flux_dev", "flux_schnell", "flux_krea", "sd3")}
+    base = hint if hint in allowed.get(latent or 0, ()) else "unknown"
+    if base == "pony":
+        base = "sdxl"  # Pony uses the SDXL VAE; _refine_base turns it back into pony if metadata says so
+    elif base.startswith("flux"):
+        base = "flux"  # one VAE for every Flux variant
+    details["base_from"] = "name_or_metadata" if base != "unknown" else "indistinguishable_by_shape"
+    return "vae", base, details
+
+
+def _text_encoder(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] | None:
+    encoders: list[str] = []
+    for key, shape in shapes.items():
+        if key.endswith("embeddings.token_embedding.weight") and len(shape) == 2:  # HF CLIP (text_model. optional)
+            encoders.append({768: "clip_l", 1024: "clip_h", 1280: "clip_g"}.get(shape[1], f"clip_{shape[1]}"))
+        elif key.endswith("token_embedding.weight") and len(shape) == 2:  # OpenCLIP
+            encoders.append({1024: "open_clip_h", 1280: "open_clip_g"}.get(shape[1], f"open_clip_{shape[1]}"))
+        elif key.endswith("shared.weight") and len(shape) == 2:  # T5: shared embedding + encoder blocks
+            if not _has_prefix(shapes, key[: -len("shared.weight")] + "encoder.block."):
+                continue
+            encoders.append("t5xxl" if shape[1] == 4096 else f"t5_{shape[1]}")
+    if not encoders:
+        return None
+    base = "sd_2" if set(encoders) <= {"open_clip_h", "clip_h"} else "unknown"
+    return "text_encoder", base, {"encoders": sorted(set(encoders))}
+
+
+def _upscaler(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] | None:
+    body = shapes
+    for prefix in ("params_ema.", "params.", "module."):
+        if shapes and all(k.startswith(prefix) for k in shapes):
+            body = _sub(shapes, prefix)
+    keys = list(body)
+    arch = None
+    if "model.0.weight" in body and any(k.startswith("model.1.sub.") for k in keys):
+        arch = "esrgan"
+    elif "conv_first.weight" in body:
+        if any(k.startswith(("RRDB_trunk.", "body.")) and ".rdb" in k.lower() for k in keys):
+            arch = "esrgan"
+        elif _has_prefix(body, "layers."):
+            arch = "swinir"
+        else:
+            arch = "sr"
+    elif "body.0.weight" in body and all(k.startswith("body.") for k in keys) and len(body["body.0.weight"]) == 4:
+        arch = "realesrgan_compact"
+    elif (s := body.get("model.0.weight")) and len(s) == 4 and s[1] in (1, 3, 4) and all(k.startswith("model.") for k in keys):
+        arch = "esrgan"
+    if arch is None:
+        return None
+    return "upscaler", "unknown", {"arch": arch}
