@@ -8,7 +8,8 @@ import signal
 import sys
 import threading
 import time
-from typing import BinaryIO
+from functools import cached_property
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import PROTOCOL_VERSION, __version__
 from .dispatch.dispatcher import Dispatcher
@@ -18,8 +19,6 @@ from .instructors.inference import InferenceInstructor
 from .instructors.model import ModelInstructor
 from .instructors.postprocess import PostprocessInstructor
 from .instructors.system import SystemInstructor
-from .interfaces.batch import BatchInterface
-from .interfaces.generation import GenerationInterface
 from .jobs.engine import JobEngine
 from .jobs.sessions import SessionRegistry
 from .managers.components import EncoderManager, TokenizerManager, UNetManager
@@ -35,9 +34,13 @@ from .protocol.envelopes import ready_event
 from .protocol.framing import LineWriter, read_lines
 from .settings import Settings
 from .store.db import DB_FILE, Database
-from .store.presets import PresetStore
 from .store.ledger import SessionLedger
 from . import limits
+
+if TYPE_CHECKING:
+    from .interfaces.batch import BatchInterface
+    from .interfaces.generation import GenerationInterface
+    from .store.presets import PresetStore
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +77,9 @@ class App:
         # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.
         # Opened on first use, never before the ready event.
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
-        self.presets = PresetStore(self.db, self.locator)
         limits.configure(settings)  # prompt and input-image limits, read by schemas and the decoder
         self.ledger = SessionLedger(self.db, settings.ledger_keep, settings.ledger_days)  # every job, in sdworker.db
         self.engine.ledger = self.ledger
-        self.generation = GenerationInterface(settings, self.runtime, self.locator, self.pipelines, self.presets, self.vaes, self.loras, controlnets=self.controlnets)
-        self.batch = BatchInterface(self.generation)
         self.registry = build_registry(self)
         self.dispatcher = Dispatcher(
             self.registry,
@@ -92,6 +92,36 @@ class App:
         self._stop = threading.Event()
         self._stop_reason = "eof"
         self._cancel_running = settings.on_exit == "cancel"
+
+    # The interfaces and the preset store import pydantic and the schemas: built on first use, so
+    # the ready event (which waits only for the method table) never pays for them.
+
+    @cached_property
+    def presets(self) -> "PresetStore":
+        from .store.presets import PresetStore
+
+        return PresetStore(self.db, self.locator)
+
+    @cached_property
+    def generation(self) -> "GenerationInterface":
+        from .interfaces.generation import GenerationInterface
+
+        return GenerationInterface(self.settings, self.runtime, self.locator, self.pipelines, self.presets, self.vaes, self.loras, controlnets=self.controlnets)
+
+    @cached_property
+    def batch(self) -> "BatchInterface":
+        from .interfaces.batch import BatchInterface
+
+        return BatchInterface(self.generation)
+
+    def warm(self) -> None:
+        """After the ready event: build what the first request would otherwise wait for."""
+        try:
+            self.generation, self.batch  # noqa: B018
+            for spec in self.registry.specs():
+                spec.params  # noqa: B018  (imports the schema modules)
+        except Exception:  # noqa: BLE001  (a failure here shows again, as an answer, on first use)
+            log.exception("warm-up failed")
 
     def request_stop(self, reason: str, cancel_running: bool = False) -> None:
         if not self._stop.is_set():
@@ -117,6 +147,7 @@ class App:
     def serve(self, stdin: BinaryIO) -> int:
         self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names()))
         self.runtime.start()
+        threading.Thread(target=self.warm, name="warm-up", daemon=True).start()
         self.ledger.start()  # after ready, on its own thread: earlier runs' active sessions -> interrupted
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))

@@ -13,7 +13,6 @@ from ..dispatch.registry import method
 from ..paths import resolve_in_roots
 from ..protocol.envelopes import Call
 from ..protocol.errors import UnsafePath, ValidationFailed, WorkerError
-from ..store.presets import write_atomic
 
 if TYPE_CHECKING:
     from ..schemas.presets import Preset, PresetCreateParams, PresetDeleteResult, PresetExportParams, PresetExportResult, PresetIdParams, PresetImportParams, PresetImportResult, PresetListParams, PresetListResult, PresetPopulateParams, PresetPopulateResult, PresetResolveParams, PresetUpdateParams
@@ -126,6 +125,8 @@ class ConfigInstructor:
             raise UnsafePath("data.path: no --data-dir or --output-dir to write to", [{"path": "data.path", "message": "no allowed roots"}])
         path = resolve_in_roots(params.path, roots, "data.path")
         try:
+            from ..store.presets import write_atomic
+
             write_atomic(path, text)
         except OSError as exc:
             raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from None

@@ -207,6 +207,10 @@ class GenerationInterface:
         sent = req.prompt
         req, loras = self._plan_loras(req, ref, warnings)
         req, embeds = self._plan_embeddings(req, ref, warnings)
+        if req.prompt_syntax == "compel":  # what compel rejects: validation_error before loading
+            from ..prompts.compel_syntax import check_compel
+
+            check_compel(req.prompt, req.negative_prompt, req.clip_skip, ref.base_model in ("sdxl", "pony"))
         vae = self._plan_vae(req, ref, warnings)
         refiner = self._plan_refiner(req, mode, ref)
         hp = self._plan_hires(req, mode, width, height)
@@ -498,10 +502,12 @@ class GenerationInterface:
         Every run goes through here, with LoRAs or without: the UNet and text encoders are shared by
         every pipeline of the model, so a run that wants none must switch off what an earlier one set.
         """
+        t0 = time.perf_counter()
         for pipe in pipes.all():
             warnings.extend(self.embeddings.ensure_loaded(pipe, plan.embeddings, plan.ref.model_id))
         uses = AdapterManager.load(self.loras, plan.loras)
         with self.adapters.applied(pipes.main, uses, plan.ref.model_id, plan.ref.base_model) as more:
+            ctx.session.performance["adapters_ms"] = round((time.perf_counter() - t0) * 1000, 2)
             warnings.extend(more)
             if uses:
                 ctx.log("LoRA " + ", ".join(f"{u.lora_id}:{u.weight:g}" for u in uses))

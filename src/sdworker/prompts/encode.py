@@ -16,8 +16,8 @@ on SD1/SD2 pipelines with a clip skip, diffusers' ``encode_prompt`` reads
 ``text_encoder.text_model``, which transformers 5's ``CLIPTextModel`` no longer has (it raises
 AttributeError), so the literal text (one chunk, truncated like diffusers) is encoded here with
 the same layers instead.
-``syntax == "compel"`` uses compel's own API when compel is importable (not a dependency; the
-generation plan refuses ``compel`` otherwise).
+``syntax == "compel"`` is compel's syntax through compel itself:
+:func:`sdworker.prompts.compel_syntax.compel_prompt_kwargs` (embeddings always).
 
 The embeddings path (A1111 ``sd_hijack_clip``)
 ==============================================
@@ -252,7 +252,7 @@ def encode(
 def pipeline_prompt_kwargs(
     pipe: Any, prompt: str, negative_prompt: str | None, clip_skip: int | None = None, syntax: str = "a1111"
 ) -> dict[str, Any]:
-    """The prompt kwargs of the pipeline call (see the module doc). ``compel`` is refused at plan time."""
+    """The prompt kwargs of the pipeline call (see the module doc)."""
     if syntax == "none":
         skip = diffusers_clip_skip(clip_skip)
         if skip is not None and not _is_sdxl(pipe) and encoders(pipe):
@@ -267,7 +267,9 @@ def pipeline_prompt_kwargs(
             out["clip_skip"] = skip
         return out
     if syntax == "compel":
-        return _compel_kwargs(pipe, prompt, negative_prompt)
+        from .compel_syntax import compel_prompt_kwargs
+
+        return compel_prompt_kwargs(pipe, prompt, negative_prompt, clip_skip)
     if syntax != "a1111":
         raise ValueError(f"prompt_syntax {syntax!r} is not supported here")
     tokenizers: Sequence[Any] = [tok for _, tok, _ in encoders(pipe)]
@@ -277,33 +279,3 @@ def pipeline_prompt_kwargs(
 
     with torch.no_grad():
         return encode(pipe, prompt, negative_prompt, clip_skip)
-
-
-def _compel_kwargs(pipe: Any, prompt: str, negative_prompt: str | None) -> dict[str, Any]:
-    """compel's syntax through compel's own documented API (compel is optional: the plan refuses
-    ``prompt_syntax: "compel"`` when it is not importable). Untested here: compel is not installed."""
-    import torch
-    from compel import Compel, ReturnedEmbeddingsType  # type: ignore[import-not-found]
-
-    with torch.no_grad():
-        if _is_sdxl(pipe):
-            c = Compel(
-                tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
-                text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
-                returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
-                requires_pooled=[False, True],
-                truncate_long_prompts=False,
-            )
-            cond, pooled = c(prompt)
-            ncond, npooled = c(negative_prompt or "")
-            cond, ncond = c.pad_conditioning_tensors_to_same_length([cond, ncond])
-            return {
-                "prompt_embeds": cond,
-                "pooled_prompt_embeds": pooled,
-                "negative_prompt_embeds": ncond,
-                "negative_pooled_prompt_embeds": npooled,
-            }
-        c = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, truncate_long_prompts=False)
-        cond, ncond = c(prompt), c(negative_prompt or "")
-        cond, ncond = c.pad_conditioning_tensors_to_same_length([cond, ncond])
-        return {"prompt_embeds": cond, "negative_prompt_embeds": ncond}
