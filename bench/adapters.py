@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ]) + "\n"
     print(section)
     if args.write:
-        core.SECTION = SECTION
-        core.write_doc(Path(args.write), section)
+        core.write_doc(Path(args.write), section, SECTION)
     return 0
 
 
