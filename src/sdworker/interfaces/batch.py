@@ -334,9 +334,8 @@ class BatchInterface:
         steps_before: int,
         steps_after: int,
     ) -> int:
-        """Run one group's calls; returns the overall step count reached."""
+        """Run one group's calls with its LoRAs and embeddings on its pipeline; returns the overall step count reached."""
         gen = self.gen
-        torch = gen.runtime.torch
         first = grp.items[0].plan
         assert first is not None
         device = gen.runtime.device_name(gen.runtime.check_device(first.device))
@@ -345,32 +344,13 @@ class BatchInterface:
         with gen.pipelines.use(first.ref, device, gen.runtime.dtype_name) as (loaded, report):
             stats["load"] += report.ms / 1000
             ctx.log(f"group {gi}: model {first.ref.model_id} {'loaded' if report.fresh else 'from the cache'}, {len(grp.items)} item(s)")
-            return self._run_group_loaded(ctx, bplan, gi, grp, done, warnings, stats, rss, steps_before, steps_after, loaded)
-
-    def _run_group_loaded(
-        self,
-        ctx: JobContext,
-        bplan: BatchPlan,
-        gi: int,
-        grp: Group,
-        done: dict[int, dict[str, Any]],
-        warnings: list[str],
-        stats: dict[str, Any],
-        rss: RssSampler,
-        steps_before: int,
-        steps_after: int,
-        loaded: Any,
-    ) -> int:
-        """The group's LoRAs and embeddings on its pipeline for its calls (none: the base model's modules)."""
-        gen, first = self.gen, grp.items[0].plan
-        assert first is not None
-        pipe = gen.pipelines.for_mode(loaded, first.mode)
-        for it in grp.items:
-            warnings.extend(gen.embeddings.ensure_loaded(pipe, it.plan.embeddings, first.ref.model_id))  # type: ignore[union-attr]
-        uses = AdapterManager.load(gen.loras, first.loras)  # the same for every item: group_key holds the set
-        with gen.adapters.applied(pipe, uses, first.ref.model_id, first.ref.base_model) as more:
-            warnings.extend(more)
-            return self._run_group_calls(ctx, bplan, gi, grp, done, warnings, stats, rss, steps_before, steps_after, loaded)
+            pipe = gen.pipelines.for_mode(loaded, first.mode)
+            for it in grp.items:
+                warnings.extend(gen.embeddings.ensure_loaded(pipe, it.plan.embeddings, first.ref.model_id))  # type: ignore[union-attr]
+            uses = AdapterManager.load(gen.loras, first.loras)  # the same for every item: group_key holds the set
+            with gen.adapters.applied(pipe, uses, first.ref.model_id, first.ref.base_model) as more:
+                warnings.extend(more)
+                return self._run_group_calls(ctx, bplan, gi, grp, done, warnings, stats, rss, steps_before, steps_after, loaded)
 
     def _run_group_calls(
         self,
