@@ -6,10 +6,10 @@ import argparse
 
 
 def make_tiny_model_main(argv: list[str]) -> int:
-    from .tiny import ARCHES, make_tiny_model
+    from .tiny import MODEL_ARCHES, make_tiny_model
 
     p = argparse.ArgumentParser(prog="sdworker make-tiny-model", description="Write a tiny random-weight model (real architecture) for tests and demos.")
-    p.add_argument("--arch", required=True, choices=list(ARCHES))
+    p.add_argument("--arch", required=True, choices=list(MODEL_ARCHES))
     p.add_argument("--single-file", action="store_true", help="original single-file key layout")
     p.add_argument("dir", help="output folder (with --single-file: the .safetensors file to write)")
     args = p.parse_args(argv)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
+from ..families import supported_base_models
 from ..managers import schedulers
 from ..managers.modes import MODES
 from ..jobs.sessions import Session, iso
@@ -299,7 +300,7 @@ class InferenceInstructor:
             "max_resolution": {"width": s.max_resolution, "height": s.max_resolution},
             "devices": self.app.runtime.devices(),
             "schedulers": schedulers.accepted_names(),
-            "base_models": ["sdxl", "sd_1_5", "sd_2"],
+            "base_models": list(supported_base_models()),
         }
 
     def _device(self, device_id: str | None) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import __version__
 from ..dispatch.context import JobContext
+from ..families import Family, for_base_model, supported_base_models
+from ..families.sd import SDFamily
 from ..managers import hires, modes, precision, schedulers
 from ..managers.controlnet import ControlNetManager, ControlSpec, check_against_unet, controlnet_call_kwargs, pipeline_for, plan_controlnets, unet_config
 from ..managers.adapters import AdapterManager, PlannedLoRA
@@ -28,7 +30,7 @@ from ..managers.runtime import Runtime, RssSampler
 from ..managers.vae import VAEManager, folder_is_fp16_safe, fp16_safe
 from ..prompts.encode import pipeline_prompt_kwargs
 from ..prompts.lora_tags import extract_lora_tags
-from ..protocol.errors import ModelNotFound, OutOfMemory, ValidationFailed
+from ..protocol.errors import ModelNotFound, OutOfMemory, ValidationFailed, WorkerError
 from ..schemas.generation import GenerationRequest
 from ..settings import Settings
 
@@ -76,6 +78,7 @@ class Plan:
     loras: list[PlannedLoRA] = field(default_factory=list)  # data.loras + the prompt's <lora:...> tags
     embeddings: list[Triggered] = field(default_factory=list)  # textual inversions the prompts trigger
     prompt_as_sent: str | None = None  # the prompt with its LoRA tags (infotext); req.prompt has them cut out
+    family: Family = field(default_factory=SDFamily)  # [families] what differs per model family (families/)
 
     @property
     def single_run_only(self) -> list[str]:
@@ -84,6 +87,7 @@ class Plan:
         used = {"vae": self.vae is not None, "refiner": self.refiner is not None, "hires": self.hires is not None}
         used["precision"] = req.precision != type(req.precision)()
         used["controlnets"] = bool(self.controlnets)
+        used["model_id"] = not self.family.batchable  # [families] batched calls carry SD arguments only
         return [name for name, on in used.items() if on]
 
 
@@ -178,10 +182,16 @@ class GenerationInterface:
         if req.steps > s.max_steps:
             problems.append({"path": "data.steps", "message": f"{req.steps} is over the limit of {s.max_steps}"})
         choice = None
-        try:
-            choice = schedulers.resolve(req.scheduler, req.sampler)
-        except ValidationFailed as exc:
-            problems.extend(exc.details)
+        # [families] a family without the SD sampler table (Flux: flow matching only) checks the names itself
+        peek = ref or self._peek_ref(req)
+        peek_family = for_base_model(peek.base_model) if peek is not None else None
+        if peek_family is not None and not peek_family.sd_schedulers:
+            problems.extend(peek_family.scheduler_problems(req))
+        else:
+            try:
+                choice = schedulers.resolve(req.scheduler, req.sampler)
+            except ValidationFailed as exc:
+                problems.extend(exc.details)
         if req.prompt_syntax == "compel" and not _compel_installed():
             problems.append({"path": "data.prompt_syntax", "message": "compel is not installed in this worker; use a1111 or none"})
         if problems:
@@ -190,20 +200,26 @@ class GenerationInterface:
                     if problem["path"].removeprefix("data.") in preset["preset_applied"]:
                         problem["message"] += f" (from the {req.preset} preset {preset['preset_id']})"
             raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
-        ref = ref or self.locator.resolve(req.model_id or s.default_model)
-        if ref.base_model not in ("sdxl", "pony", "sd_1_5", "sd_2"):
+        ref = ref or peek or self.locator.resolve(req.model_id or s.default_model)
+        # [families] the model's family checks the request (SD: nothing more; Flux: refuses SD-only options)
+        family = for_base_model(ref.base_model)
+        if family is None:
             raise ValidationFailed(
-                f"model {ref.model_id!r} is a {ref.base_model} model ({ref.pipeline_class}); {mode} supports sdxl, sd_1_5, sd_2",
+                f"model {ref.model_id!r} is a {ref.base_model} model ({ref.pipeline_class}); {mode} supports {', '.join(supported_base_models())}",
                 [{"path": "data.model_id", "message": "unsupported architecture"}],
             )
+        checked = family.check(req, mode, ref)
+        if checked.problems:
+            raise ValidationFailed(f"{checked.problems[0]['path']}: {checked.problems[0]['message']}", checked.problems)
+        req = checked.req
         device = self.runtime.check_device(req.device_id)
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
         inputs, width, height = modes.prepare(mode, req.init_image, req.mask_image, req.width, req.height, roots)
-        side = native_size(ref)
+        side = family.native_size(ref) or native_size(ref)
         width, height = width or side, height or side
         dtype = None if req.precision.dtype == "auto" else req.precision.dtype
         precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [])
-        warnings: list[str] = []
+        warnings: list[str] = list(checked.warnings)
         sent = req.prompt
         req, loras = self._plan_loras(req, ref, warnings)
         req, embeds = self._plan_embeddings(req, ref, warnings)
@@ -226,8 +242,15 @@ class GenerationInterface:
         exclusive = req.output.save_path is not None and not req.output.overwrite
         return Plan(
             req, mode, ref, device, width, height, seed, paths, preset, choice, inputs, vae, refiner, hp, dtype, exclusive, warnings,
-            controlnets=cns, loras=loras, embeddings=embeds, prompt_as_sent=sent if sent != req.prompt else None,
+            controlnets=cns, loras=loras, embeddings=embeds, prompt_as_sent=sent if sent != req.prompt else None, family=family,
         )
+
+    def _peek_ref(self, req: GenerationRequest) -> ModelRef | None:
+        """The request's model when it resolves; None leaves the error to the real resolve."""
+        try:
+            return self.locator.resolve(req.model_id or self.settings.default_model)
+        except WorkerError:
+            return None
 
     def _plan_loras(self, req: GenerationRequest, ref: ModelRef, warnings: list[str]) -> tuple[GenerationRequest, list[PlannedLoRA]]:
         """data.loras plus the prompt's <lora:name:weight> tags (cut out of the prompt), found and base-checked."""
@@ -525,12 +548,14 @@ class GenerationInterface:
     def _denoise(self, ctx: JobContext, plan: Plan, pipes: RunPipes, rss: RssSampler) -> list[Any]:
         """The pipeline call(s) of the run: one, or base + refiner, or first pass + hires pass."""
         req, torch = plan.req, self.runtime.torch
-        common = {"guidance_scale": req.guidance_scale, "num_images_per_prompt": req.num_images}
+        # [families] guidance and the family's options (SD: {"guidance_scale"}; Flux: + max_sequence_length, true CFG)
+        common = {**plan.family.call_kwargs(req, plan), "num_images_per_prompt": req.num_images}
         gens = generators(torch, plan.seed, req.num_images)
         pipes.main.scheduler = self.pipelines.fresh_scheduler(pipes.loaded, plan.scheduler)
         first = {
-            **self._prompt(pipes.main, req),
+            **plan.family.prompt_kwargs(pipes.main, req),
             **modes.call_kwargs(plan.mode, plan.inputs or modes.ModeInputs(), plan.width, plan.height, req.strength),
+            **plan.family.mode_kwargs(plan),
             **(controlnet_call_kwargs(pipes.main, plan.controlnets) if plan.controlnets else {}),
             **common,
             "num_inference_steps": req.steps,
@@ -589,7 +614,7 @@ class GenerationInterface:
         offload = "none" if pipes.loaded.offloaded else plan.req.precision.cpu_offload
         with (
             precision.offloaded(pipe, offload, pipes.loaded.device, self.pipelines.memory, pipes.keys),
-            force_cancel_hooks(getattr(pipe, "unet", None), ctx),
+            force_cancel_hooks(getattr(pipe, "unet", None) or getattr(pipe, "transformer", None), ctx),
             torch.inference_mode(),
         ):
             out = pipe(**kwargs, callback_on_step_end=callback)
@@ -611,6 +636,7 @@ class GenerationInterface:
             extra["loras"] = [p.public() for p in plan.loras]
         if plan.embeddings:
             extra["textual_inversions"] = sorted({t.item.model_id for t in plan.embeddings})
+        extra.update(plan.family.effective(req, plan))  # [families] e.g. Flux's max_sequence_length, true_cfg_scale
         return {
             "mode": plan.mode,
             "prompt": plan.prompt_as_sent or req.prompt,

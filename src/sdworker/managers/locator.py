@@ -22,6 +22,9 @@ _PIPELINE_ARCH = {
     "StableDiffusionPipeline": "sd_1_5",
     "StableDiffusionImg2ImgPipeline": "sd_1_5",
     "StableDiffusionInpaintPipeline": "sd_1_5",
+    "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+    "FluxInpaintPipeline": "flux",
 }
 
 
@@ -44,6 +47,8 @@ def _base_model(folder: Path, index: dict) -> str:
     base = _PIPELINE_ARCH.get(cls, "unknown")
     if base == "sdxl" and (index.get("text_encoder") in (None, [None, None]) or index.get("requires_aesthetics_score")):
         return "sdxl_refiner"
+    if base == "flux":
+        return _flux_base(folder)
     if base == "sd_1_5":
         try:
             unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
@@ -52,6 +57,24 @@ def _base_model(folder: Path, index: dict) -> str:
         except (OSError, ValueError):
             pass
     return base
+
+
+def _flux_base(folder: Path) -> str:
+    """dev vs schnell from the transformer's guidance embedder; krea (a dev fine-tune) by name only."""
+    from ..models._hints import base_from_text
+
+    try:
+        embeds = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")
+    except (OSError, ValueError, AttributeError):
+        embeds = None
+    named = base_from_text(folder.name)
+    if embeds is False:
+        return "flux_schnell"
+    if named == "flux_krea":
+        return named
+    if embeds is True:
+        return "flux_dev"
+    return named if named in ("flux_dev", "flux_schnell") else "flux"
 
 
 _SINGLE_FILE_PIPELINES = {

@@ -189,6 +189,14 @@ class GenerationRequest(Params):
     clip_skip: int | None = Field(
         default=None, ge=1, le=12, description="A1111 style: 1 = last layer (the default), 2 = penultimate, ..."
     )
+    true_cfg_scale: float | None = Field(
+        default=None, ge=0.0, le=100.0,
+        description="Flux: real classifier-free guidance with the negative prompt (diffusers' true_cfg_scale; guidance_scale is "
+        "the distilled guidance there); absent or <= 1: off. Ignored by SD models",
+    )
+    max_sequence_length: int | None = Field(
+        default=None, ge=1, le=512, description="Flux: T5 prompt tokens; default 512 (dev, krea), 256 (schnell). Ignored by SD models"
+    )
     prompt_syntax: Literal["a1111", "compel", "none"] = Field(
         default="a1111",
         description="a1111: (word:1.2), [word], BREAK, 75-token chunks; compel: compel's syntax (needs compel installed); none: literal text",

@@ -323,6 +323,7 @@ _REQUEST_FIELDS = (
     ("num_frames", "num_frames"),
     ("video_fps", "fps"),
     ("guidance_scale_2", "guidance_scale_2"),
+    ("max_sequence_length", "max_sequence_length"),
 )
 
 
@@ -337,6 +338,8 @@ def request_values(preset: dict[str, Any]) -> dict[str, Any]:
         # diffusers' guidance_scale; everything else reads real CFG there.
         "guidance_scale": float(guidance) if distilled else preset["cfg_scale"],
     }
+    if distilled:  # their cfg_scale is real CFG on top (Flux: true_cfg_scale, used with a negative prompt)
+        out["true_cfg_scale"] = float(preset["cfg_scale"])
     for key, field in _REQUEST_FIELDS:
         if msp.get(key) is not None:
             out[field] = msp[key]

@@ -33,6 +33,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from . import tokenizer as tok
 
 ARCHES: tuple[str, ...] = ("sdxl", "sd15")
+#: Tiny Flux pipelines (tiny/flux.py); folders only, and not in ARCHES, whose users are SD-only.
+FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
+#: The other families' tiny models: arch -> the tiny/ module whose make_tiny(arch, out_dir) writes
+#: it as a diffusers folder ("flux" is FLUX.1-dev, the issue's name for it).
+FAMILY_ARCHES: dict[str, str] = {"flux": "flux", "flux-dev": "flux", "flux-schnell": "flux"}
+#: Everything make_tiny_model writes.
+MODEL_ARCHES: tuple[str, ...] = ARCHES + tuple(FAMILY_ARCHES)
 
 #: One fixed seed per component, so changing one component's config never changes the
 #: weights of another.
@@ -219,8 +226,15 @@ def make_tiny_model(arch: str, out_dir: str | Path, single_file: bool = False) -
     failed build never leaves a half-written model behind. The caller's torch RNG state
     is left untouched.
     """
+    if arch in FAMILY_ARCHES:
+        if single_file:
+            raise ValueError(f"{arch}: this tiny model is written as a diffusers folder only")
+        import importlib
+
+        module = importlib.import_module(f"{__package__}.{FAMILY_ARCHES[arch]}")
+        return module.make_tiny(arch, out_dir)
     if arch not in ARCHES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHES}")
+        raise ValueError(f"unknown arch {arch!r}; expected one of {MODEL_ARCHES}")
     if single_file:
         # one original-layout (civitai-style) .safetensors file; same weights as the folder
         from .single_file import make_tiny_single_file

@@ -1,0 +1,114 @@
+"""What a model family is: the few things that differ between Stable Diffusion and Flux generation.
+
+The generation interface plans and runs every family the same way: it resolves the model, checks
+the request, assembles the pipeline from model_index.json (managers.pipelines), makes the mode's
+pipeline with `from_pipe`, and calls it with one CPU generator per image (contract section 6).
+A family says only what differs:
+
+* which base models it serves (contract section 7 ids) and which modes it runs;
+* which request options it takes (`check`: problems, warnings, and the request as it will run,
+  its own defaults applied);
+* how the prompt becomes pipeline arguments (`prompt_kwargs`) and how the guidance and the
+  family's other options do (`call_kwargs`);
+* its native image side, and whether the scheduler table of managers.schedulers applies to it.
+
+A family holds no state; the registry (families.registry) has one instance of each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from ..managers.locator import ModelRef
+    from ..schemas.generation import GenerationRequest
+
+
+class RunPlan(Protocol):
+    """What call_kwargs reads of a generation plan (interfaces.generation.Plan has these)."""
+
+    mode: str
+    width: int
+    height: int
+    ref: "ModelRef"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A family's values for the fields a request leaves out (no preset applied)."""
+
+    steps: int
+    guidance_scale: float
+
+
+@dataclass
+class Checked:
+    """The outcome of Family.check."""
+
+    req: "GenerationRequest"  # the request as it will run: defaults applied, unusable parts dropped
+    problems: list[dict[str, str]] = field(default_factory=list)  # [{path, message}]: a validation_error
+    warnings: list[str] = field(default_factory=list)  # what changed or is ignored, for the result's warnings
+
+
+def problem(path: str, message: str) -> dict[str, str]:
+    return {"path": path, "message": message}
+
+
+class Family:
+    """Base of the families; the class attributes are the family's description."""
+
+    name: ClassVar[str]
+    base_models: ClassVar[tuple[str, ...]]
+    #: mode -> the diffusers pipeline class running it (the model's own class for text2img)
+    pipelines: ClassVar[dict[str, str]]
+    #: the request's sampler/scheduler go through managers.schedulers (the SD sampler table)
+    sd_schedulers: ClassVar[bool] = True
+    #: inference.batch_process may put its requests into one batched pipeline call
+    batchable: ClassVar[bool] = True
+
+    def defaults(self, base_model: str) -> Defaults:
+        """Steps and guidance when the request (and its preset) sets none: the schema's defaults."""
+        return Defaults(steps=20, guidance_scale=7.0)
+
+    def with_defaults(self, req: "GenerationRequest", base_model: str) -> "GenerationRequest":
+        """`req` with the family's defaults under the fields it did not set (a preset's count as set)."""
+        d = self.defaults(base_model)
+        update: dict[str, Any] = {}
+        if "steps" not in req.model_fields_set and req.steps != d.steps:
+            update["steps"] = d.steps
+        if "guidance_scale" not in req.model_fields_set and req.guidance_scale != d.guidance_scale:
+            update["guidance_scale"] = d.guidance_scale
+        return req.model_copy(update=update) if update else req
+
+    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+        """The request's problems for this family, its warnings, and the request as it will run."""
+        req = self.with_defaults(req, ref.base_model)
+        if mode not in self.pipelines:
+            runs = ", ".join(self.pipelines)
+            return Checked(req, [problem("data.model_id", f"{ref.model_id} is a {ref.base_model} model, which runs {runs}, not {mode}")])
+        return Checked(req)
+
+    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+        """The prompt arguments of the pipeline call (text or embeddings)."""
+        raise NotImplementedError
+
+    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        """The family's other arguments of the call: guidance and options (not prompt, not mode inputs)."""
+        raise NotImplementedError
+
+    def mode_kwargs(self, plan: RunPlan) -> dict[str, Any]:
+        """Arguments a mode needs on this family beyond managers.modes.call_kwargs."""
+        return {}
+
+    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+        """For families without the SD sampler table: problems with data.sampler / data.scheduler."""
+        return []
+
+    def native_size(self, ref: "ModelRef") -> int | None:
+        """The default side in pixels; None: the generation interface's SD rule (unet x VAE)."""
+        return None
+
+    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        """Extra entries of the result's `parameters` (values this family used)."""
+        return {}

@@ -1,0 +1,204 @@
+"""FLUX.1 (dev, schnell, krea): text2img and img2img through diffusers' FluxPipeline / FluxImg2ImgPipeline.
+
+How a request maps onto FluxPipeline (diffusers 0.42):
+
+* Prompt: plain text to both encoders (CLIP's pooled output and T5's hidden states; diffusers'
+  ``prompt_2`` defaults to ``prompt``). There is no A1111 weighting: with ``prompt_syntax``
+  "a1111" a prompt with weights, brackets or BREAK is sent as its plain text (the pieces' text
+  joined, prompts.attention.plain_text) and the result warns; "none" sends it as written;
+  "compel" is refused. ``clip_skip`` is refused (Flux reads CLIP's pooled output only).
+* Guidance: ``guidance_scale`` is the distilled guidance the transformer embeds (dev, krea; the
+  presets' ``guidance``), not classifier-free guidance. schnell has no guidance embedder: a
+  guidance_scale the request sets is ignored with a warning and reported as 0.
+* Negative prompt: real CFG needs a second transformer pass per step, so it is opt-in as in
+  diffusers: ``true_cfg_scale`` > 1 together with a negative prompt. A negative prompt without
+  it is not used (warning), and so is a true_cfg_scale without a negative prompt.
+* ``max_sequence_length``: T5 tokens, at most 512; default 512, schnell 256 (its training
+  length; the presets say the same).
+* Sampler: only the model's own FlowMatchEulerDiscreteScheduler (ComfyUI "euler" + "simple").
+  Any other sampler or schedule is a validation_error listing what is accepted.
+* img2img: FluxImg2ImgPipeline sizes its output from width/height (default: its 1024-ish
+  native size, not the init image's), so the planned size is passed along.
+* Not yet: inpainting (FluxInpaintPipeline / Fill), ControlNets, LoRAs, hires fix, refiners,
+  textual inversions, standalone VAEs: each is a validation_error naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .base import Checked, Defaults, Family, RunPlan, problem
+
+if TYPE_CHECKING:
+    from ..managers.locator import ModelRef
+    from ..schemas.generation import GenerationRequest
+
+#: T5's limit in FluxPipeline.check_inputs.
+MAX_SEQUENCE_LENGTH = 512
+
+_DEFAULTS = {
+    "flux_schnell": Defaults(steps=4, guidance_scale=0.0),  # [flux-diffusers]
+    "flux_krea": Defaults(steps=28, guidance_scale=4.5),  # [krea-card]
+}
+_DEV = Defaults(steps=28, guidance_scale=3.5)  # FluxPipeline.__call__'s own defaults
+
+# Sampler names meaning "the model's flow-matching Euler", compared as managers.schedulers does
+# (lower case, without spaces, "_", "-", "+").
+_ALGORITHMS = ("euler", "flowmatcheuler", "flowmatcheulerdiscrete", "flowmatcheulerdiscretescheduler")
+_SCHEDULES = ("default", "normal", "automatic", "auto", "simple")
+ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler, with schedule simple or normal (or none)"
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch not in " _-+")
+
+
+def _flow_match_name(name: str) -> bool:
+    key = _key(name)
+    return key in _ALGORITHMS or key in _SCHEDULES or any(key == a + s for a in _ALGORITHMS for s in _SCHEDULES)
+
+
+def true_cfg_scale(req: "GenerationRequest") -> float | None:
+    """The true-CFG scale of the call; None when real CFG is off (the negative prompt is unused)."""
+    scale = req.true_cfg_scale
+    if scale is None or scale <= 1.0 or not req.negative_prompt:
+        return None
+    return float(scale)
+
+
+def _vae_scale_factor(ref: "ModelRef") -> int:
+    try:
+        vae = json.loads((ref.path / "vae" / "config.json").read_text(encoding="utf-8"))
+        return 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 8  # FLUX.1's VAE
+
+
+def size_multiple(ref: "ModelRef") -> int:
+    """Width and height must be multiples of this: the VAE's factor x Flux's 2x2 latent packing."""
+    return 2 * _vae_scale_factor(ref)
+
+
+class FluxFamily(Family):
+    name: ClassVar[str] = "flux"
+    base_models: ClassVar[tuple[str, ...]] = ("flux_dev", "flux_schnell", "flux_krea", "flux")
+    pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline"}
+    sd_schedulers: ClassVar[bool] = False
+    batchable: ClassVar[bool] = False  # batch_process's batched calls carry SD kwargs only
+
+    def defaults(self, base_model: str) -> Defaults:
+        return _DEFAULTS.get(base_model, _DEV)
+
+    @staticmethod
+    def sequence_length(req: "GenerationRequest", base_model: str) -> int:
+        asked = req.max_sequence_length
+        if asked is not None:
+            return int(asked)
+        return 256 if base_model == "flux_schnell" else MAX_SEQUENCE_LENGTH
+
+    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+        checked = super().check(req, mode, ref)
+        if checked.problems:  # a mode Flux does not run
+            checked.problems[0]["message"] += " (Flux inpainting is not supported yet)"
+            return checked
+        problems = self.refusals(checked.req, ref)
+        if problems:
+            return Checked(checked.req, problems)
+        return self._as_run(checked.req, ref)
+
+    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+        """The request's options Flux does not take (yet), each a problem at its field."""
+        from ..prompts.lora_tags import extract_lora_tags
+
+        model = f"{ref.model_id} is a {ref.base_model} model"
+        out: list[dict[str, str]] = []
+        if ref.format != "diffusers":
+            out.append(problem("data.model_id", f"{model} in one file; Flux runs from diffusers folders only (for now)"))
+        not_yet = {
+            "hires": ("hires fix", req.hires is not None),
+            "controlnets": ("ControlNets", bool(req.controlnets)),
+            "loras": ("LoRAs", bool(req.loras)),
+            "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
+            "vae": ("a standalone VAE", req.vae not in (None, "model")),
+        }
+        for fld, (what, used) in not_yet.items():
+            if used:
+                out.append(problem(f"data.{fld}", f"{what} on Flux models is not supported yet ({model})"))
+        if not req.loras and extract_lora_tags(req.prompt)[1]:
+            out.append(problem("data.prompt", f"<lora:...> tags: LoRAs on Flux models are not supported yet ({model})"))
+        if req.refiner is not None:
+            out.append(problem("data.refiner", f"a refiner needs an SDXL base model; {model}"))
+        if req.clip_skip is not None:
+            out.append(problem("data.clip_skip", f"Flux has no clip skip (it reads CLIP's pooled output only); leave clip_skip out ({model})"))
+        if req.prompt_syntax == "compel":
+            out.append(problem("data.prompt_syntax", "compel does not support Flux; use a1111 (weights are dropped) or none"))
+        out.extend(self.scheduler_problems(req))
+        multiple = size_multiple(ref)
+        for fld in ("width", "height"):
+            side = getattr(req, fld)
+            if side is not None and side % multiple:
+                out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x 2x2 latent packing)"))
+        return out
+
+    @staticmethod
+    def _as_run(req: "GenerationRequest", ref: "ModelRef") -> Checked:
+        """The request as Flux runs it (plain-text prompts, schnell without guidance) and what that changed."""
+        update: dict[str, Any] = {}
+        warnings: list[str] = []
+        if req.prompt_syntax == "a1111":
+            from ..prompts.attention import parse_prompt_attention, plain_text
+
+            for fld in ("prompt", "negative_prompt"):
+                text = getattr(req, fld)
+                if text and parse_prompt_attention(text) != [(text, 1.0)]:
+                    update[fld] = plain_text(text)
+                    warnings.append(
+                        f"{fld}: Flux takes no A1111 weighting; sent as plain text {update[fld]!r} "
+                        '(prompt_syntax "none" sends the text as written)'
+                    )
+        if ref.base_model == "flux_schnell" and req.guidance_scale != 0.0:
+            if "guidance_scale" in req.model_fields_set:
+                warnings.append(f"guidance_scale {req.guidance_scale:g} ignored: FLUX.1 schnell has no guidance (it runs with 0)")
+            update["guidance_scale"] = 0.0
+        scale, negative = req.true_cfg_scale, update.get("negative_prompt", req.negative_prompt)
+        if negative and (scale is None or scale <= 1.0):
+            warnings.append("negative_prompt not used: Flux is guidance-distilled; send true_cfg_scale > 1 for real CFG with it (twice the work per step)")
+        elif scale is not None and scale > 1.0 and not negative:
+            warnings.append("true_cfg_scale ignored: real CFG on Flux needs a negative_prompt")
+        return Checked(req.model_copy(update=update) if update else req, [], warnings)
+
+    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+        out = []
+        for fld in ("sampler", "scheduler"):
+            value = getattr(req, fld)
+            if value is not None and value.strip() and not _flow_match_name(value):
+                out.append(problem(f"data.{fld}", f"{value!r}: Flux runs only its flow-matching Euler scheduler; accepted: {ACCEPTED_SAMPLERS}"))
+        return out
+
+    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt": req.prompt}
+        if true_cfg_scale(req) is not None:
+            out["negative_prompt"] = req.negative_prompt
+        return out
+
+    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        out: dict[str, Any] = {"guidance_scale": req.guidance_scale, "max_sequence_length": self.sequence_length(req, plan.ref.base_model)}
+        scale = true_cfg_scale(req)
+        if scale is not None:
+            out["true_cfg_scale"] = scale
+        return out
+
+    def mode_kwargs(self, plan: RunPlan) -> dict[str, Any]:
+        # FluxImg2ImgPipeline sizes its output from width/height, not from the init image.
+        return {"width": plan.width, "height": plan.height} if plan.mode == "img2img" else {}
+
+    def native_size(self, ref: "ModelRef") -> int | None:
+        """FluxPipeline's default: 128 latent pixels x the VAE's scale factor (1024 for FLUX.1)."""
+        return 128 * _vae_scale_factor(ref)
+
+    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_sequence_length": self.sequence_length(req, plan.ref.base_model)}
+        scale = true_cfg_scale(req)
+        out["true_cfg_scale"] = scale if scale is not None else 1.0
+        return out

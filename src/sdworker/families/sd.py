@@ -1,0 +1,42 @@
+"""Stable Diffusion 1.x / 2.x and SDXL (Pony): what the worker did before families existed.
+
+Prompts go through prompts.encode (A1111 weighting, clip skip, compel, literal text), the
+request's guidance_scale is classifier-free guidance, samplers come from the
+managers.schedulers table, and every SD-only option (refiner, hires, ControlNets, LoRAs,
+embeddings, standalone VAEs) is planned by the generation interface itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .base import Checked, Family, RunPlan
+
+if TYPE_CHECKING:
+    from ..managers.locator import ModelRef
+    from ..schemas.generation import GenerationRequest
+
+
+class SDFamily(Family):
+    name: ClassVar[str] = "sd"
+    base_models: ClassVar[tuple[str, ...]] = ("sdxl", "pony", "sd_1_5", "sd_2")
+    pipelines: ClassVar[dict[str, str]] = {
+        "text2img": "AutoPipelineForText2Image",
+        "img2img": "AutoPipelineForImage2Image",
+        "inpainting": "AutoPipelineForInpainting",
+    }
+
+    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+        checked = super().check(req, mode, ref)
+        for fld in ("true_cfg_scale", "max_sequence_length"):
+            if getattr(checked.req, fld) is not None:
+                checked.warnings.append(f"{fld} ignored: it is a Flux option; {ref.model_id} is a {ref.base_model} model")
+        return checked
+
+    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+        from ..prompts.encode import pipeline_prompt_kwargs
+
+        return pipeline_prompt_kwargs(pipe, req.prompt, req.negative_prompt, req.clip_skip, req.prompt_syntax)
+
+    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        return {"guidance_scale": req.guidance_scale}

@@ -1,0 +1,203 @@
+"""Tiny, random-weight Flux pipelines (FLUX.1 dev and schnell layouts) for tests and demos.
+
+Same idea as :mod:`sdworker.tiny.builder`: the real classes (FluxTransformer2DModel, a 16-channel
+AutoencoderKL without quant convs, CLIPTextModel, T5EncoderModel, FlowMatchEulerDiscreteScheduler)
+at tiny sizes, each component seeded on its own, nothing downloaded. What tells dev from schnell
+is what tells the real checkpoints apart: dev's transformer has a guidance embedder
+(``guidance_embeds``) and its scheduler shifts by resolution (``use_dynamic_shifting``);
+schnell has neither.
+
+Sizes: the VAE has two blocks, so ``vae_scale_factor`` is 2 and Flux's 2x2 latent packing needs
+width and height divisible by 4; a 64x64 image is 32x32 latents, 256 packed tokens of 64
+channels (16 latent channels x 4). The T5 tokenizer is a Unigram vocabulary built here from a
+word list (no sentencepiece model, no download), loaded as ``T5TokenizerFast``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
+
+from . import tokenizer as tok
+from .builder import FLUX_ARCHES, TEXT_HIDDEN_SIZE, _check_target, _text_config
+
+VARIANTS: tuple[str, ...] = FLUX_ARCHES
+
+#: One seed per component (distinct from the SD builders' seeds).
+SEEDS: dict[str, int] = {"transformer": 10, "vae": 11, "text_encoder": 12, "text_encoder_2": 13}
+
+T5_D_MODEL = 32
+#: The real Flux T5 tokenizer's model_max_length; dev encodes 512 tokens, schnell 256.
+T5_MAX_LENGTH = 512
+LATENT_CHANNELS = 16
+
+# FLUX.1-dev's vae/config.json, shrunk to two 32/64-channel blocks.
+FLUX_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    "latent_channels": LATENT_CHANNELS,
+    "sample_size": 128,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "force_upcast": True,
+}
+
+_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": LATENT_CHANNELS * 4,  # 2x2 packed latents
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": T5_D_MODEL,  # T5 hidden states
+    "pooled_projection_dim": TEXT_HIDDEN_SIZE,  # CLIP's pooled output (CLIPTextModel.pooler_output)
+    "axes_dims_rope": (4, 6, 6),  # sums to attention_head_dim
+}
+TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "flux-dev": {**_TRANSFORMER, "guidance_embeds": True},
+    "flux-schnell": {**_TRANSFORMER, "guidance_embeds": False},
+}
+
+# The real checkpoints' scheduler/scheduler_config.json.
+SCHEDULERS: dict[str, dict[str, Any]] = {
+    "flux-dev": {
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    },
+    "flux-schnell": {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False},
+}
+
+# ---- the T5 tokenizer: a Unigram vocabulary from a word list -----------------------------------
+
+T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"
+_SPACE = "\u2581"  # SentencePiece's word-boundary mark
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789,.!?:;'()[]-_/"
+
+
+def t5_vocab() -> list[tuple[str, float]]:
+    """(piece, log-probability) in T5's layout: <pad>=0, </s>=1, <unk>=2, then the pieces.
+
+    Whole words from the tiny CLIP tokenizer's prompt corpus score by frequency; single
+    characters (with and without the word-start mark) score low, so known words stay one piece
+    and anything else still encodes, character by character.
+    """
+    words = Counter(tok._CORPUS)
+    total = sum(words.values())
+    pieces: list[tuple[str, float]] = [(T5_PAD, 0.0), (T5_EOS, 0.0), (T5_UNK, 0.0), (_SPACE, -4.0)]
+    for word in sorted(words):
+        pieces.append((_SPACE + word, round(math.log(words[word] / total), 4)))
+    seen = {p for p, _ in pieces}
+    for ch in _CHARS:
+        for piece in (_SPACE + ch, ch):
+            if piece not in seen:
+                seen.add(piece)
+                pieces.append((piece, -12.0))
+    return pieces
+
+
+def t5_tokenizer() -> T5TokenizerFast:
+    return T5TokenizerFast(
+        vocab=t5_vocab(), eos_token=T5_EOS, unk_token=T5_UNK, pad_token=T5_PAD, extra_ids=0, model_max_length=T5_MAX_LENGTH
+    )
+
+
+def t5_config() -> T5Config:
+    """T5 v1.1 (gated-gelu, untied embeddings) like Flux's google/t5-v1_1-xxl, at d_model 32."""
+    return T5Config(
+        vocab_size=len(t5_vocab()),
+        d_model=T5_D_MODEL,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        is_encoder_decoder=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+
+
+# ---- the pipeline -------------------------------------------------------------------------------
+
+
+def _seeded(name: str) -> None:
+    torch.manual_seed(SEEDS[name])
+
+
+def build_flux_pipeline(variant: str, scratch: str | Path) -> FluxPipeline:
+    """The in-memory tiny Flux pipeline of ``variant``; ``scratch`` receives the CLIP tokenizer files."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Flux variant {variant!r}; expected one of {VARIANTS}")
+    _seeded("transformer")
+    transformer = FluxTransformer2DModel(**TRANSFORMERS[variant])
+    _seeded("vae")
+    vae = AutoencoderKL(**FLUX_VAE)
+    _seeded("text_encoder")
+    text_encoder = CLIPTextModel(_text_config(tok.PAD_EOS))  # the tiny SD CLIP-L: hidden 32, the tiny vocab
+    _seeded("text_encoder_2")
+    text_encoder_2 = T5EncoderModel(t5_config())
+    tokenizer = tok.load_tokenizer(tok.write_tokenizer_files(Path(scratch) / "tokenizer", tok.PAD_EOS))
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULERS[variant]),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+    )
+
+
+def make_tiny(arch: str, out_dir: str | Path) -> Path:
+    """make_tiny_model's entry for the Flux arches ("flux" = flux-dev)."""
+    return make_tiny_flux("flux-dev" if arch == "flux" else arch, out_dir)
+
+
+def make_tiny_flux(variant: str, out_dir: str | Path) -> Path:
+    """Build and save the tiny ``variant`` Flux pipeline to ``out_dir`` (diffusers layout).
+
+    Like :func:`sdworker.tiny.builder.make_tiny_model`: staged in a temporary sibling folder and
+    swapped in whole, refusing to overwrite anything but a diffusers model; the caller's torch
+    RNG state is left untouched.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown Flux variant {variant!r}; expected one of {VARIANTS}")
+    out = Path(out_dir).absolute()
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
+        tmp_path = Path(tmp)
+        staged = tmp_path / "model"
+        with torch.random.fork_rng(devices=[]):
+            pipe = build_flux_pipeline(variant, tmp_path / "tokenizers")
+        pipe.save_pretrained(staged, safe_serialization=True)
+        tok.write_tokenizer_files(staged / "tokenizer", tok.PAD_EOS)  # the canonical CLIP files (see builder)
+        _check_target(out)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staged, out)
+    return out

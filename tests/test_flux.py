@@ -1,0 +1,313 @@
+"""Flux (dev, schnell): the tiny models, the Flux family's request mapping, and parity with plain diffusers."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline, FluxImg2ImgPipeline, FluxPipeline
+from PIL import Image
+
+from conftest import Worker
+from sdworker.families import for_base_model
+from sdworker.families.flux import FluxFamily, size_multiple
+from sdworker.managers import modes
+from sdworker.managers.denoise import generators
+from sdworker.managers.locator import ModelRef
+from sdworker.schemas.generation import GenerationRequest
+from sdworker.tiny import make_tiny_model
+from sdworker.tiny.flux import make_tiny_flux
+
+PROMPT = "a photo of a small red house by a lake"
+DEV, SCHNELL = "tiny-flux-dev", "tiny-flux-schnell"
+FLUX = FluxFamily()
+
+
+def _decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def _png_b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Overrides conftest's: this module's workers see the two tiny Flux models only."""
+    root = tmp_path_factory.mktemp("flux-models")
+    make_tiny_model("flux-dev", root / DEV)
+    make_tiny_model("flux-schnell", root / SCHNELL)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipes(models_dir: Path) -> dict[str, FluxPipeline]:
+    out = {}
+    for name in (DEV, SCHNELL):
+        pipe = DiffusionPipeline.from_pretrained(str(models_dir / name), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        out[name] = pipe
+    return out
+
+
+@pytest.fixture(scope="module")
+def flux_worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("flux-out")
+    w = Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--data-dir", str(tmp_path_factory.mktemp("flux-data"))])
+    yield w
+    w.kill()
+
+
+@pytest.fixture(scope="module")
+def init_image() -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+
+
+def _ref(models_dir: Path, name: str, base: str) -> ModelRef:
+    return ModelRef(name, models_dir / name, "FluxPipeline", base)
+
+
+def _req(**data) -> GenerationRequest:
+    return GenerationRequest.model_validate({"prompt": PROMPT, **data})
+
+
+# ---- the tiny models -----------------------------------------------------------------------------
+
+
+def test_tiny_flux_models(pipes):
+    dev, schnell = pipes[DEV], pipes[SCHNELL]
+    assert type(dev) is FluxPipeline and type(schnell) is FluxPipeline
+    assert dev.transformer.config.guidance_embeds is True and schnell.transformer.config.guidance_embeds is False
+    assert dev.scheduler.config.use_dynamic_shifting is True and dev.scheduler.config.shift == 3.0
+    assert schnell.scheduler.config.use_dynamic_shifting is False
+    assert dev.vae.config.latent_channels * 4 == dev.transformer.config.in_channels == 64
+    assert type(dev.tokenizer_2).__name__ in ("T5TokenizerFast", "T5Tokenizer")
+    ids = dev.tokenizer_2("a photo of a zebra").input_ids
+    assert ids[-1] == dev.tokenizer_2.eos_token_id and dev.tokenizer_2.unk_token_id not in ids  # unknown words spell out
+    assert len(dev.tokenizer_2("a photo").input_ids) == 3  # known words are one piece each, + </s>
+
+
+def test_tiny_flux_build_is_deterministic(models_dir, tmp_path):
+    again = make_tiny_flux("flux-dev", tmp_path / "again")
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(models_dir / DEV) for p in (models_dir / DEV).rglob("*") if p.is_file())
+    for rel in files:
+        assert (again / rel).read_bytes() == (models_dir / DEV / rel).read_bytes(), rel
+
+
+# ---- the family, in-process ------------------------------------------------------------------------
+
+
+def test_registry_maps_flux_bases():
+    for base in ("flux_dev", "flux_schnell", "flux_krea", "flux"):
+        assert for_base_model(base).name == "flux"
+    assert for_base_model("sdxl").name == "sd" and for_base_model("sd3") is None
+
+
+def test_defaults_and_schnell_guidance(models_dir):
+    dev = FLUX.check(_req(), "text2img", _ref(models_dir, DEV, "flux_dev"))
+    assert not dev.problems and not dev.warnings
+    assert (dev.req.steps, dev.req.guidance_scale) == (28, 3.5)
+    quiet = FLUX.check(_req(), "text2img", _ref(models_dir, SCHNELL, "flux_schnell"))
+    assert (quiet.req.steps, quiet.req.guidance_scale, quiet.warnings) == (4, 0.0, [])
+    loud = FLUX.check(_req(guidance_scale=5, steps=2), "text2img", _ref(models_dir, SCHNELL, "flux_schnell"))
+    assert loud.req.guidance_scale == 0.0 and loud.req.steps == 2
+    assert any("schnell has no guidance" in w for w in loud.warnings)
+
+
+def test_weighted_prompt_becomes_plain_text(models_dir):
+    ref = _ref(models_dir, DEV, "flux_dev")
+    c = FLUX.check(_req(prompt="a (red:1.3) house BREAK [lake]"), "text2img", ref)
+    assert not c.problems and "(" not in c.req.prompt and "red house" in c.req.prompt
+    assert any("no A1111 weighting" in w for w in c.warnings)
+    literal = FLUX.check(_req(prompt="a (red:1.3) house", prompt_syntax="none"), "text2img", ref)
+    assert literal.req.prompt == "a (red:1.3) house" and not literal.warnings
+
+
+@pytest.mark.parametrize(
+    "data, path",
+    [
+        ({"clip_skip": 2}, "data.clip_skip"),
+        ({"sampler": "DPM++ 2M"}, "data.sampler"),
+        ({"scheduler": "Euler a"}, "data.scheduler"),
+        ({"sampler": "euler", "scheduler": "karras"}, "data.scheduler"),
+        ({"refiner": "some-refiner"}, "data.refiner"),
+        ({"hires": {"scale": 2}}, "data.hires"),
+        ({"loras": [{"name": "x"}]}, "data.loras"),
+        ({"prompt": "a cat <lora:x:0.5>"}, "data.prompt"),
+        ({"vae": "some-vae"}, "data.vae"),
+        ({"prompt_syntax": "compel"}, "data.prompt_syntax"),
+    ],
+)
+def test_sd_only_options_are_refused(models_dir, data, path):
+    c = FLUX.check(_req(**data), "text2img", _ref(models_dir, DEV, "flux_dev"))
+    assert [p["path"] for p in c.problems] == [path], c.problems
+
+
+def test_size_must_fit_the_latent_packing(tmp_path):
+    real = ModelRef("flux1-dev", tmp_path / "no-such-model", "FluxPipeline", "flux_dev")  # no VAE config: FLUX.1's factor 8
+    assert size_multiple(real) == 16
+    c = FLUX.check(_req(width=1016, height=1024), "text2img", real)
+    assert [p["path"] for p in c.problems] == ["data.width"]
+
+
+def test_flow_match_sampler_names_are_accepted(models_dir):
+    ref = _ref(models_dir, DEV, "flux_dev")
+    for data in ({"sampler": "euler", "scheduler": "simple"}, {"scheduler": "Euler"}, {"sampler": "FlowMatchEulerDiscreteScheduler"},
+                 {"scheduler": "normal"}, {"sampler": "flow_match_euler"}):
+        assert not FLUX.check(_req(**data), "text2img", ref).problems, data
+    assert size_multiple(ref) == 4  # tiny VAE: factor 2, times the 2x2 packing
+
+
+def test_inpainting_is_refused(models_dir):
+    c = FLUX.check(_req(), "inpainting", _ref(models_dir, DEV, "flux_dev"))
+    assert c.problems and "inpainting" in c.problems[0]["message"]
+
+
+def test_negative_prompt_without_true_cfg_is_not_used(models_dir):
+    ref = _ref(models_dir, DEV, "flux_dev")
+    c = FLUX.check(_req(negative_prompt="blurry"), "text2img", ref)
+    assert any("true_cfg_scale" in w for w in c.warnings)
+    assert "negative_prompt" not in FLUX.prompt_kwargs(None, c.req)
+    alone = FLUX.check(_req(true_cfg_scale=3.0), "text2img", ref)
+    assert any("needs a negative_prompt" in w for w in alone.warnings)
+    plan = SimpleNamespace(mode="text2img", width=64, height=64, ref=ref)
+    assert "true_cfg_scale" not in FLUX.call_kwargs(alone.req, plan)
+    both = FLUX.check(_req(negative_prompt="blurry", true_cfg_scale=3.0, max_sequence_length=77), "text2img", ref)
+    assert not both.warnings
+    assert FLUX.prompt_kwargs(None, both.req)["negative_prompt"] == "blurry"
+    assert FLUX.call_kwargs(both.req, plan) == {"guidance_scale": 3.5, "max_sequence_length": 77, "true_cfg_scale": 3.0}
+
+
+def test_sd_family_ignores_flux_options(models_dir):
+    sd = for_base_model("sdxl")
+    c = sd.check(_req(true_cfg_scale=2.0, steps=3), "text2img", ModelRef("x", models_dir / "x", "StableDiffusionXLPipeline", "sdxl"))
+    assert not c.problems and c.req.steps == 3 and c.req.guidance_scale == 7.0
+    assert any("true_cfg_scale ignored" in w for w in c.warnings)
+    assert sd.call_kwargs(c.req, SimpleNamespace(mode="text2img", width=64, height=64, ref=None)) == {"guidance_scale": 7.0}
+
+
+def test_family_kwargs_equal_plain_diffusers(pipes, models_dir):
+    """Our kwargs on the same pipeline and generators give plain diffusers' pixels."""
+    pipe = pipes[DEV]
+    ref = _ref(models_dir, DEV, "flux_dev")
+    checked = FLUX.check(_req(steps=2, guidance_scale=4.0, width=64, height=64, seed=9), "text2img", ref)
+    plan = SimpleNamespace(mode="text2img", width=64, height=64, ref=ref)
+    kwargs = {
+        **FLUX.prompt_kwargs(pipe, checked.req),
+        **modes.call_kwargs("text2img", modes.ModeInputs(), 64, 64, checked.req.strength),
+        **FLUX.call_kwargs(checked.req, plan),
+    }
+    assert kwargs["max_sequence_length"] == 512 and kwargs["guidance_scale"] == 4.0
+    ours = pipe(**kwargs, num_inference_steps=2, num_images_per_prompt=2, generator=generators(torch, 9, 2), output_type="np").images
+    plain = pipe(
+        prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=4.0, num_images_per_prompt=2,
+        generator=[torch.Generator("cpu").manual_seed(9 + i) for i in range(2)], output_type="np",
+    ).images
+    assert np.array_equal(ours, plain)
+
+
+# ---- through the worker ------------------------------------------------------------------------------
+
+
+def test_list_models_shows_flux_bases(flux_worker):
+    r = flux_worker.call("model.list_models", {"refresh": True})
+    assert r["success"], r
+    bases = {i["model_id"]: i["base_model"] for i in r["data"]["items"]}
+    assert bases == {DEV: "flux_dev", SCHNELL: "flux_schnell"}
+
+
+def test_text2img_dev_equals_diffusers(flux_worker, pipes):
+    req = {"model_id": DEV, "prompt": PROMPT, "width": 64, "height": 64, "steps": 2, "guidance_scale": 4.0, "seed": 1234, "num_images": 2}
+    r = flux_worker.call("inference.text2img", req, timeout=120)
+    assert r["success"], r
+    data = r["data"]
+    assert data["parameters"]["base_model"] == "flux_dev" and data["parameters"]["max_sequence_length"] == 512
+    expected = pipes[DEV](
+        prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=4.0, num_images_per_prompt=2,
+        generator=[torch.Generator("cpu").manual_seed(1234 + i) for i in range(2)],
+    ).images
+    for im, exp in zip(data["images"], expected):
+        assert (im["width"], im["height"]) == (64, 64)
+        assert np.array_equal(_decode(im["base64"]), np.asarray(exp.convert("RGB")))
+
+
+def test_img2img_dev_equals_diffusers(flux_worker, pipes, init_image):
+    req = {"model_id": DEV, "prompt": PROMPT, "init_image": _png_b64(init_image), "strength": 0.6, "steps": 4, "guidance_scale": 3.0, "seed": 21}
+    r = flux_worker.call("inference.img2img", req, timeout=120)
+    assert r["success"], r
+    i2i = AutoPipelineForImage2Image.from_pipe(pipes[DEV])
+    assert type(i2i) is FluxImg2ImgPipeline
+    i2i.set_progress_bar_config(disable=True)
+    exp = i2i(
+        prompt=PROMPT, image=init_image, strength=0.6, num_inference_steps=4, guidance_scale=3.0, width=64, height=64,
+        generator=[torch.Generator("cpu").manual_seed(21)],
+    ).images[0]
+    got = _decode(r["data"]["images"][0]["base64"])
+    assert got.shape == (64, 64, 3)
+    assert np.array_equal(got, np.asarray(exp.convert("RGB")))
+
+
+def test_schnell_ignores_guidance_with_a_warning(flux_worker, pipes):
+    req = {"model_id": SCHNELL, "prompt": PROMPT, "width": 64, "height": 64, "steps": 2, "guidance_scale": 6.0, "seed": 5}
+    r = flux_worker.call("inference.text2img", req, timeout=120)
+    assert r["success"], r
+    assert any("schnell has no guidance" in w for w in r["data"]["warnings"]), r["data"]["warnings"]
+    assert r["data"]["parameters"]["guidance_scale"] == 0.0 and r["data"]["parameters"]["max_sequence_length"] == 256
+    exp = pipes[SCHNELL](
+        prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=0.0, max_sequence_length=256,
+        generator=[torch.Generator("cpu").manual_seed(5)],
+    ).images[0]
+    assert np.array_equal(_decode(r["data"]["images"][0]["base64"]), np.asarray(exp.convert("RGB")))
+
+
+def test_true_cfg_equals_diffusers(flux_worker, pipes):
+    req = {"model_id": DEV, "prompt": PROMPT, "negative_prompt": "blurry, dark", "true_cfg_scale": 2.5,
+           "width": 64, "height": 64, "steps": 2, "guidance_scale": 3.5, "seed": 8, "max_sequence_length": 64}
+    r = flux_worker.call("inference.text2img", req, timeout=120)
+    assert r["success"], r
+    assert r["data"]["warnings"] == [] and r["data"]["parameters"]["true_cfg_scale"] == 2.5
+    exp = pipes[DEV](
+        prompt=PROMPT, negative_prompt="blurry, dark", true_cfg_scale=2.5, width=64, height=64, num_inference_steps=2,
+        guidance_scale=3.5, max_sequence_length=64, generator=[torch.Generator("cpu").manual_seed(8)],
+    ).images[0]
+    assert np.array_equal(_decode(r["data"]["images"][0]["base64"]), np.asarray(exp.convert("RGB")))
+
+
+def test_builtin_preset_applies_to_flux(flux_worker):
+    resolved = flux_worker.call("config.resolve", {"model_id": SCHNELL, "configuration_type": "quality"})
+    assert resolved["success"], resolved
+    assert resolved["data"]["base_model"] == "flux_schnell" and resolved["data"]["origin"] == "builtin"
+    req = {"model_id": DEV, "prompt": PROMPT, "preset": "speed", "width": 64, "height": 64, "steps": 2, "seed": 3}
+    r = flux_worker.call("inference.text2img", req, timeout=120)
+    assert r["success"], r
+    params = r["data"]["parameters"]
+    assert params["preset_origin"] == "builtin" and params["preset_base_model"] == "flux_dev"
+    assert (params["guidance_scale"], params["max_sequence_length"], params["true_cfg_scale"]) == (3.5, 512, 1.0)
+    assert params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_batch_process_refuses_flux_items(flux_worker):
+    r = flux_worker.call("inference.batch_process", {"requests": [{"model_id": DEV, "prompt": "x", "steps": 2, "width": 64, "height": 64}]}, timeout=60)
+    assert r["success"], r
+    item = r["data"]["items"][0]
+    assert item["success"] is False and item["error"]["error_code"] == "validation_error", item
+    assert "batch_process" in item["error"]["error"] and item["error"]["error_details"][0]["path"] == "data.requests[0].model_id", item
+
+
+@pytest.mark.parametrize(
+    "extra, path",
+    [({"clip_skip": 2}, "data.clip_skip"), ({"sampler": "DPM++ 2M"}, "data.sampler"), ({"refiner": {"model": SCHNELL}}, "data.refiner")],
+)
+def test_worker_refuses_sd_only_options(flux_worker, extra, path):
+    r = flux_worker.call("inference.text2img", {"model_id": DEV, "prompt": "x", "steps": 2, "width": 64, "height": 64, **extra})
+    assert not r["success"] and r["error_code"] == "validation_error", r
+    assert path in [d["path"] for d in r["error_details"]], r
