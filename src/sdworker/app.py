@@ -8,12 +8,12 @@ import signal
 import sys
 import threading
 import time
-from functools import cached_property
 from typing import TYPE_CHECKING, BinaryIO
 
 from . import PROTOCOL_VERSION, __version__
 from .dispatch.dispatcher import Dispatcher
 from .dispatch.registry import Registry
+from .families.wan import component_managers as wan_component_managers
 from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
 from .instructors.model import ModelInstructor
@@ -32,6 +32,7 @@ from .managers.vae import VAEManager
 from .managers.runtime import Runtime
 from .protocol.envelopes import ready_event
 from .protocol.framing import LineWriter, read_lines
+from .lazy import built_once
 from .settings import Settings
 from .store.db import DB_FILE, Database
 from .store.ledger import SessionLedger
@@ -71,7 +72,7 @@ class App:
         self.unets = UNetManager(self.memory, dtype_of)
         self.encoders = EncoderManager(self.memory, dtype_of)
         self.tokenizers = TokenizerManager(self.memory, dtype_of)
-        self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers])
+        self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers, *wan_component_managers(self.memory, dtype_of)])
         self.loras = LoRAManager(self.memory, settings.allow_pickle)
         self.controlnets = ControlNetManager(self.memory, dtype_of)
         # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.
@@ -96,19 +97,19 @@ class App:
     # The interfaces and the preset store import pydantic and the schemas: built on first use, so
     # the ready event (which waits only for the method table) never pays for them.
 
-    @cached_property
+    @built_once
     def presets(self) -> "PresetStore":
         from .store.presets import PresetStore
 
         return PresetStore(self.db, self.locator)
 
-    @cached_property
+    @built_once
     def generation(self) -> "GenerationInterface":
         from .interfaces.generation import GenerationInterface
 
         return GenerationInterface(self.settings, self.runtime, self.locator, self.pipelines, self.presets, self.vaes, self.loras, controlnets=self.controlnets)
 
-    @cached_property
+    @built_once
     def batch(self) -> "BatchInterface":
         from .interfaces.batch import BatchInterface
 
@@ -132,8 +133,9 @@ class App:
         self._stop.set()
 
     def _read(self, stdin: BinaryIO) -> None:
+        self.writer.defer_flushes_of(threading.current_thread())
         try:
-            for line in read_lines(stdin, self.settings.max_line_bytes):
+            for line in read_lines(stdin, self.settings.max_line_bytes, on_wait=self.writer.flush):
                 try:
                     self.dispatcher.handle_line(line)
                 except Exception:  # one bad line never ends the loop
@@ -142,6 +144,9 @@ class App:
                     return
         except Exception:  # the loop must never die silently: log, then shut down cleanly
             log.exception("input loop failed")
+        finally:
+            self.writer.defer_flushes_of(None)
+            self.writer.flush()
         self.request_stop("eof")
 
     def serve(self, stdin: BinaryIO) -> int:

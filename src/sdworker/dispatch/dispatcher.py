@@ -48,6 +48,30 @@ def to_wire(result: Any) -> Any:
     return result
 
 
+def _success(call: Call, result: Any) -> dict[str, Any] | None:
+    """The success answer; a result that cannot be serialized still gets one answer (an error)."""
+    try:
+        return encode_success(call, to_wire(result))
+    except Exception as exc:
+        log.exception("could not encode result of %s", call.method)
+        return encode_error(call, classify(exc))
+
+
+def _responder(call: Call, sink: Callable[[dict[str, Any] | None], None]) -> Respond:
+    """respond(result, error) for a job or a deferred call: it answers once, whoever calls it."""
+    answered = False
+
+    def respond(result: Any, error: WorkerError | None) -> None:
+        nonlocal answered
+        if answered:
+            log.error("second answer for %s suppressed", call.request_id)
+            return
+        answered = True
+        sink(encode_error(call, error) if error is not None else _success(call, result))
+
+    return respond
+
+
 class _Batch:
     """Collects the answers of one JSON-RPC batch and writes them as one array."""
 
@@ -154,23 +178,6 @@ class Dispatcher:
     # ---- one call ------------------------------------------------------------------------------
 
     def handle_call(self, call: Call, sink: Callable[[dict[str, Any] | None], None]) -> None:
-        answered = False  # jobs are answered once by the engine; this guards the inline path
-
-        def respond(result: Any, error: WorkerError | None) -> None:
-            nonlocal answered
-            if answered:
-                log.error("second answer for %s suppressed", call.request_id)
-                return
-            answered = True
-            if error is not None:
-                sink(encode_error(call, error))
-            else:
-                try:
-                    sink(encode_success(call, to_wire(result)))
-                except Exception as exc:  # a result that cannot be serialized is still one answer
-                    log.exception("could not encode result of %s", call.method)
-                    sink(encode_error(call, classify(exc)))
-
         try:
             spec = self.registry.get(call.method)
             raw = call.params
@@ -181,12 +188,23 @@ class Dispatcher:
                 raw = {k: v for k, v in raw.items() if k in fields or k not in LEGACY_COMMON}
             params = spec.validate(raw, prefix="params" if call.form is Form.JSONRPC else "data")
         except WorkerError as exc:
-            respond(None, exc)
+            sink(encode_error(call, exc))
             return
-        if spec.needs_runtime and not self.runtime_ready():
-            self._defer(lambda: self._run(spec, params, call, respond))
-        else:
-            self._run(spec, params, call, respond)
+        if spec.job or (spec.needs_runtime and not self.runtime_ready()):
+            respond = _responder(call, sink)
+            if spec.job:
+                self._run(spec, params, call, respond)
+            else:
+                self._defer(lambda: self._run(spec, params, call, respond))
+            return
+        # The control plane's hot path (ping, status): answered here, on the reader thread.
+        try:
+            sink(_success(call, spec.handler(params, call)))
+        except WorkerError as exc:
+            sink(encode_error(call, exc))
+        except Exception as exc:
+            log.exception("handler of %s failed", call.method)
+            sink(encode_error(call, classify(exc)))
 
     def _run(self, spec: MethodSpec, params: Any, call: Call, respond: Respond) -> None:
         try:

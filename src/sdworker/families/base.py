@@ -97,6 +97,10 @@ class Family:
         """The family's other arguments of the call: guidance and options (not prompt, not mode inputs)."""
         raise NotImplementedError
 
+    def mode_pipeline(self, pipelines: Any, loaded: Any, mode: str) -> Any:
+        """The pipeline running `mode` over a loaded model's components (managers.pipelines' choice)."""
+        return pipelines.for_mode(loaded, mode)
+
     def mode_kwargs(self, plan: RunPlan) -> dict[str, Any]:
         """Arguments a mode needs on this family beyond managers.modes.call_kwargs."""
         return {}

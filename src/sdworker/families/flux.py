@@ -1,4 +1,4 @@
-"""FLUX.1 (dev, schnell, krea): text2img and img2img through diffusers' FluxPipeline / FluxImg2ImgPipeline.
+"""FLUX.1 (dev, schnell, krea, Fill): text2img, img2img and inpainting through diffusers' Flux pipelines.
 
 How a request maps onto FluxPipeline (diffusers 0.42):
 
@@ -19,7 +19,18 @@ How a request maps onto FluxPipeline (diffusers 0.42):
   Any other sampler or schedule is a validation_error listing what is accepted.
 * img2img: FluxImg2ImgPipeline sizes its output from width/height (default: its 1024-ish
   native size, not the init image's), so the planned size is passed along.
-* Not yet: inpainting (FluxInpaintPipeline / Fill), ControlNets, LoRAs, hires fix, refiners,
+* inpainting: FluxInpaintPipeline on the regular models (mask white = repaint, ``strength`` as
+  in img2img). A FLUX.1 Fill model is told by its transformer, which reads the masked image and
+  the mask beside the latents (``in_channels`` = 2 x packed latents + the packed mask: 384 for
+  FLUX.1); it runs inpainting only, with FluxFillPipeline and that pipeline's defaults (50 steps,
+  guidance 30, strength 1). text2img or img2img on a Fill model is a validation_error.
+* LoRAs (``loras`` and ``<lora:name:weight>`` tags): diffusers/PEFT and kohya (sd-scripts) Flux
+  LoRAs through managers.adapters, as for SD; an SD LoRA on a Flux model is refused by base there.
+* ControlNets: FluxControlNetModel folders (several: FluxMultiControlNetModel) through
+  managers.controlnet, with conditioning_scale and start/end; not on Fill models.
+* True CFG where the mode's pipeline has it: FluxFillPipeline and the ControlNet img2img /
+  inpainting pipelines have none, so there a negative prompt is dropped with a warning.
+* Not supported: FLUX.1 Depth/Canny (Control) models, single-file models, hires fix, refiners,
   textual inversions, standalone VAEs: each is a validation_error naming the field.
 """
 
@@ -42,6 +53,16 @@ _DEFAULTS = {
     "flux_krea": Defaults(steps=28, guidance_scale=4.5),  # [krea-card]
 }
 _DEV = Defaults(steps=28, guidance_scale=3.5)  # FluxPipeline.__call__'s own defaults
+_FILL = Defaults(steps=50, guidance_scale=30.0)  # FluxFillPipeline.__call__'s own defaults (and BFL's card)
+FILL_STRENGTH = 1.0  # FluxFillPipeline's default: the Fill model repaints the masked area from noise
+
+#: The pipelines without a true-CFG path (no negative_prompt / true_cfg_scale in __call__).
+_NO_TRUE_CFG = ("FluxFillPipeline", "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline")
+_CONTROLNET_PIPELINES = {
+    "text2img": "FluxControlNetPipeline",
+    "img2img": "FluxControlNetImg2ImgPipeline",
+    "inpainting": "FluxControlNetInpaintPipeline",
+}
 
 # Sampler names meaning "the model's flow-matching Euler", compared as managers.schedulers does
 # (lower case, without spaces, "_", "-", "+").
@@ -67,12 +88,44 @@ def true_cfg_scale(req: "GenerationRequest") -> float | None:
     return float(scale)
 
 
+def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
+    try:
+        cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def _vae_scale_factor(ref: "ModelRef") -> int:
     try:
-        vae = json.loads((ref.path / "vae" / "config.json").read_text(encoding="utf-8"))
-        return 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
+        return 2 ** (len(_config(ref, "vae")["block_out_channels"]) - 1)
+    except (KeyError, TypeError):
         return 8  # FLUX.1's VAE
+
+
+def transformer_variant(ref: "ModelRef") -> str:
+    """"fill" (FLUX.1 Fill: latents + masked-image latents + mask in), "control" (Depth/Canny:
+    latents + control latents in) or "base", from the transformer's input width."""
+    if ref.pipeline_class == "FluxFillPipeline":
+        return "fill"
+    cfg = _config(ref, "transformer")
+    inputs = cfg.get("in_channels")
+    if not isinstance(inputs, int):
+        return "base"
+    packed = 4 * int(_config(ref, "vae").get("latent_channels", 16) or 16)  # 2x2 packing
+    factor = _vae_scale_factor(ref)
+    if inputs == 2 * packed + 4 * factor * factor:  # the mask: factor x factor pixels per latent, packed 2x2
+        return "fill"
+    return "control" if inputs > packed else "base"
+
+
+def pipeline_name(mode: str, variant: str, controlnets: bool) -> str:
+    """The diffusers class a Flux request runs with."""
+    if variant == "fill":
+        return "FluxFillPipeline"
+    if controlnets:
+        return _CONTROLNET_PIPELINES[mode]
+    return FluxFamily.pipelines[mode]
 
 
 def size_multiple(ref: "ModelRef") -> int:
@@ -83,7 +136,7 @@ def size_multiple(ref: "ModelRef") -> int:
 class FluxFamily(Family):
     name: ClassVar[str] = "flux"
     base_models: ClassVar[tuple[str, ...]] = ("flux_dev", "flux_schnell", "flux_krea", "flux")
-    pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline"}
+    pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpainting": "FluxInpaintPipeline"}
     sd_schedulers: ClassVar[bool] = False
     batchable: ClassVar[bool] = False  # batch_process's batched calls carry SD kwargs only
 
@@ -98,35 +151,46 @@ class FluxFamily(Family):
         return 256 if base_model == "flux_schnell" else MAX_SEQUENCE_LENGTH
 
     def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
-        checked = super().check(req, mode, ref)
-        if checked.problems:  # a mode Flux does not run
-            checked.problems[0]["message"] += " (Flux inpainting is not supported yet)"
-            return checked
-        problems = self.refusals(checked.req, ref)
+        variant = transformer_variant(ref)
+        if variant == "fill":
+            req = self._fill_defaults(req)
+        else:
+            req = self.with_defaults(req, ref.base_model)
+        model = f"{ref.model_id} is a {ref.base_model} model"
+        if variant == "control":
+            return Checked(req, [problem("data.model_id", f"{model} of the FLUX.1 Control kind (Depth/Canny: its transformer reads a control image's latents); those are not supported")])
+        if variant == "fill" and mode != "inpainting":
+            return Checked(req, [problem("data.model_id", f"{ref.model_id} is a FLUX.1 Fill model (an inpainting model: its transformer reads the masked image and the mask); it runs inpainting only, not {mode}")])
+        if mode not in self.pipelines:
+            return Checked(req, [problem("data.model_id", f"{model}, which runs {', '.join(self.pipelines)}, not {mode}")])
+        problems = self.refusals(req, ref)
+        if variant == "fill" and req.controlnets:
+            problems.append(problem("data.controlnets", f"ControlNets do not run on FLUX.1 Fill models (diffusers has no Fill ControlNet pipeline); {model}"))
         if problems:
-            return Checked(checked.req, problems)
-        return self._as_run(checked.req, ref)
+            return Checked(req, problems)
+        return self._as_run(req, ref, pipeline_name(mode, variant, bool(req.controlnets)))
+
+    @staticmethod
+    def _fill_defaults(req: "GenerationRequest") -> "GenerationRequest":
+        """FluxFillPipeline's own steps, guidance and strength under the fields the request did not set."""
+        wanted = {"steps": _FILL.steps, "guidance_scale": _FILL.guidance_scale, "strength": FILL_STRENGTH}
+        update = {k: v for k, v in wanted.items() if k not in req.model_fields_set and getattr(req, k) != v}
+        return req.model_copy(update=update) if update else req
 
     def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
         """The request's options Flux does not take (yet), each a problem at its field."""
-        from ..prompts.lora_tags import extract_lora_tags
-
         model = f"{ref.model_id} is a {ref.base_model} model"
         out: list[dict[str, str]] = []
         if ref.format != "diffusers":
             out.append(problem("data.model_id", f"{model} in one file; Flux runs from diffusers folders only (for now)"))
         not_yet = {
             "hires": ("hires fix", req.hires is not None),
-            "controlnets": ("ControlNets", bool(req.controlnets)),
-            "loras": ("LoRAs", bool(req.loras)),
             "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
             "vae": ("a standalone VAE", req.vae not in (None, "model")),
         }
         for fld, (what, used) in not_yet.items():
             if used:
                 out.append(problem(f"data.{fld}", f"{what} on Flux models is not supported yet ({model})"))
-        if not req.loras and extract_lora_tags(req.prompt)[1]:
-            out.append(problem("data.prompt", f"<lora:...> tags: LoRAs on Flux models are not supported yet ({model})"))
         if req.refiner is not None:
             out.append(problem("data.refiner", f"a refiner needs an SDXL base model; {model}"))
         if req.clip_skip is not None:
@@ -142,8 +206,9 @@ class FluxFamily(Family):
         return out
 
     @staticmethod
-    def _as_run(req: "GenerationRequest", ref: "ModelRef") -> Checked:
-        """The request as Flux runs it (plain-text prompts, schnell without guidance) and what that changed."""
+    def _as_run(req: "GenerationRequest", ref: "ModelRef", pipeline: str) -> Checked:
+        """The request as `pipeline` runs it (plain-text prompts, schnell without guidance, true CFG
+        only where the pipeline has it) and what that changed."""
         update: dict[str, Any] = {}
         warnings: list[str] = []
         if req.prompt_syntax == "a1111":
@@ -162,7 +227,10 @@ class FluxFamily(Family):
                 warnings.append(f"guidance_scale {req.guidance_scale:g} ignored: FLUX.1 schnell has no guidance (it runs with 0)")
             update["guidance_scale"] = 0.0
         scale, negative = req.true_cfg_scale, update.get("negative_prompt", req.negative_prompt)
-        if negative and (scale is None or scale <= 1.0):
+        if pipeline in _NO_TRUE_CFG and negative and scale is not None and scale > 1.0:
+            warnings.append(f"negative_prompt and true_cfg_scale not used: diffusers' {pipeline} has no true CFG")
+            update["true_cfg_scale"] = None
+        elif negative and (scale is None or scale <= 1.0):
             warnings.append("negative_prompt not used: Flux is guidance-distilled; send true_cfg_scale > 1 for real CFG with it (twice the work per step)")
         elif scale is not None and scale > 1.0 and not negative:
             warnings.append("true_cfg_scale ignored: real CFG on Flux needs a negative_prompt")
@@ -188,6 +256,24 @@ class FluxFamily(Family):
         if scale is not None:
             out["true_cfg_scale"] = scale
         return out
+
+    def mode_pipeline(self, pipelines: Any, loaded: Any, mode: str) -> Any:
+        """FluxFillPipeline over a Fill model's components (also one saved as FluxPipeline); else the usual choice."""
+        if mode != "inpainting" or transformer_variant(loaded.ref) != "fill":
+            return pipelines.for_mode(loaded, mode)
+        if type(loaded.pipe).__name__ == "FluxFillPipeline":
+            return loaded.pipe
+        if mode not in loaded.modes:
+            import inspect
+
+            from diffusers import FluxFillPipeline
+
+            # built from the same objects (DiffusionPipeline.from_pipe would cast shared components)
+            wanted = [n for n in inspect.signature(FluxFillPipeline.__init__).parameters if n != "self"]
+            fill = FluxFillPipeline(**{n: getattr(loaded.pipe, n) for n in wanted})
+            fill.set_progress_bar_config(disable=True)
+            loaded.modes[mode] = fill
+        return loaded.modes[mode]
 
     def mode_kwargs(self, plan: RunPlan) -> dict[str, Any]:
         # FluxImg2ImgPipeline sizes its output from width/height, not from the init image.

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .base import Family
 from .flux import FluxFamily
 from .sd import SDFamily
+from .wan import WanFamily
 
-FAMILIES: tuple[Family, ...] = (SDFamily(), FluxFamily())
+FAMILIES: tuple[Family, ...] = (SDFamily(), FluxFamily(), WanFamily())
 
 _BY_BASE: dict[str, Family] = {}
 for _family in FAMILIES:

@@ -8,9 +8,9 @@ and compare_vaes run models, so they are jobs on the device queue like generatio
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from ..lazy import built_once
 from ..dispatch.registry import method
 from ..dispatch.work import Work
 from ..protocol.envelopes import Call
@@ -27,13 +27,13 @@ class ModelInstructor:
     def __init__(self, app: "App"):
         self.app = app
 
-    @cached_property
+    @built_once
     def models(self) -> "ModelInterface":
         from ..interfaces.models import ModelInterface  # on first use: the ready event never waits for it
 
         return ModelInterface(self.app)
 
-    @cached_property
+    @built_once
     def checks(self) -> "ModelChecks":
         from ..interfaces.model_checks import ModelChecks
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..lazy import built_once
 from .. import __version__, limits
 from ..dispatch.context import JobContext
 from ..dispatch.registry import method
@@ -44,7 +44,7 @@ class PostprocessInstructor:
         self.app = app
         self.output = OutputWriter(app.settings.output_dir)
 
-    @cached_property
+    @built_once
     def upscalers(self) -> "UpscalerManager":
         from ..managers.upscale import UpscalerManager  # on first use: the ready event never waits for it
 

@@ -386,7 +386,8 @@ class GenerationInterface:
         """The run's pipelines: model, refiner and VAE from the cache (or disk), pinned until `stack` closes."""
         loaded, report = stack.enter_context(self.pipelines.use(plan.ref, device, dtype))
         ctx.log(f"model {plan.ref.model_id} " + (f"loaded ({report.disk_reads} component(s) read from disk)" if report.fresh else "from the cache"))
-        pipes = RunPipes(loaded, self.pipelines.for_mode(loaded, plan.mode), dtype, list(loaded.keys.values()), load_ms=report.ms, fresh=report.fresh)
+        main = plan.family.mode_pipeline(self.pipelines, loaded, plan.mode)  # [families] Flux Fill models inpaint with FluxFillPipeline
+        pipes = RunPipes(loaded, main, dtype, list(loaded.keys.values()), load_ms=report.ms, fresh=report.fresh)
         if plan.refiner is not None:
             rl, rr = stack.enter_context(self.pipelines.use(plan.refiner, device, dtype))
             ctx.log(f"refiner {plan.refiner.model_id} " + ("loaded" if rr.fresh else "from the cache"))
@@ -422,7 +423,7 @@ class GenerationInterface:
         """The run's ControlNet pipeline over the mode pipeline's components, ControlNets pinned for the run."""
         t0 = time.perf_counter()
         before = self.controlnets.disk_loads
-        model_unet = dict(pipes.main.unet.config)
+        model_unet = dict((getattr(pipes.main, "unet", None) or pipes.main.transformer).config)  # [families] Flux: the transformer
         nets = []
         for spec in plan.controlnets:
             entry = self.controlnets.load_spec(spec, dtype)

@@ -12,11 +12,20 @@ ACTIVE = ("queued", "loading", "running", "postprocessing")
 FINAL = ("completed", "failed", "cancelled", "timed_out")
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted (system.ping asks many times a second)
+
+
 def iso(ts: float | None) -> str | None:
     """ISO 8601 UTC with milliseconds and a Z, as the host's DateTime parser reads it."""
+    global _second
     if ts is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    ms = int(ts * 1000)
+    sec = ms // 1000
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{ms % 1000:03d}Z"
 
 
 @dataclass

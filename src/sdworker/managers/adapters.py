@@ -2,8 +2,9 @@
 
 A LoRA's tensors come from the LoRAManager (read once into the RAM cache, keyed by content).
 Applying it goes through diffusers' own loaders (``lora_state_dict`` converts kohya/civitai,
-old diffusers and PEFT layouts; ``load_lora_into_unet`` / ``load_lora_into_text_encoder``
-inject PEFT layers), component by component:
+old diffusers and PEFT layouts, for Flux also sd-scripts' and ai-toolkit's; ``load_lora_into_unet``,
+Flux's ``load_lora_into_transformer`` and ``load_lora_into_text_encoder`` inject PEFT layers),
+component by component:
 
 * The UNet and text encoders are shared cached objects (every pipeline of the same content, and
   every mode pipeline from ``from_pipe``, holds the same module). A LoRA is injected into a module
@@ -50,6 +51,11 @@ _FAMILY: dict[str, str] = {
     "sdxl": "SDXL",
     "pony": "SDXL",
     "sdxl_refiner": "SDXL refiner",
+    # dev, schnell and Krea share the transformer's layout: a Flux LoRA fits each of them
+    "flux": "Flux",
+    "flux_dev": "Flux",
+    "flux_schnell": "Flux",
+    "flux_krea": "Flux",
 }
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
@@ -237,9 +243,10 @@ class AdapterManager:
         done: list[Any] = []
         try:
             for component, module in targets:
-                if component == "unet":
-                    pipe.load_lora_into_unet(
-                        state, network_alphas=alphas, unet=module, adapter_name=name, metadata=metadata,
+                if component in ("unet", "transformer"):  # Flux: the transformer takes the denoiser's LoRA
+                    load = pipe.load_lora_into_unet if component == "unet" else pipe.load_lora_into_transformer
+                    load(
+                        state, network_alphas=alphas, **{component: module}, adapter_name=name, metadata=metadata,
                         _pipeline=pipe, low_cpu_mem_usage=False,
                     )
                 elif any(k.startswith(f"{component}.") for k in state):
@@ -262,14 +269,22 @@ class AdapterManager:
     @staticmethod
     def _convert(pipe: Any, use: LoRAUse) -> tuple[dict[str, Any], Any, Any]:
         """diffusers' conversion of the cached state dict (a shallow copy: the cache stays as read)."""
-        from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+        from diffusers.loaders import FluxLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
 
         kwargs: dict[str, Any] = {"return_lora_metadata": True}
         if isinstance(pipe, StableDiffusionXLLoraLoaderMixin):
             kwargs["unet_config"] = pipe.unet.config  # SGM (input_blocks_*) names need the block layout
+        if isinstance(pipe, FluxLoraLoaderMixin):
+            kwargs["return_alphas"] = True  # Flux's lora_state_dict returns alphas only when asked
         state, alphas, metadata = pipe.lora_state_dict(dict(use.entry.obj), **kwargs)
         if not state or not all("lora" in key for key in state):
             raise ValueError("its tensors are not LoRA layers (no lora_down/lora_up, lora_A/lora_B or lora.down/lora.up)")
+        if isinstance(pipe, FluxLoraLoaderMixin):
+            # as FluxLoraLoaderMixin.load_lora_weights does: zero-pad x_embedder LoRAs for wider
+            # inputs (a dev LoRA on a Fill model); a no-op when the shapes agree
+            own = {k: v for k, v in state.items() if k.startswith(f"{pipe.transformer_name}.")}
+            if own:
+                state = {**state, **pipe._maybe_expand_lora_state_dict(transformer=pipe.transformer, lora_state_dict=own)}
         return state, alphas, metadata
 
     @staticmethod

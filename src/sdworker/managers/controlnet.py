@@ -9,7 +9,9 @@ through its preprocessor there, so the job only loads and denoises.
 Running: the ControlNet pipeline of the mode is built over the loaded model's components
 (`AutoPipelineFor*.from_pipe(pipe, controlnet=...)`: no reload, no copy, and unlike
 `DiffusionPipeline.from_pipe` it leaves every shared component's dtype as it is), with one
-`ControlNetModel` or, for several, a `MultiControlNetModel`. The ControlNet weights are cache
+`ControlNetModel` or, for several, a `MultiControlNetModel`. Flux models take
+`FluxControlNetModel`s (diffusers folders) the same way, several in a `FluxMultiControlNetModel`;
+their fit is checked against the transformer's config instead of the UNet's. The ControlNet weights are cache
 entries like any component: loaded once, shared by content, pinned while a job uses them.
 """
 
@@ -38,8 +40,11 @@ log = logging.getLogger(__name__)
 FIELD = "data.controlnets"
 MAX_SCALE = 2.0
 _LDM_PREFIX = "control_model."  # original-layout ControlNets saved inside a whole checkpoint
-# Base models that share ControlNets (a Pony model is an SDXL model).
-FAMILIES = {"sd_1_5": "SD 1.x", "sd_2": "SD 2.x", "sdxl": "SDXL", "pony": "SDXL"}
+# Base models that share ControlNets (a Pony model is an SDXL model; every FLUX.1 variant takes Flux ControlNets).
+FAMILIES = {
+    "sd_1_5": "SD 1.x", "sd_2": "SD 2.x", "sdxl": "SDXL", "pony": "SDXL",
+    "flux_dev": "Flux", "flux_schnell": "Flux", "flux_krea": "Flux", "flux": "Flux",
+}
 
 # (SDXL?, mode) -> the diffusers pipeline that runs it; the control image goes to `image` in
 # text2img and to `control_image` where `image` is the init image (img2img, inpainting).
@@ -50,6 +55,11 @@ PIPELINES: dict[tuple[bool, str], str] = {
     (True, "text2img"): "StableDiffusionXLControlNetPipeline",
     (True, "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
     (True, "inpainting"): "StableDiffusionXLControlNetInpaintPipeline",
+}
+FLUX_PIPELINES: dict[str, str] = {
+    "text2img": "FluxControlNetPipeline",
+    "img2img": "FluxControlNetImg2ImgPipeline",
+    "inpainting": "FluxControlNetInpaintPipeline",
 }
 
 
@@ -117,7 +127,10 @@ def controlnet_base(item: "CatalogItem") -> str:
 
 
 def family_of_config(cfg: Mapping[str, Any]) -> str:
-    """sdxl for SDXL-conditioned UNets/ControlNets (text_time embedding), else SD 1.x/2.x by context width."""
+    """flux for Flux ControlNets/transformers, sdxl for SDXL-conditioned UNets/ControlNets (text_time
+    embedding), else SD 1.x/2.x by context width."""
+    if str(cfg.get("_class_name", "")).startswith("Flux"):
+        return "flux"
     if cfg.get("addition_embed_type") == "text_time":
         return "sdxl"
     return {768: "sd_1_5", 1024: "sd_2"}.get(cfg.get("cross_attention_dim"), "sd")  # type: ignore[arg-type]
@@ -140,20 +153,24 @@ def _fits(cn_base: str, model_base: str) -> str | None:
     if cn_base == "unknown":
         return None  # a layout nothing here can read: the load compares it with the UNet
     if cn_base == "sd":
-        return f"it is an SD 1.x/2.x ControlNet and the model is SDXL ({model_base})" if model == "SDXL" else None
+        return f"it is an SD 1.x/2.x ControlNet and the model is {model} ({model_base})" if model not in ("SD 1.x", "SD 2.x") else None
     if cn_base not in FAMILIES:
-        return f"it is a {cn_base} ControlNet; ControlNets here are for SD 1.x, SD 2.x and SDXL models"
+        return f"it is a {cn_base} ControlNet; ControlNets here are for SD 1.x, SD 2.x, SDXL and Flux models"
     if FAMILIES[cn_base] != model:
-        return f"it is an {FAMILIES[cn_base]} ControlNet and the model is {model} ({model_base})"
+        article = "an" if FAMILIES[cn_base].startswith("S") else "a"
+        return f"it is {article} {FAMILIES[cn_base]} ControlNet and the model is {model} ({model_base})"
     return None
 
 
 _SHAPE_KEYS = ("cross_attention_dim", "block_out_channels", "addition_embed_type")
+# A Flux ControlNet's block outputs are added to the transformer's hidden states (same width), and
+# diffusers gives the transformer the guidance the ControlNet's config asks for.
+_FLUX_SHAPE_KEYS = ("num_attention_heads", "attention_head_dim", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds")
 
 
 def mismatch(cn_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str | None:
-    """Why a ControlNet's residuals cannot be added to this UNet's blocks (None: they can)."""
-    for name in _SHAPE_KEYS:
+    """Why a ControlNet's residuals cannot be added to this UNet's (or Flux transformer's) blocks (None: they can)."""
+    for name in _FLUX_SHAPE_KEYS if "joint_attention_dim" in unet_config else _SHAPE_KEYS:
         mine, theirs = cn_config.get(name), unet_config.get(name)
         if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
             mine, theirs = list(mine or []), list(theirs or [])
@@ -163,11 +180,13 @@ def mismatch(cn_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> st
 
 
 def unet_config(model_path: Path) -> dict[str, Any] | None:
-    """The UNet config of a diffusers model folder (None for a single file or an unreadable one)."""
-    try:
-        return json.loads((model_path / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    """The UNet (Flux: transformer) config of a diffusers model folder (None for a single file or an unreadable one)."""
+    for denoiser in ("unet", "transformer"):
+        try:
+            return json.loads((model_path / denoiser / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def plan_controlnets(
@@ -191,7 +210,7 @@ def plan_controlnets(
     if not specs:
         return []
     if model_base not in FAMILIES:
-        msg = f"ControlNets need an SD 1.x, SD 2.x or SDXL model; this one is {model_base}"
+        msg = f"ControlNets need an SD 1.x, SD 2.x, SDXL or Flux model; this one is {model_base}"
         raise ValidationFailed(f"{FIELD}: {msg}", [{"path": FIELD, "message": msg}])
     problems: list[dict[str, str]] = []
     planned: list[ControlSpec] = []
@@ -274,6 +293,8 @@ def _model(
         raise pickle_refused(name, f"{at}.model")
     base = controlnet_base(item)
     why = _fits(base, model_base)
+    if why is None and base == "flux" and not item.path.is_dir():
+        why = "single-file Flux ControlNets are not supported; use its diffusers folder (config.json + weights)"
     if why is None and model_unet is not None and item.path.is_dir():
         try:
             why = mismatch(json.loads((item.path / "config.json").read_text(encoding="utf-8")), model_unet)
@@ -310,15 +331,24 @@ def _is_sdxl(pipe: Any) -> bool:
     return hasattr(pipe, "text_encoder_2")
 
 
+def _is_flux(pipe: Any) -> bool:
+    return type(pipe).__name__.startswith("Flux")
+
+
 def pipeline_for(pipe: Any, mode: str, nets: list[Any]) -> Any:
     """The ControlNet pipeline of `mode` over `pipe`'s components, with these ControlNetModels."""
     if not nets:
         raise ValueError("pipeline_for needs at least one ControlNet")
-    want = PIPELINES.get((_is_sdxl(pipe), mode))
+    flux = _is_flux(pipe)
+    want = FLUX_PIPELINES.get(mode) if flux else PIPELINES.get((_is_sdxl(pipe), mode))
     if want is None:
         raise Unsupported(f"ControlNets work with text2img, img2img and inpainting, not {mode}")
     if len(nets) == 1:
         controlnet = nets[0]
+    elif flux:
+        from diffusers.models.controlnets import FluxMultiControlNetModel
+
+        controlnet = FluxMultiControlNetModel(nets)
     else:
         from diffusers.models.controlnets import MultiControlNetModel
 
@@ -331,9 +361,15 @@ def pipeline_for(pipe: Any, mode: str, nets: list[Any]) -> Any:
 
 
 def controlnet_call_kwargs(pipeline_class: Any, specs: list[ControlSpec]) -> dict[str, Any]:
-    """The ControlNet arguments of the pipeline call: scalars for one ControlNet, lists for several."""
-    name = pipeline_class.__name__ if isinstance(pipeline_class, type) else type(pipeline_class).__name__
-    key = "control_image" if ("Img2Img" in name or "Inpaint" in name) else "image"
+    """The ControlNet arguments of the pipeline call: scalars for one ControlNet, lists for several.
+
+    The control image goes to `control_image` where the pipeline has it (img2img and inpainting,
+    where `image` is the init image, and every Flux ControlNet pipeline), else to `image`.
+    """
+    import inspect
+
+    cls = pipeline_class if isinstance(pipeline_class, type) else type(pipeline_class)
+    key = "control_image" if "control_image" in inspect.signature(cls.__call__).parameters else "image"
     if len(specs) == 1:
         s = specs[0]
         return {
@@ -372,7 +408,8 @@ class ControlNetManager(ComponentManager):
 
     def load_standalone(self, path: Path, model_id: str, dtype: str, base_model: str = "unknown") -> CacheEntry:
         if path.is_dir():
-            return self.load(path, "diffusers", "ControlNetModel", dtype, model_id, "controlnet")
+            cls = "FluxControlNetModel" if _folder_class(path) == "FluxControlNetModel" else "ControlNetModel"
+            return self.load(path, "diffusers", cls, dtype, model_id, "controlnet")
         try:
             key = fingerprint.of_file(path, f"controlnet-file:{dtype}")
         except OSError as exc:
@@ -398,6 +435,14 @@ class ControlNetManager(ComponentManager):
 
     def loaded(self) -> list[CacheEntry]:
         return [e for e in self.memory.entries() if e.component == "controlnet"]
+
+
+def _folder_class(path: Path) -> str:
+    """The _class_name of a ControlNet folder's config.json ("" when unreadable: the load says why)."""
+    try:
+        return str(json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 # ---- single files ---------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ _PIPELINE_ARCH = {
     "FluxPipeline": "flux",
     "FluxImg2ImgPipeline": "flux",
     "FluxInpaintPipeline": "flux",
+    "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
 }
 
 
@@ -49,6 +51,8 @@ def _base_model(folder: Path, index: dict) -> str:
         return "sdxl_refiner"
     if base == "flux":
         return _flux_base(folder)
+    if base == "wan":
+        return _wan_base(folder, index)
     if base == "sd_1_5":
         try:
             unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
@@ -75,6 +79,13 @@ def _flux_base(folder: Path) -> str:
     if embeds is True:
         return "flux_dev"
     return named if named in ("flux_dev", "flux_schnell") else "flux"
+
+
+def _wan_base(folder: Path, index: dict) -> str:
+    """wan_2_2 for Wan 2.2's marks (transformer_2, boundary_ratio, TI2V's expand_timesteps) or a 2.2 name, else wan_2_1."""
+    from ..families.wan import wan_base
+
+    return wan_base(index, folder.name)
 
 
 _SINGLE_FILE_PIPELINES = {

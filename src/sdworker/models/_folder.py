@@ -68,6 +68,10 @@ def _pipeline(folder: Path, index: dict[str, Any]) -> tuple[str, dict[str, Any]]
         return "sd3", details
     if cls.startswith("Flux") and not cls.startswith("Flux2"):
         return _flux_base(_json(folder / "transformer" / "config.json")), details
+    if cls.startswith("Wan"):  # Wan 2.1 / 2.2 video (families/wan.py tells the two apart)
+        from ..families.wan import wan_base
+
+        return wan_base(index, folder.name), details
     if cls.startswith(("StableDiffusion", "AltDiffusion")):
         return ("sd_2" if unet.get("cross_attention_dim") == 1024 else "sd_1_5"), details
     return (_unet_base(unet) if unet else "unknown"), details

@@ -24,7 +24,7 @@ class Form(str, Enum):
     LEGACY = "legacy"
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One decoded request, whatever form it came in."""
 
@@ -40,7 +40,7 @@ class Call:
     action: str | None = None  # legacy action name, echoed back
 
 
-@dataclass
+@dataclass(slots=True)
 class Rejection:
     """A line or batch item that could not become a Call, with enough to answer it in its form."""
 
@@ -52,7 +52,7 @@ class Rejection:
     notification: bool = False  # a JSON-RPC notification with bad params: never answered
 
 
-@dataclass
+@dataclass(slots=True)
 class Decoded:
     items: list[Call | Rejection] = field(default_factory=list)
     batch: bool = False  # a JSON-RPC batch: answered by one array
@@ -148,7 +148,9 @@ def decode_line(line: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Decoded:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         return Decoded([Rejection(ParseError(f"line is not valid JSON: {exc}"), guess_form(line))])
-    if nesting_depth(doc, max_depth) > max_depth:
+    # Every array or object opens with a bracket byte, so a line with few brackets (nearly every
+    # request) cannot nest deeper than the limit and skips the walk.
+    if line.count(b"{") + line.count(b"[") > max_depth and nesting_depth(doc, max_depth) > max_depth:
         err = InvalidRequest(f"JSON nested deeper than {max_depth} levels; flatten it or raise --max-json-depth")
         return Decoded([_reject_whole(doc, err)])
     if isinstance(doc, list):
@@ -227,14 +229,14 @@ _DATA_KEYS = ("data", "Data")
 
 
 def _decode_native(doc: dict[str, Any]) -> Call | Rejection:
-    rid = _first(doc, _RID_KEYS)
+    rid = doc["request_id"] if "request_id" in doc else _first(doc, _RID_KEYS)
     if type(rid) is str and rid:
         request_id = rid
     elif isinstance(rid, int) and not isinstance(rid, bool):
         request_id = str(rid)
     else:
         request_id = new_request_id()
-    method = _first(doc, _TYPE_KEYS)
+    method = doc["type"] if "type" in doc else _first(doc, _TYPE_KEYS)
     try:
         if not isinstance(method, str) or not method:
             raise InvalidRequest("a native request needs a string 'type' (the method name)")

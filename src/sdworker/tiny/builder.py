@@ -37,7 +37,8 @@ ARCHES: tuple[str, ...] = ("sdxl", "sd15")
 FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
 #: The other families' tiny models: arch -> the tiny/ module whose make_tiny(arch, out_dir) writes
 #: it as a diffusers folder ("flux" is FLUX.1-dev, the issue's name for it).
-FAMILY_ARCHES: dict[str, str] = {"flux": "flux", "flux-dev": "flux", "flux-schnell": "flux"}
+FAMILY_ARCHES: dict[str, str] = {"flux": "flux", "flux-dev": "flux", "flux-schnell": "flux", "flux-fill": "flux",
+                                  "wan21": "wan", "wan22": "wan", "wan22-i2v": "wan", "wan21-i2v": "wan"}
 #: Everything make_tiny_model writes.
 MODEL_ARCHES: tuple[str, ...] = ARCHES + tuple(FAMILY_ARCHES)
 

@@ -1,4 +1,4 @@
-"""Tiny, random-weight Flux pipelines (FLUX.1 dev and schnell layouts) for tests and demos.
+"""Tiny, random-weight Flux pipelines (FLUX.1 dev, schnell and Fill layouts), LoRAs and ControlNets.
 
 Same idea as :mod:`sdworker.tiny.builder`: the real classes (FluxTransformer2DModel, a 16-channel
 AutoencoderKL without quant convs, CLIPTextModel, T5EncoderModel, FlowMatchEulerDiscreteScheduler)
@@ -9,7 +9,10 @@ schnell has neither.
 
 Sizes: the VAE has two blocks, so ``vae_scale_factor`` is 2 and Flux's 2x2 latent packing needs
 width and height divisible by 4; a 64x64 image is 32x32 latents, 256 packed tokens of 64
-channels (16 latent channels x 4). The T5 tokenizer is a Unigram vocabulary built here from a
+channels (16 latent channels x 4). The Fill variant's transformer reads the packed latents, the
+packed masked-image latents and the packed mask side by side: 64 + 64 + 16 input channels
+(the mask packs vae_scale_factor**2 x 4 channels: 4 x 4 here, 64 x 4 for FLUX.1's factor 8, which
+is how the real Fill model gets to 384), and outputs 64. The T5 tokenizer is a Unigram vocabulary built here from a
 word list (no sentencepiece model, no download), loaded as ``T5TokenizerFast``.
 """
 
@@ -24,16 +27,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxControlNetModel,
+    FluxFillPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
 from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from . import tokenizer as tok
 from .builder import FLUX_ARCHES, TEXT_HIDDEN_SIZE, _check_target, _text_config
 
-VARIANTS: tuple[str, ...] = FLUX_ARCHES
+#: The tiny Flux pipelines; "flux-fill" is FLUX.1 Fill (dev), the inpainting model.
+VARIANTS: tuple[str, ...] = (*FLUX_ARCHES, "flux-fill")
 
 #: One seed per component (distinct from the SD builders' seeds).
-SEEDS: dict[str, int] = {"transformer": 10, "vae": 11, "text_encoder": 12, "text_encoder_2": 13}
+SEEDS: dict[str, int] = {"transformer": 10, "vae": 11, "text_encoder": 12, "text_encoder_2": 13, "controlnet": 14, "lora": 15}
 
 T5_D_MODEL = 32
 #: The real Flux T5 tokenizer's model_max_length; dev encodes 512 tokens, schnell 256.
@@ -67,9 +78,13 @@ _TRANSFORMER: dict[str, Any] = {
     "pooled_projection_dim": TEXT_HIDDEN_SIZE,  # CLIP's pooled output (CLIPTextModel.pooler_output)
     "axes_dims_rope": (4, 6, 6),  # sums to attention_head_dim
 }
+#: The Fill transformer's input: latents + masked-image latents (64 each, packed) + the packed mask
+#: (the VAE's 2x2 pixels per latent, times the 2x2 packing).
+FILL_IN_CHANNELS = 2 * LATENT_CHANNELS * 4 + 2 * 2 * 4
 TRANSFORMERS: dict[str, dict[str, Any]] = {
     "flux-dev": {**_TRANSFORMER, "guidance_embeds": True},
     "flux-schnell": {**_TRANSFORMER, "guidance_embeds": False},
+    "flux-fill": {**_TRANSFORMER, "in_channels": FILL_IN_CHANNELS, "out_channels": LATENT_CHANNELS * 4, "guidance_embeds": True},
 }
 
 # The real checkpoints' scheduler/scheduler_config.json.
@@ -85,6 +100,7 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
     },
     "flux-schnell": {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False},
 }
+SCHEDULERS["flux-fill"] = SCHEDULERS["flux-dev"]  # FLUX.1-Fill-dev ships dev's scheduler config
 
 # ---- the T5 tokenizer: a Unigram vocabulary from a word list -----------------------------------
 
@@ -148,7 +164,7 @@ def _seeded(name: str) -> None:
     torch.manual_seed(SEEDS[name])
 
 
-def build_flux_pipeline(variant: str, scratch: str | Path) -> FluxPipeline:
+def build_flux_pipeline(variant: str, scratch: str | Path) -> FluxPipeline | FluxFillPipeline:
     """The in-memory tiny Flux pipeline of ``variant``; ``scratch`` receives the CLIP tokenizer files."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown Flux variant {variant!r}; expected one of {VARIANTS}")
@@ -161,7 +177,8 @@ def build_flux_pipeline(variant: str, scratch: str | Path) -> FluxPipeline:
     _seeded("text_encoder_2")
     text_encoder_2 = T5EncoderModel(t5_config())
     tokenizer = tok.load_tokenizer(tok.write_tokenizer_files(Path(scratch) / "tokenizer", tok.PAD_EOS))
-    return FluxPipeline(
+    cls = FluxFillPipeline if variant == "flux-fill" else FluxPipeline
+    return cls(
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULERS[variant]),
         vae=vae,
         text_encoder=text_encoder,
@@ -197,6 +214,133 @@ def make_tiny_flux(variant: str, out_dir: str | Path) -> Path:
         pipe.save_pretrained(staged, safe_serialization=True)
         tok.write_tokenizer_files(staged / "tokenizer", tok.PAD_EOS)  # the canonical CLIP files (see builder)
         _check_target(out)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staged, out)
+    return out
+
+
+# ---- LoRAs --------------------------------------------------------------------------------------
+
+#: Linear layers a Flux LoRA trains (ai-toolkit / diffusers' train_dreambooth_lora_flux targets).
+_PEFT_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+    "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out",
+)
+#: BFL module names kohya's sd-scripts (networks/lora_flux.py) writes for one double block, with the
+#: diffusers modules each stands for. The single block's linear1 (q, k, v and the MLP in one matrix)
+#: is left out: diffusers splits it at FLUX.1's full-size widths only.
+_KOHYA_DOUBLE = {
+    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "img_attn_proj": ("attn.to_out.0",),
+    "img_mlp_0": ("ff.net.0.proj",),
+    "img_mlp_2": ("ff.net.2",),
+    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "txt_attn_proj": ("attn.to_add_out",),
+    "txt_mlp_0": ("ff_context.net.0.proj",),
+    "txt_mlp_2": ("ff_context.net.2",),
+}
+LORA_STD = 0.2  # of both LoRA matrices: a weight-1 LoRA moves a 2-step tiny image visibly
+
+
+def _linear_shapes(variant: str = "flux-dev") -> dict[str, tuple[int, int]]:
+    """{module path: (out, in)} of the tiny transformer's Linear layers (built on the meta device)."""
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel(**TRANSFORMERS[variant])
+    return {n: tuple(m.weight.shape) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}  # type: ignore[misc]
+
+
+def _pair(shape: tuple[int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out_f, in_f = shape
+    return torch.randn(rank, in_f) * LORA_STD, torch.randn(out_f, rank) * LORA_STD
+
+
+def make_tiny_flux_lora(path: str | Path, layout: str = "peft", seed: int | None = None, rank: int = 4) -> Path:
+    """A LoRA for the tiny Flux dev/schnell transformer and its CLIP, written as real tools write them.
+
+    ``layout="peft"``: diffusers' ``save_lora_weights`` layout (``transformer.<module>.lora_A.weight``,
+    ``text_encoder.text_model.<module>.lora_B.weight``). ``layout="kohya"``: sd-scripts' Flux layout
+    (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` with fused q/k/v, ``.alpha``,
+    ``lora_unet_single_blocks_0_linear2``, ``lora_te1_text_model_...``) and kohya's training metadata.
+    The caller's RNG is left alone.
+    """
+    from safetensors.torch import save_file
+
+    from .adapters import _te_targets
+
+    if layout not in ("peft", "kohya"):
+        raise ValueError(f"unknown LoRA layout {layout!r}; expected peft or kohya")
+    shapes = _linear_shapes()
+    state: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEEDS["lora"] if seed is None else seed)
+        if layout == "peft":
+            for name, shape in shapes.items():
+                if name.startswith(("transformer_blocks.", "single_transformer_blocks.")) and name.endswith(_PEFT_TARGETS):
+                    if name.endswith("proj_out") and not name.startswith("single_"):
+                        continue
+                    down, up = _pair(shape, rank)
+                    state[f"transformer.{name}.lora_A.weight"], state[f"transformer.{name}.lora_B.weight"] = down, up
+            for name, shape in _te_targets("eos"):
+                down, up = _pair(shape, rank)  # type: ignore[arg-type]
+                state[f"text_encoder.{name}.lora_A.weight"], state[f"text_encoder.{name}.lora_B.weight"] = down, up
+        else:
+            def put(key: str, shape: tuple[int, int]) -> None:
+                state[f"{key}.lora_down.weight"], state[f"{key}.lora_up.weight"] = _pair(shape, rank)
+                state[f"{key}.alpha"] = torch.tensor(float(rank) / 2)
+
+            for i in range(TRANSFORMERS["flux-dev"]["num_layers"]):
+                for bfl, modules in _KOHYA_DOUBLE.items():
+                    outs = [shapes[f"transformer_blocks.{i}.{m}"][0] for m in modules]
+                    put(f"lora_unet_double_blocks_{i}_{bfl}", (sum(outs), shapes[f"transformer_blocks.{i}.{modules[0]}"][1]))
+            for i in range(TRANSFORMERS["flux-dev"]["num_single_layers"]):
+                put(f"lora_unet_single_blocks_{i}_linear2", shapes[f"single_transformer_blocks.{i}.proj_out"])
+            for name, shape in _te_targets("eos"):
+                put("lora_te1_" + name.replace(".", "_"), shape)  # type: ignore[arg-type]
+            metadata = {"ss_base_model_version": "flux1", "ss_network_module": "networks.lora_flux", "ss_network_dim": str(rank)}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata or None)
+    return out
+
+
+# ---- ControlNets ---------------------------------------------------------------------------------
+
+CONTROLNET_STD = 0.1  # of the residual projections, zero in a fresh ControlNet (see tiny.controlnet)
+
+
+def build_flux_controlnet(variant: str = "flux-dev", seed: int | None = None) -> FluxControlNetModel:
+    """A tiny FluxControlNetModel for the tiny ``variant`` transformer (InstantX layout: one double, one single block).
+
+    Made as diffusers makes one for training (``from_transformer``), then its zero-initialised
+    projections get seeded random weights so the control image moves the picture.
+    """
+    with tempfile.TemporaryDirectory() as scratch, torch.random.fork_rng(devices=[]):
+        transformer = build_flux_pipeline(variant, scratch).transformer
+        torch.manual_seed(SEEDS["controlnet"] if seed is None else seed)
+        cfg = TRANSFORMERS[variant]
+        net = FluxControlNetModel.from_transformer(
+            transformer, num_layers=1, num_single_layers=1,
+            attention_head_dim=cfg["attention_head_dim"], num_attention_heads=cfg["num_attention_heads"],
+        )
+        with torch.no_grad():
+            for layer in (*net.controlnet_blocks, *net.controlnet_single_blocks, net.controlnet_x_embedder):
+                layer.weight.normal_(0.0, CONTROLNET_STD)
+                layer.bias.normal_(0.0, CONTROLNET_STD)
+    return net.eval()
+
+
+def make_tiny_flux_controlnet(path: str | Path, variant: str = "flux-dev", seed: int | None = None) -> Path:
+    """Build a tiny Flux ControlNet and save it as a diffusers folder (config.json + safetensors)."""
+    out = Path(path).absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+        raise FileExistsError(f"{out} exists and is not a model folder; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    net = build_flux_controlnet(variant, seed)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
+        staged = Path(tmp) / "controlnet"
+        net.save_pretrained(staged, safe_serialization=True)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staged, out)

@@ -1,0 +1,375 @@
+"""Wan 2.1 and 2.2 (text-to-video, image-to-video): how a video request maps onto diffusers' Wan pipelines.
+
+How a request maps onto WanPipeline / WanImageToVideoPipeline (diffusers 0.42):
+
+* Modes: ``text2video`` runs a text-to-video model (WanPipeline); ``img2video`` runs an
+  image-to-video model (WanImageToVideoPipeline), or a Wan 2.2 TI2V model (``expand_timesteps``:
+  one transformer does both, so WanImageToVideoPipeline is made over its components). A
+  text-to-video model cannot animate an image (its transformer has no image-condition channels)
+  and an image-to-video model needs one: both are validation errors naming the model.
+* Sizes: width and height are multiples of the VAE's spatial factor x the transformer's patch
+  (16 on every Wan model; read from the configs); num_frames is of the form 4k+1 (the VAE's
+  temporal factor). diffusers silently rounds both; the worker refuses them instead.
+* Guidance: ``guidance_scale`` is real CFG with the negative prompt (UMT5 encodes both). Wan 2.2
+  A14B has two experts: ``transformer`` denoises the high-noise steps, ``transformer_2`` the rest,
+  switching at ``boundary_ratio`` x 1000 (from model_index.json); ``guidance_scale_2`` is the
+  low-noise expert's guidance (default: guidance_scale, as in diffusers). On a model with one
+  expert guidance_scale_2 is a validation error.
+* Prompt: plain text (UMT5, up to ``max_sequence_length`` tokens, default 512). A1111 weights are
+  dropped with a warning, as for Flux; compel is refused.
+* Sampler: the model's own scheduler (UniPC in flow mode on the released models), or ``euler``
+  (FlowMatchEulerDiscreteScheduler) / ``uni_pc``, both with the model's flow shift; the schedule
+  may be simple / normal. Anything else is a validation error listing these.
+* Not supported on Wan: LoRAs, ControlNets, hires fix, refiners, textual inversions, standalone
+  VAEs, clip skip, post-processing: each a validation error at its field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..managers.components import ComponentManager
+from .base import Checked, Defaults, Family, RunPlan, problem
+
+if TYPE_CHECKING:
+    from ..managers.locator import ModelRef
+    from ..schemas.generation import GenerationRequest
+
+#: UMT5's limit in WanPipeline (its default max_sequence_length).
+MAX_SEQUENCE_LENGTH = 512
+#: The released models' defaults: 81 frames at 16 fps, 832x480 (diffusers' WanPipeline defaults).
+DEFAULT_FRAMES = 81
+DEFAULT_FPS = 16
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 832, 480
+
+_DEFAULTS = {
+    "wan_2_1": Defaults(steps=50, guidance_scale=5.0),  # WanPipeline.__call__'s defaults [wan21-diffusers]
+    "wan_2_2": Defaults(steps=40, guidance_scale=4.0),  # [wan22-repo]: high-noise expert 4.0, low-noise 3.0
+}
+
+VIDEO_MODES = ("text2video", "img2video")
+
+# Sampler names, compared like managers.schedulers does (lower case, without spaces, "_", "-", "+").
+_EULER = ("euler", "flowmatcheuler", "flowmatcheulerdiscrete", "flowmatcheulerdiscretescheduler")
+_UNIPC = ("unipc", "unipcmultistep", "unipcmultistepscheduler")
+_SCHEDULES = ("", "default", "normal", "automatic", "auto", "simple")
+ACCEPTED_SAMPLERS = "uni_pc (UniPCMultistepScheduler) or euler (FlowMatchEulerDiscreteScheduler), with schedule simple or normal (or none)"
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch not in " _-+")
+
+
+@dataclass(frozen=True)
+class WanSampler:
+    """A sampler a Wan request may name; built with the model's flow shift (build_scheduler)."""
+
+    id: str  # "uni_pc" or "euler"
+    class_name: str
+    display_name: str
+
+
+SAMPLERS = {
+    "uni_pc": WanSampler("uni_pc", "UniPCMultistepScheduler", "UniPC"),
+    "euler": WanSampler("euler", "FlowMatchEulerDiscreteScheduler", "Euler"),
+}
+
+
+def _algorithm(name: str) -> str | None:
+    """'uni_pc' / 'euler' for a name meaning that sampler (with or without a schedule); '' for a schedule only."""
+    key = _key(name)
+    if key in _SCHEDULES:
+        return ""
+    for algo, names in (("euler", _EULER), ("uni_pc", _UNIPC)):
+        if any(key == n + s for n in names for s in _SCHEDULES):
+            return algo
+    return None
+
+
+def sampler_choice(req: "GenerationRequest") -> WanSampler | None:
+    """The sampler the request names (None: the model's own scheduler). Names are checked by scheduler_problems."""
+    for fld in ("sampler", "scheduler"):
+        value = getattr(req, fld)
+        if value:
+            algo = _algorithm(value)
+            if algo:
+                return SAMPLERS[algo]
+    return None
+
+
+def build_scheduler(choice: WanSampler | None, model_class: type, model_config: dict[str, Any]) -> Any:
+    """A fresh scheduler for one run: the model's own, or the chosen one with the model's flow shift."""
+    import diffusers
+
+    if choice is None or choice.class_name == model_class.__name__:
+        return model_class.from_config(model_config)
+    shift = float(model_config.get("flow_shift", model_config.get("shift", 1.0)) or 1.0)
+    steps = int(model_config.get("num_train_timesteps", 1000))
+    if choice.id == "euler":
+        return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=steps, shift=shift)
+    return diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=steps, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
+    )
+
+
+# ---- what a model folder says ------------------------------------------------------------------------
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _present(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and value[0] is not None
+
+
+@dataclass(frozen=True)
+class WanModel:
+    """What the checks need to know of a Wan model, read from its configs (no weights)."""
+
+    pipeline_class: str
+    two_experts: bool  # transformer_2 + boundary_ratio: Wan 2.2 A14B
+    boundary_ratio: float | None
+    expand_timesteps: bool  # Wan 2.2 TI2V-5B: one model for text and image to video
+    image_encoder: bool  # Wan 2.1 I2V: CLIP vision hidden states into the transformer
+    spatial: int  # VAE spatial factor
+    temporal: int  # VAE temporal factor
+    patch: tuple[int, int, int]
+
+    @property
+    def image_to_video(self) -> bool:
+        return self.pipeline_class == "WanImageToVideoPipeline"
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: VAE factor x patch; WanPipeline also wants 16."""
+        m = self.spatial * max(self.patch[1], self.patch[2])
+        return m if m % 16 == 0 else m * 16 // _gcd(m, 16)
+
+    def modes(self) -> tuple[str, ...]:
+        if self.expand_timesteps:
+            return VIDEO_MODES
+        return ("img2video",) if self.image_to_video else ("text2video",)
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def read_model(ref: "ModelRef") -> WanModel:
+    folder = ref.path
+    index = _json(folder / "model_index.json")
+    vae = _json(folder / "vae" / "config.json")
+    tf = _json(folder / "transformer" / "config.json") or _json(folder / "transformer_2" / "config.json")
+    patch = tf.get("patch_size") or (1, 2, 2)
+    ratio = index.get("boundary_ratio")
+    return WanModel(
+        pipeline_class=str(index.get("_class_name") or ref.pipeline_class),
+        two_experts=_present(index.get("transformer_2")) and ratio is not None,
+        boundary_ratio=float(ratio) if isinstance(ratio, (int, float)) else None,
+        expand_timesteps=bool(index.get("expand_timesteps")),
+        image_encoder=_present(index.get("image_encoder")),
+        spatial=int(vae.get("scale_factor_spatial") or 8),
+        temporal=int(vae.get("scale_factor_temporal") or 4),
+        patch=(int(patch[0]), int(patch[1]), int(patch[2])),
+    )
+
+
+def wan_base(index: dict[str, Any], name: str = "") -> str:
+    """wan_2_2 when the model has Wan 2.2's marks (two experts, boundary_ratio, TI2V's expand_timesteps), else wan_2_1."""
+    import re
+
+    if _present(index.get("transformer_2")) or index.get("boundary_ratio") is not None or index.get("expand_timesteps"):
+        return "wan_2_2"
+    if re.search(r"wan[\s_.-]?2[._]?2", name.lower()):
+        return "wan_2_2"
+    return "wan_2_1"
+
+
+# ---- component managers for the parts only Wan has -------------------------------------------------------
+
+
+class ExpertManager(ComponentManager):
+    """Wan 2.2's low-noise expert (transformer_2): a second transformer, loaded like the first."""
+
+    names = ("transformer_2",)
+
+
+class ImageProcessorManager(ComponentManager):
+    """Wan 2.1 I2V's CLIPImageProcessor: a config-only part, cached like a tokenizer."""
+
+    names = ("image_processor",)
+    has_dtype = False
+
+
+def component_managers(memory: Any, torch_dtype: Any) -> list[ComponentManager]:
+    """The managers PipelineManager needs for Wan folders beyond the Stable Diffusion ones."""
+    return [ExpertManager(memory, torch_dtype), ImageProcessorManager(memory, torch_dtype)]
+
+
+# ---- the family ------------------------------------------------------------------------------------------
+
+
+def _frames(req: "GenerationRequest") -> int:
+    value = getattr(req, "num_frames", None)
+    return int(value) if value is not None else DEFAULT_FRAMES
+
+
+class WanFamily(Family):
+    name: ClassVar[str] = "wan"
+    base_models: ClassVar[tuple[str, ...]] = ("wan_2_1", "wan_2_2")
+    pipelines: ClassVar[dict[str, str]] = {"text2video": "WanPipeline", "img2video": "WanImageToVideoPipeline"}
+    sd_schedulers: ClassVar[bool] = False
+    batchable: ClassVar[bool] = False
+
+    def defaults(self, base_model: str) -> Defaults:
+        return _DEFAULTS.get(base_model, _DEFAULTS["wan_2_1"])
+
+    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+        checked = super().check(req, mode, ref)
+        if checked.problems:  # an image mode on a video model
+            checked.problems[0]["message"] += "; send it to inference.text2video or inference.img2video"
+            return checked
+        req = checked.req
+        model = read_model(ref)
+        about = f"{ref.model_id} is a {ref.base_model} {'image' if model.image_to_video else 'text'}-to-video model"
+        out: list[dict[str, str]] = []
+        if mode not in model.modes():
+            if mode == "img2video":
+                out.append(problem("data.model_id", f"{about}; img2video needs an image-to-video model (Wan I2V or TI2V)"))
+            else:
+                out.append(problem("data.model_id", f"{about}; it needs an init image: use inference.img2video"))
+        if mode == "img2video" and not req.init_image:
+            out.append(problem("data.init_image", "img2video needs an init_image (alias image): the first frame"))
+        if ref.format != "diffusers":
+            out.append(problem("data.model_id", f"{about} in one file; Wan runs from diffusers folders only"))
+        out.extend(self._video_problems(req, ref, model))
+        out.extend(self.refusals(req, ref))
+        if out:
+            return Checked(req, out)
+        return self._as_run(req, model)
+
+    @staticmethod
+    def _video_problems(req: "GenerationRequest", ref: "ModelRef", model: WanModel) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        frames = _frames(req)
+        if (frames - 1) % model.temporal:
+            below = (frames - 1) // model.temporal * model.temporal + 1
+            out.append(problem(
+                "data.num_frames",
+                f"{frames} is not of the form {model.temporal}k+1, which {ref.model_id} needs (its VAE compresses time {model.temporal}x); "
+                f"try {below} or {below + model.temporal}",
+            ))
+        multiple = model.size_multiple
+        for fld in ("width", "height"):
+            side = getattr(req, fld)
+            if side is not None and side % multiple:
+                out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x patch size)"))
+        if getattr(req, "guidance_scale_2", None) is not None and not model.two_experts:
+            out.append(problem(
+                "data.guidance_scale_2",
+                f"{ref.model_id} has one expert (no transformer_2 / boundary_ratio); guidance_scale_2 is for Wan 2.2's two-expert models",
+            ))
+        return out
+
+    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+        """The request's image-only options, each a problem at its field."""
+        from ..prompts.lora_tags import extract_lora_tags
+
+        model = f"{ref.model_id} is a {ref.base_model} model"
+        out: list[dict[str, str]] = []
+        unsupported = {
+            "hires": ("hires fix", req.hires is not None),
+            "controlnets": ("ControlNets", bool(req.controlnets)),
+            "loras": ("LoRAs", bool(req.loras)),
+            "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
+            "vae": ("a standalone VAE", req.vae not in (None, "model")),
+            "refiner": ("a refiner", req.refiner is not None),
+            "post_processing": ("post_processing", bool(req.post_processing)),
+            "mask_image": ("a mask_image", req.mask_image is not None),
+            "true_cfg_scale": ("true_cfg_scale (guidance_scale is already real CFG)", req.true_cfg_scale is not None),
+        }
+        for fld, (what, used) in unsupported.items():
+            if used:
+                out.append(problem(f"data.{fld}", f"{what} on Wan video models is not supported ({model})"))
+        if not req.loras and extract_lora_tags(req.prompt)[1]:
+            out.append(problem("data.prompt", f"<lora:...> tags: LoRAs on Wan video models are not supported ({model})"))
+        if req.clip_skip is not None:
+            out.append(problem("data.clip_skip", f"Wan encodes prompts with UMT5; clip_skip does not apply ({model})"))
+        if req.prompt_syntax == "compel":
+            out.append(problem("data.prompt_syntax", "compel does not support Wan; use a1111 (weights are dropped) or none"))
+        out.extend(self.scheduler_problems(req))
+        return out
+
+    @staticmethod
+    def _as_run(req: "GenerationRequest", model: WanModel) -> Checked:
+        """The request as Wan runs it (plain-text prompts) and what that changed."""
+        update: dict[str, Any] = {}
+        warnings: list[str] = []
+        if req.prompt_syntax == "a1111":
+            from ..prompts.attention import parse_prompt_attention, plain_text
+
+            for fld in ("prompt", "negative_prompt"):
+                text = getattr(req, fld)
+                if text and parse_prompt_attention(text) != [(text, 1.0)]:
+                    update[fld] = plain_text(text)
+                    warnings.append(
+                        f"{fld}: Wan takes no A1111 weighting; sent as plain text {update[fld]!r} "
+                        '(prompt_syntax "none" sends the text as written)'
+                    )
+        if req.negative_prompt and req.guidance_scale <= 1.0:
+            warnings.append("negative_prompt not used: guidance_scale <= 1 turns classifier-free guidance off")
+        return Checked(req.model_copy(update=update) if update else req, [], warnings)
+
+    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+        out = []
+        for fld in ("sampler", "scheduler"):
+            value = getattr(req, fld)
+            if value is not None and value.strip() and _algorithm(value) is None:
+                out.append(problem(f"data.{fld}", f"{value!r}: Wan runs flow-matching samplers only; accepted: {ACCEPTED_SAMPLERS}"))
+        return out
+
+    @staticmethod
+    def sequence_length(req: "GenerationRequest") -> int:
+        return int(req.max_sequence_length) if req.max_sequence_length is not None else MAX_SEQUENCE_LENGTH
+
+    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt": req.prompt}
+        if req.negative_prompt:
+            out["negative_prompt"] = req.negative_prompt
+        return out
+
+    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "guidance_scale": req.guidance_scale,
+            "num_frames": _frames(req),
+            "max_sequence_length": self.sequence_length(req),
+        }
+        scale_2 = getattr(req, "guidance_scale_2", None)
+        if scale_2 is not None:
+            out["guidance_scale_2"] = scale_2
+        return out
+
+    def mode_kwargs(self, plan: RunPlan) -> dict[str, Any]:
+        return {"width": plan.width, "height": plan.height}
+
+    def native_size(self, ref: "ModelRef") -> int | None:
+        return None  # videos are not square: the video interface uses DEFAULT_WIDTH x DEFAULT_HEIGHT
+
+    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        model = read_model(plan.ref)
+        out: dict[str, Any] = {"max_sequence_length": self.sequence_length(req), "num_frames": _frames(req)}
+        if model.two_experts:
+            scale_2 = getattr(req, "guidance_scale_2", None)
+            out["guidance_scale_2"] = scale_2 if scale_2 is not None else req.guidance_scale
+            out["boundary_ratio"] = model.boundary_ratio
+        return out
