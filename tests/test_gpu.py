@@ -41,3 +41,28 @@ def test_cuda_cancel_and_capabilities(spawn):
     w.wait_for(lambda m: m.get("event") == "progress" and m.get("request_id") == "g1", timeout=120)
     w.call("inference.cancel_session", {"session_id": "g1"})
     assert w.response("g1", timeout=60)["error_code"] == "cancelled"
+
+
+@pytest.mark.parametrize("opts", [{"cpu_offload": "group"}, {"storage_dtype": "fp8_e4m3fn"}, {"cpu_offload": "group", "storage_dtype": "fp8_e5m2"}])
+def test_cuda_weight_formats_and_group_offload_run(spawn, opts):
+    """Group offload and fp8 storage on CUDA: the run succeeds, the result says what ran, and the
+    next plain request (same cached components, hooks removed) still runs on the GPU."""
+    w = spawn("--device", "cuda", "--dtype", "bf16")
+    req = {"model_id": "tiny-sdxl", "prompt": "gpu", "steps": 3, "seed": 5, "width": 64, "height": 64}
+    r = w.call("inference.text2img", {**req, "precision": opts}, timeout=180)
+    assert r["success"], r
+    for k, v in opts.items():
+        assert r["data"]["parameters"]["precision"][k] == v
+    plain = w.call("inference.text2img", req, timeout=180)
+    assert plain["success"], plain
+    assert plain["data"]["performance"]["peak_vram_mb"] > 0
+
+
+def test_cuda_bnb_nf4_when_installed(spawn):
+    pytest.importorskip("bitsandbytes")
+    w = spawn("--device", "cuda", "--dtype", "bf16")
+    r = w.call("inference.text2img", {"model_id": "tiny-sdxl", "prompt": "gpu", "steps": 3, "seed": 5, "width": 64, "height": 64,
+                                      "precision": {"quantization": "bnb_nf4"}}, timeout=180)
+    assert r["success"], r
+    entries = [e for e in w.call("model.get_cache_status")["data"]["entries"] if e["component"] == "unet"]
+    assert any(e["dtype"].endswith(":bnb_nf4") for e in entries)

@@ -14,7 +14,7 @@ from .. import __version__
 from ..dispatch.context import JobContext
 from ..families import Family, for_base_model, supported_base_models
 from ..families.sd import SDFamily
-from ..managers import hires, modes, precision, schedulers
+from ..managers import hires, modes, precision, schedulers, weights
 from ..managers.controlnet import ControlNetManager, ControlSpec, check_against_unet, controlnet_call_kwargs, pipeline_for, plan_controlnets, unet_config
 from ..managers.adapters import AdapterManager, PlannedLoRA
 from ..managers.denoise import force_cancel_hooks, generators
@@ -218,7 +218,7 @@ class GenerationInterface:
         side = family.native_size(ref) or native_size(ref)
         width, height = width or side, height or side
         dtype = None if req.precision.dtype == "auto" else req.precision.dtype
-        precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [])
+        precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [], ref.format)
         warnings: list[str] = list(checked.warnings)
         sent = req.prompt
         req, loras = self._plan_loras(req, ref, warnings)
@@ -384,7 +384,7 @@ class GenerationInterface:
 
     def _load(self, ctx: JobContext, plan: Plan, device: str, dtype: str, stack: contextlib.ExitStack, warnings: list[str]) -> RunPipes:
         """The run's pipelines: model, refiner and VAE from the cache (or disk), pinned until `stack` closes."""
-        loaded, report = stack.enter_context(self.pipelines.use(plan.ref, device, dtype))
+        loaded, report = stack.enter_context(self.pipelines.use(plan.ref, device, dtype, weights.weights_of(plan.req.precision)))
         ctx.log(f"model {plan.ref.model_id} " + (f"loaded ({report.disk_reads} component(s) read from disk)" if report.fresh else "from the cache"))
         main = plan.family.mode_pipeline(self.pipelines, loaded, plan.mode)  # [families] Flux Fill models inpaint with FluxFillPipeline
         pipes = RunPipes(loaded, main, dtype, list(loaded.keys.values()), load_ms=report.ms, fresh=report.fresh)

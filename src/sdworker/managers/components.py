@@ -17,6 +17,7 @@ from typing import Any
 
 from ..protocol.errors import ModelLoadFailed
 from . import fingerprint
+from . import weights as weights_mod
 from .memory import CacheEntry, MemoryManager, module_bytes
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,18 @@ class ComponentManager:
     def handles(self, name: str) -> bool:
         return name in self.names
 
-    def key(self, folder: Path, dtype: str) -> str:
-        return fingerprint.of_folder(folder, f"{type(self).__name__}:{dtype if self.has_dtype else '-'}")
+    def key(self, folder: Path, dtype: str, weights: str = weights_mod.FULL) -> str:
+        held = dtype if self.has_dtype else "-"
+        if weights != weights_mod.FULL:
+            held += f":{weights}"  # fp8 / quantized copies never stand in for full-precision ones
+        return fingerprint.of_folder(folder, f"{type(self).__name__}:{held}")
 
-    def load(self, folder: Path, library: str, class_name: str, dtype: str, model_id: str, component: str) -> CacheEntry:
+    def load(
+        self, folder: Path, library: str, class_name: str, dtype: str, model_id: str, component: str, weights: str = weights_mod.FULL
+    ) -> CacheEntry:
         """The cache entry for the component in `folder`, read from disk only when not cached."""
         try:
-            key = self.key(folder, dtype)
+            key = self.key(folder, dtype, weights)
         except OSError as exc:
             raise ModelLoadFailed(f"model {model_id!r}: cannot read {component} at {folder}: {exc}") from exc
         hit = self.memory.get(key)
@@ -64,38 +70,45 @@ class ComponentManager:
         t0 = time.perf_counter()
         cls = component_class(library, class_name)
         try:
-            obj = self._read(cls, folder, dtype)
+            obj = self._read(cls, folder, dtype, weights)
         except ModelLoadFailed:
             raise
         except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
             raise ModelLoadFailed(f"model {model_id!r}: {component} could not be loaded from {folder}: {type(exc).__name__}: {exc}") from exc
         self.disk_loads += 1
         log.info("read %s of %s from disk in %.0f ms", component, model_id, (time.perf_counter() - t0) * 1000)
-        return self.memory.put(self.entry(key, component, obj, dtype, folder, model_id))
+        held = dtype if weights == weights_mod.FULL else f"{dtype}:{weights}"
+        return self.memory.put(self.entry(key, component, obj, held, folder, model_id))
 
     def entry(self, key: str, component: str, obj: Any, dtype: str, source: Path, model_id: str) -> CacheEntry:
         return CacheEntry(key, component, obj, module_bytes(obj), "cpu", dtype if self.has_dtype else "-", str(source), {model_id})
 
-    def _read(self, cls: type, folder: Path, dtype: str) -> Any:
+    def _read(self, cls: type, folder: Path, dtype: str, weights: str = weights_mod.FULL) -> Any:
         kwargs: dict[str, Any] = {"local_files_only": True}
         if self.has_dtype:
             kwargs["dtype"] = self._torch_dtype(dtype)
+        if weights != weights_mod.FULL:
+            import torch
+
+            kwargs.update(weights_mod.load_kwargs(weights, torch, kwargs["dtype"]))
         obj = cls.from_pretrained(str(folder), **kwargs)  # type: ignore[attr-defined]
+        if weights != weights_mod.FULL:
+            weights_mod.apply(obj, weights, torch, kwargs["dtype"])
         if hasattr(obj, "eval"):
             obj.eval()
         return obj
 
 
 class UNetManager(ComponentManager):
-    names = ("unet", "transformer", "prior", "decoder")
+    names = ("unet", "transformer", "transformer_2", "prior", "decoder")  # transformer_2: Wan 2.2's low-noise expert
 
 
 class EncoderManager(ComponentManager):
-    names = ("text_encoder", "text_encoder_2", "text_encoder_3", "image_encoder")
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4", "image_encoder")  # _4: HiDream's Llama
 
 
 class TokenizerManager(ComponentManager):
-    names = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    names = ("tokenizer", "tokenizer_2", "tokenizer_3", "tokenizer_4", "image_processor")  # image_processor: Wan 2.1 I2V's CLIP
     has_dtype = False
 
 

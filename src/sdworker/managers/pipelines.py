@@ -20,10 +20,11 @@ from typing import Any, Callable, Iterator
 
 from ..protocol.errors import ModelLoadFailed
 from . import fingerprint, modes, schedulers
-from .components import ComponentManager, component_class
+from .components import ComponentManager, UNetManager, component_class
 from .locator import ModelRef
 from .memory import CacheEntry, MemoryManager, collect, module_bytes
 from .runtime import Runtime
+from .weights import FULL
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class LoadedPipeline:
     scheduler_config: dict[str, Any] = field(default_factory=dict)  # as loaded, never mutated
     scheduler_class: type | None = None  # the model's own scheduler class, as loaded
     memory_mode: str = "none"  # set by model.optimize_model; offload modes place weights themselves
+    weights: str = FULL  # how the denoiser is held (managers.weights)
 
     @property
     def offloaded(self) -> bool:
@@ -72,6 +74,7 @@ class LoadedPipeline:
             "pipeline_class": type(self.pipe).__name__,
             "device": self.device,
             "dtype": self.dtype,
+            "weights": self.weights,
             "load_ms": self.load_ms,
             "memory_mode": self.memory_mode,
             "runs": self.runs,
@@ -110,15 +113,19 @@ class PipelineManager:
 
     # ---- get / build ---------------------------------------------------------------------------
 
-    def get(self, ref: ModelRef, device: str, dtype: str) -> tuple[LoadedPipeline, LoadReport]:
-        """The pipeline of `ref`, its weights on `device` ("ram": built, weights left in RAM)."""
+    def get(self, ref: ModelRef, device: str, dtype: str, weights: str = FULL) -> tuple[LoadedPipeline, LoadReport]:
+        """The pipeline of `ref`, its weights on `device` ("ram": built, weights left in RAM).
+
+        `weights` (managers.weights): how the denoiser is held (full, fp8 storage, quantized).
+        """
         t0 = time.perf_counter()
         with self._lock:
-            key = (str(ref.path), dtype)
+            key = (str(ref.path), dtype if weights == FULL else f"{dtype}:{weights}")
             loaded = self._resident.get(key)
             reads = 0
             if loaded is None or any(self.memory.get(k) is None for k in loaded.keys.values()):
-                loaded, reads = self._build(ref, dtype)
+                loaded, reads = self._build(ref, dtype, weights)
+                loaded.weights = weights
                 self._resident[key] = loaded
             if device != "ram" and not loaded.offloaded:
                 self.memory.place(loaded.keys.values(), device)
@@ -129,7 +136,7 @@ class PipelineManager:
                 self.load_count += 1
             return loaded, LoadReport(ms, reads)
 
-    def _build(self, ref: ModelRef, dtype: str) -> tuple[LoadedPipeline, int]:
+    def _build(self, ref: ModelRef, dtype: str, weights: str = FULL) -> tuple[LoadedPipeline, int]:
         recipe = self._recipes.get(str(ref.path))
         if ref.format == "single_file" and (recipe is None or not self._all_cached(ref, recipe, dtype)):
             return self._build_single_file(ref, dtype)
@@ -143,7 +150,9 @@ class PipelineManager:
                 entry = self.memory.get(self._single_key(ref, name, dtype))
                 assert entry is not None
             else:
-                entry = self.manager_for(name).load(ref.path / name, library, cls_name, dtype, ref.model_id, name)
+                manager = self.manager_for(name)
+                held = weights if isinstance(manager, UNetManager) else FULL  # only the denoiser changes format
+                entry = manager.load(ref.path / name, library, cls_name, dtype, ref.model_id, name, held)
             objs[name] = entry.obj
             keys[name] = entry.key
         reads = sum(m.disk_loads for m in self.managers) - before
@@ -257,10 +266,10 @@ class PipelineManager:
         return loaded.scheduler_class.from_config(loaded.scheduler_config)
 
     @contextmanager
-    def use(self, ref: ModelRef, device: str, dtype: str) -> Iterator[tuple[LoadedPipeline, LoadReport]]:
+    def use(self, ref: ModelRef, device: str, dtype: str, weights: str = FULL) -> Iterator[tuple[LoadedPipeline, LoadReport]]:
         """get() and pin its components for the length of a job (nothing evicts them meanwhile)."""
         with self._lock:
-            loaded, report = self.get(ref, device, dtype)
+            loaded, report = self.get(ref, device, dtype, weights)
             pins = self.memory.pinned(loaded.keys.values())
             pins.__enter__()
         try:

@@ -19,16 +19,20 @@ import contextlib
 from typing import Any, Iterable, Iterator
 
 from ..protocol.errors import ValidationFailed
+from . import weights
 from .memory import MemoryManager
 
 
-def check(opts: Any, device: str | None, dtype: str, warnings: list[str]) -> None:
+def check(opts: Any, device: str | None, dtype: str, warnings: list[str], model_format: str | None = None) -> None:
     """Refuse what cannot run on `device` (None: not known yet); warn about what runs badly."""
+    found = weights.problems(opts, device, model_format)
+    if device is not None and opts.cpu_offload != "none" and not device.startswith("cuda"):
+        msg = f"cpu_offload {opts.cpu_offload!r} needs a CUDA device; this request runs on {device}"
+        found.insert(0, {"path": "data.precision.cpu_offload", "message": msg})
+    if found:
+        raise ValidationFailed(f"{found[0]['path']}: {found[0]['message']}", found)
     if device is None:
         return
-    if opts.cpu_offload != "none" and not device.startswith("cuda"):
-        msg = f"cpu_offload {opts.cpu_offload!r} needs a CUDA device; this request runs on {device}"
-        raise ValidationFailed(f"data.precision.cpu_offload: {msg}", [{"path": "data.precision.cpu_offload", "message": msg}])
     if dtype == "fp16" and device == "cpu":
         warnings.append("fp16 on a CPU is slow (no fast half-precision kernels); bf16 or fp32 run faster there")
 
@@ -71,13 +75,37 @@ def shared_settings(pipes: list[Any], opts: Any) -> Iterator[list[str]]:
 
 @contextlib.contextmanager
 def offloaded(pipe: Any, mode: str, device: str, memory: MemoryManager, keys: Iterable[str]) -> Iterator[None]:
-    """diffusers' model or sequential CPU offload around one call ("none": nothing)."""
+    """diffusers' model, sequential or group offload around one call ("none": nothing)."""
     if mode == "none":
         yield
         return
-    getattr(pipe, f"enable_{mode}_cpu_offload")(device=device)
+    if mode == "group":
+        import torch
+
+        memory.place(list(keys), "cpu")  # group offload moves each block onto the GPU as it runs
+        pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    else:
+        getattr(pipe, f"enable_{mode}_cpu_offload")(device=device)
     try:
         yield
     finally:
-        pipe.remove_all_hooks()
+        if mode == "group":
+            _remove_group_offload(pipe)
+        else:
+            pipe.remove_all_hooks()
         memory.resync(list(keys))
+
+
+def _remove_group_offload(pipe: Any) -> None:
+    """Take the group-offload hooks off every model of the pipeline (weights are left on the CPU)."""
+    import torch
+    from diffusers.hooks import HookRegistry
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for module in component.modules():
+                registry = getattr(module, "_diffusers_hook", None)
+                if isinstance(registry, HookRegistry):
+                    for name in list(registry.hooks):
+                        if "group_offloading" in name:
+                            registry.remove_hook(name, recurse=False)

@@ -36,7 +36,21 @@ class PrecisionOptions(Params):
     """Per-request precision and memory controls; shared components are restored after the run."""
 
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(default="auto", description="auto: the worker's dtype (--dtype)")
-    cpu_offload: Literal["none", "model", "sequential"] = Field(default="none", description="model/sequential CPU offload; needs a CUDA device")
+    cpu_offload: Literal["none", "model", "sequential", "group"] = Field(
+        default="none",
+        description="model / sequential CPU offload (accelerate hooks), or group: block-level group offload of every model "
+        "component (diffusers), for models bigger than the GPU; all need a CUDA device",
+    )
+    storage_dtype: Literal["auto", "fp8_e4m3fn", "fp8_e5m2"] = Field(
+        default="auto",
+        description="fp8: keep the UNet/transformer weights in fp8 and cast each layer to dtype as it runs (layerwise casting; "
+        "about half the memory of bf16, small quality loss); auto: weights in dtype",
+    )
+    quantization: Literal["none", "bnb_nf4", "bnb_int8", "torchao_int8wo"] = Field(
+        default="none",
+        description="load the UNet/transformer quantized: bitsandbytes NF4 / int8 (CUDA) or torchao int8 weight-only; "
+        "needs that package installed (validation_error otherwise)",
+    )
     attention_slicing: bool = False
     vae_slicing: bool = False
     vae_tiling: bool = False

@@ -1,0 +1,109 @@
+"""Weight formats of the denoiser (precision.storage_dtype / quantization / cpu_offload "group").
+
+fp8 storage runs on the CPU, so it is checked for real: the worker's image equals plain diffusers
+with the same layerwise casting, the cache holds the fp8 UNet under its own key and counts its
+smaller bytes. Quantization and group offload need packages or a CUDA device this machine lacks:
+their refusals are checked here, their runs in test_gpu.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from conftest import Worker
+from sdworker.managers import weights
+from sdworker.schemas.generation import PrecisionOptions
+
+BASE = {"model_id": "tiny-sd15", "prompt": "a red barn in snow", "width": 64, "height": 64, "steps": 3, "guidance_scale": 5.0, "seed": 12}
+
+
+def _decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+# ---- the mapping -----------------------------------------------------------------------------------
+
+
+def test_weights_of_and_problems():
+    assert weights.weights_of(PrecisionOptions()) == "full"
+    assert weights.weights_of(PrecisionOptions(storage_dtype="fp8_e4m3fn")) == "fp8_e4m3fn"
+    assert weights.weights_of(PrecisionOptions(quantization="bnb_nf4")) == "bnb_nf4"
+    both = weights.problems(PrecisionOptions(storage_dtype="fp8_e5m2", quantization="torchao_int8wo"), "cpu", "diffusers")
+    assert both[0]["path"] == "data.precision.storage_dtype" and "not both" in both[0]["message"]
+    single = weights.problems(PrecisionOptions(storage_dtype="fp8_e4m3fn"), "cpu", "single_file")
+    assert single and "diffusers folder" in single[0]["message"]
+    assert weights.problems(PrecisionOptions(storage_dtype="fp8_e4m3fn"), "cpu", "diffusers") == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_missing_quantization_package_is_named():
+    found = weights.problems(PrecisionOptions(quantization="bnb_nf4"), "cuda:0", "diffusers")
+    assert found == [{"path": "data.precision.quantization", "message": found[0]["message"]}]
+    assert "bitsandbytes" in found[0]["message"] and "pip install bitsandbytes" in found[0]["message"]
+
+
+def test_apply_fp8_storage_keeps_fp8_weights():
+    layer = SimpleNamespace(calls=[])
+    layer.enable_layerwise_casting = lambda **kw: layer.calls.append(kw)
+    weights.apply(layer, "fp8_e5m2", torch, torch.float32)
+    assert layer.calls == [{"storage_dtype": torch.float8_e5m2, "compute_dtype": torch.float32}]
+    weights.apply(layer, "full", torch, torch.float32)
+    assert len(layer.calls) == 1
+
+
+# ---- through the worker ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def w(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("weights-out")
+    worker = Worker(["--models-dir", str(models_dir), "--output-dir", str(out)])
+    yield worker
+    worker.close()
+
+
+def test_fp8_storage_equals_diffusers_layerwise_casting_and_is_cached_apart(w, models_dir):
+    full = w.call("inference.text2img", BASE, timeout=180)
+    assert full["success"], full
+    r = w.call("inference.text2img", {**BASE, "precision": {"storage_dtype": "fp8_e4m3fn"}}, timeout=180)
+    assert r["success"], r
+    assert r["data"]["parameters"]["precision"]["storage_dtype"] == "fp8_e4m3fn"
+
+    pipe = DiffusionPipeline.from_pretrained(str(models_dir / "tiny-sd15"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    expected = pipe(
+        BASE["prompt"], width=64, height=64, num_inference_steps=3, guidance_scale=5.0,
+        generator=[torch.Generator("cpu").manual_seed(12)],
+    ).images[0]
+    got = _decode(r["data"]["images"][0]["base64"])
+    assert np.array_equal(got, np.asarray(expected.convert("RGB")))
+    assert not np.array_equal(got, _decode(full["data"]["images"][0]["base64"]))  # fp8 weights do change the result
+
+    entries = [e for e in w.call("model.get_cache_status")["data"]["entries"] if e["component"] == "unet" and "tiny-sd15" in e["model_ids"]]
+    by_dtype = {e["dtype"]: e for e in entries}
+    assert set(by_dtype) == {"fp32", "fp32:fp8_e4m3fn"}
+    # the UNet's linear and conv weights are stored in one byte instead of four (norms stay fp32)
+    assert by_dtype["fp32:fp8_e4m3fn"]["bytes"] < 0.5 * by_dtype["fp32"]["bytes"]
+
+    again = w.call("inference.text2img", {**BASE, "precision": {"storage_dtype": "fp8_e4m3fn"}}, timeout=180)
+    assert again["data"]["performance"]["load_ms"] < 1000 and np.array_equal(_decode(again["data"]["images"][0]["base64"]), got)
+
+
+def test_refusals_on_this_machine(w):
+    r = w.call("inference.text2img", {**BASE, "precision": {"cpu_offload": "group"}})
+    assert r["error_code"] == "validation_error" and r["error_details"][0]["path"] == "data.precision.cpu_offload"
+    r = w.call("inference.text2img", {**BASE, "precision": {"storage_dtype": "fp8_e4m3fn", "quantization": "bnb_int8"}})
+    assert r["error_code"] == "validation_error" and "not both" in r["error"]
+    r = w.call("inference.text2img", {**BASE, "precision": {"quantization": "fp4_magic"}})
+    assert r["error_code"] == "validation_error" and r["error_details"][0]["path"] == "data.precision.quantization"
