@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -110,27 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.work:
             shutil.rmtree(tmp, ignore_errors=True)
-    import diffusers
-    import torch
-
-    head = ["measurement", "sdworker", "baseline", "ratio / target", "pass?"]
-    table = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
     what = "the SD 1.5 architecture with random weights and two rank-16 kohya LoRAs over all UNet attention projections" if args.size == "full" else "the tiny SD 1.5 test model and two tiny kohya LoRAs"
-    section = "\n".join([
+    section = core.doc_section(
         SECTION,
-        "",
         f"Measured by `python bench/adapters.py --size {args.size}` on {what}.",
-        "",
-        f"- machine: {os.cpu_count()} logical CPU cores, no GPU (`--device cpu`); Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
-        "",
-        *table,
-        "",
-        "How: each figure is what the job reports in `performance`: `load_ms` of the first job (weights read "
-        "from disk, OS file cache warm), `adapters_ms` (LoRA sets applied to the shared UNet / text encoders: "
-        "adapters already injected are only re-weighted with set_adapters), `inference_ms` (the denoising "
-        "loop, with and without the latent → RGB preview JPEG every 5 steps), runs alternating.",
-    ]) + "\n"
+        rows,
+        (
+            "How: each figure is what the job reports in `performance`: `load_ms` of the first job (weights read "
+            "from disk, OS file cache warm), `adapters_ms` (LoRA sets applied to the shared UNet / text encoders: "
+            "adapters already injected are only re-weighted with set_adapters), `inference_ms` (the denoising "
+            "loop, with and without the latent → RGB preview JPEG every 5 steps), runs alternating."
+        ),
+        started,
+    )
     print(section)
     if args.write:
         core.write_doc(Path(args.write), section, SECTION)

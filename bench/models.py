@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -156,27 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    head = ["measurement", "sdworker", "baseline", "ratio / target", "pass?"]
-    table = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
-    import torch  # noqa: F401  (versions for the record)
-    import diffusers
-
     what = "the SD 1.5 architecture (UNet 860M, CLIP-L, VAE) with random weights, fp16 on disk, fp32 in RAM" if args.size == "full" else "the tiny SD 1.5 test model"
-    section = "\n".join([
+    section = core.doc_section(
         SECTION,
-        "",
         f"Measured by `python bench/models.py --size {args.size}` on {what}; B = A with another UNet.",
-        "",
-        f"- machine: {os.cpu_count()} logical CPU cores, no GPU (`--device cpu`); Python {platform.python_version()}, torch {sys.modules['torch'].__version__}, diffusers {diffusers.__version__}",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
-        "",
-        *table,
-        "",
-        "How: `model.load_model` round trips' `load_ms` (time inside the worker). Disk load = after "
-        "`model.clear_cache` of that model (the OS file cache stays warm, as on a host that loaded it before); "
-        "cached = after `model.unload_model` with `keep_in_ram: true`. On a GPU the cached path is a "
-        "host-to-device copy instead of a pipeline rebuild; that figure needs a lent GPU.",
-    ]) + "\n"
+        rows,
+        (
+            "How: `model.load_model` round trips' `load_ms` (time inside the worker). Disk load = after "
+            "`model.clear_cache` of that model (the OS file cache stays warm, as on a host that loaded it before); "
+            "cached = after `model.unload_model` with `keep_in_ram: true`. On a GPU the cached path is a "
+            "host-to-device copy instead of a pipeline rebuild; that figure needs a lent GPU."
+        ),
+        started,
+    )
     print(section)
     if args.write:
         core.write_doc(Path(args.write), section, SECTION)

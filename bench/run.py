@@ -842,6 +842,27 @@ Each section is written by its own benchmark and can be replaced on its own.
 """
 
 
+def doc_section(heading: str, measured_by: str, rows: list[tuple[str, ...]], how: str, started: dt.datetime, device: str = "no GPU (`--device cpu`)") -> str:
+    """A benchmarks.md section: heading, what was measured, the machine, the table, how it was measured."""
+    import diffusers
+    import torch
+
+    head = ["measurement", "sdworker", "baseline", "ratio / target", "pass?"]
+    table = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join([
+        heading,
+        "",
+        measured_by,
+        "",
+        f"- machine: {os.cpu_count()} logical CPU cores, {device}; Python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        *table,
+        "",
+        how,
+    ]) + "\n"
+
+
 def write_doc(path: Path, section: str, heading: str = SECTION) -> None:
     """Replace the section under `heading` in place (or add it), leaving any other sections as they are."""
     if not path.exists():

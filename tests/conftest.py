@@ -27,6 +27,20 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def pipes(models_dir: Path) -> dict[str, Any]:
+    """Plain diffusers pipelines of the shared tiny models (tiny-sd15, tiny-sdxl), for reference results."""
+    from diffusers import DiffusionPipeline
+
+    loaded = {}
+    for name in ("tiny-sd15", "tiny-sdxl"):
+        kwargs = {"safety_checker": None, "requires_safety_checker": False} if name == "tiny-sd15" else {}
+        pipe = DiffusionPipeline.from_pretrained(str(models_dir / name), **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        loaded[name] = pipe
+    return loaded
+
+
 class Worker:
     """A spawned `python -m sdworker`: write lines to stdin, read every stdout line (kept raw)."""
 

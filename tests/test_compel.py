@@ -28,17 +28,6 @@ KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pipes(models_dir):
-    loaded = {}
-    for name in MODELS:
-        kwargs = {"safety_checker": None, "requires_safety_checker": False} if name == "tiny-sd15" else {}
-        pipe = DiffusionPipeline.from_pretrained(str(models_dir / name), **kwargs)
-        pipe.set_progress_bar_config(disable=True)
-        loaded[name] = pipe
-    return loaded
-
-
 def _compel_reference(pipe, prompt, negative):
     """compel's own wrappers (CompelForSD / CompelForSDXL), as pipeline kwargs."""
     wrapper = CompelForSDXL(pipe) if hasattr(pipe, "text_encoder_2") else CompelForSD(pipe)

@@ -8,7 +8,6 @@ import io
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 from PIL import Image
 
 from sdworker.prompts.encode import (
@@ -20,17 +19,6 @@ from sdworker.prompts.encode import (
 )
 
 MODELS = ["tiny-sd15", "tiny-sdxl"]
-
-
-@pytest.fixture(scope="module")
-def pipes(models_dir):
-    loaded = {}
-    for name in MODELS:
-        kwargs = {"safety_checker": None, "requires_safety_checker": False} if name == "tiny-sd15" else {}
-        pipe = DiffusionPipeline.from_pretrained(str(models_dir / name), **kwargs)
-        pipe.set_progress_bar_config(disable=True)
-        loaded[name] = pipe
-    return loaded
 
 
 def _diffusers_embeds(pipe, prompt, negative=None, clip_skip=None):

@@ -305,15 +305,20 @@ class ParsePromptResult(Result):
     chunks_per_encoder: dict[str, int] | None = Field(default=None, description="tokenizer name -> 75-token chunks")
 
 
-class ImageResult(Result):
+class ImageFile(Result):
+    """One image of a result, as PNG/JPEG/WebP bytes in base64 and/or a saved file."""
+
     index: int
-    seed: int
     width: int
     height: int
     format: str
     base64: str | None = None
     path: str | None = None
     infotext: str
+
+
+class ImageResult(ImageFile):
+    seed: int
 
 
 class Performance(Result):

@@ -82,7 +82,7 @@ class PostProcessStep(Params):
 
 # Imported after PostProcessStep on purpose: schemas.generation may take PostProcessStep from here
 # (an import at its end), and then either module can be imported first.
-from .generation import OutputOptions, Performance  # noqa: E402
+from .generation import ImageFile, OutputOptions, Performance  # noqa: E402
 
 
 class UpscaleRequest(Params):
@@ -130,14 +130,8 @@ class UpscaleRequest(Params):
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-class UpscaledImage(Result):
-    index: int
-    width: int
-    height: int
-    format: str
-    base64: str | None = None
-    path: str | None = None
-    infotext: str
+class UpscaledImage(ImageFile):
+    """An upscaled image (no seed: nothing was sampled)."""
 
 
 class UpscaleResult(Result):
