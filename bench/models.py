@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         started,
     )
-    print(section)
-    if args.write:
-        core.write_doc(Path(args.write), section, SECTION)
+    core.publish(section, args.write, SECTION)
     return 0
 
 

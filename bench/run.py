@@ -863,6 +863,13 @@ def doc_section(heading: str, measured_by: str, rows: list[tuple[str, ...]], how
     ]) + "\n"
 
 
+def publish(section: str, write_to: str | None, heading: str) -> None:
+    """Print a section, and with --write put it into that markdown file."""
+    print(section)
+    if write_to:
+        write_doc(Path(write_to), section, heading)
+
+
 def write_doc(path: Path, section: str, heading: str = SECTION) -> None:
     """Replace the section under `heading` in place (or add it), leaving any other sections as they are."""
     if not path.exists():
