@@ -27,6 +27,46 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def decode_png(b64: str) -> Any:
+    """A base64 image from a response as an RGB uint8 array (numpy)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def png_b64(img: Any) -> str:
+    """A PIL image as the base64 PNG a host sends (init_image, mask_image, control images)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def cpu_gens(seed: int, n: int = 1) -> list[Any]:
+    """The contract's generators: image i from a CPU generator seeded seed + i."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def load_pipes(root: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """Plain diffusers pipelines of tiny model folders, for reference results."""
+    from diffusers import DiffusionPipeline
+
+    out = {}
+    for name in names:
+        pipe = DiffusionPipeline.from_pretrained(str(root / name), local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        out[name] = pipe
+    return out
+
+
 @pytest.fixture(scope="module")
 def pipes(models_dir: Path) -> dict[str, Any]:
     """Plain diffusers pipelines of the shared tiny models (tiny-sd15, tiny-sdxl), for reference results."""

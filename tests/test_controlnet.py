@@ -291,9 +291,12 @@ def test_plan_errors(catalog, models_dir, images):
 
     with pytest.raises(ModelNotFound):
         _plan([{"model": "no-such-controlnet", "image": good}], "sd15", catalog)
-    with pytest.raises(ValidationFailed) as exc:
-        cnm.plan_controlnets([{"model": "tiny-sd15-cn", "image": good}], "flux", SIZE, SIZE, [], catalog)
+    with pytest.raises(ValidationFailed) as exc:  # a family without ControlNets
+        cnm.plan_controlnets([{"model": "tiny-sd15-cn", "image": good}], "hidream", SIZE, SIZE, [], catalog)
     assert exc.value.details[0]["path"] == "data.controlnets"
+    with pytest.raises(ValidationFailed) as exc:  # Flux takes Flux ControlNets only
+        cnm.plan_controlnets([{"model": "tiny-sd15-cn", "image": good}], "flux_dev", SIZE, SIZE, [], catalog)
+    assert exc.value.details[0]["path"] == "data.controlnets[0].model" and "SD 1.x/2.x ControlNet" in exc.value.details[0]["message"]
     assert cnm.plan_controlnets([], "sdxl", SIZE, SIZE, [], catalog) == []
 
 

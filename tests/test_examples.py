@@ -83,6 +83,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("example-models")
     make_tiny_model("sdxl", root / "tiny-sdxl")
+    make_tiny_model("wan21", root / "tiny-wan21")  # examples/text2video.jsonl
     return root
 
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoPipelineForImage2Image, DiffusionPipeline, FluxImg2ImgPipeline, FluxPipeline
+from diffusers import AutoPipelineForImage2Image, FluxImg2ImgPipeline, FluxPipeline
 from PIL import Image
 
-from conftest import Worker
+from conftest import Worker, decode_png as _decode, png_b64 as _png_b64, load_pipes
 from sdworker.families import for_base_model
-from sdworker.families.flux import FluxFamily, size_multiple
+from sdworker.families.flux import FluxFamily, size_multiple, transformer_variant
 from sdworker.managers import modes
 from sdworker.managers.denoise import generators
 from sdworker.managers.locator import ModelRef
@@ -26,16 +24,6 @@ from sdworker.tiny.flux import make_tiny_flux
 PROMPT = "a photo of a small red house by a lake"
 DEV, SCHNELL = "tiny-flux-dev", "tiny-flux-schnell"
 FLUX = FluxFamily()
-
-
-def _decode(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
-
-
-def _png_b64(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +37,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipes(models_dir: Path) -> dict[str, FluxPipeline]:
-    out = {}
-    for name in (DEV, SCHNELL):
-        pipe = DiffusionPipeline.from_pretrained(str(models_dir / name), local_files_only=True)
-        pipe.set_progress_bar_config(disable=True)
-        out[name] = pipe
-    return out
+    return load_pipes(models_dir, (DEV, SCHNELL))
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +124,7 @@ def test_weighted_prompt_becomes_plain_text(models_dir):
         ({"sampler": "euler", "scheduler": "karras"}, "data.scheduler"),
         ({"refiner": "some-refiner"}, "data.refiner"),
         ({"hires": {"scale": 2}}, "data.hires"),
-        ({"loras": [{"name": "x"}]}, "data.loras"),
-        ({"prompt": "a cat <lora:x:0.5>"}, "data.prompt"),
+        ({"textual_inversions": ["x"]}, "data.textual_inversions"),
         ({"vae": "some-vae"}, "data.vae"),
         ({"prompt_syntax": "compel"}, "data.prompt_syntax"),
     ],
@@ -157,6 +139,7 @@ def test_size_must_fit_the_latent_packing(tmp_path):
     assert size_multiple(real) == 16
     c = FLUX.check(_req(width=1016, height=1024), "text2img", real)
     assert [p["path"] for p in c.problems] == ["data.width"]
+    assert FLUX.fit_size(real, 1000, 744) == (992, 736)  # an init image's 8-multiple sides, fitted to the packing
 
 
 def test_flow_match_sampler_names_are_accepted(models_dir):
@@ -167,9 +150,33 @@ def test_flow_match_sampler_names_are_accepted(models_dir):
     assert size_multiple(ref) == 4  # tiny VAE: factor 2, times the 2x2 packing
 
 
-def test_inpainting_is_refused(models_dir):
-    c = FLUX.check(_req(), "inpainting", _ref(models_dir, DEV, "flux_dev"))
-    assert c.problems and "inpainting" in c.problems[0]["message"]
+def test_loras_and_controlnets_are_taken(models_dir):
+    """No longer refused by the family: the generation interface plans them (tests/test_flux_adapters.py)."""
+    ref = _ref(models_dir, DEV, "flux_dev")
+    for data in ({"loras": [{"name": "x"}]}, {"prompt": "a cat <lora:x:0.5>"}, {"controlnets": [{"model": "x", "image": "y"}]}):
+        assert not FLUX.check(_req(**data), "text2img", ref).problems, data
+
+
+def test_inpainting_and_fill_models(models_dir, tmp_path):
+    dev = _ref(models_dir, DEV, "flux_dev")
+    assert transformer_variant(dev) == "base"
+    c = FLUX.check(_req(), "inpainting", dev)
+    assert not c.problems and (c.req.steps, c.req.guidance_scale, c.req.strength) == (28, 3.5, 0.75)
+    make_tiny_flux("flux-fill", tmp_path / "fill")
+    fill = ModelRef("fill", tmp_path / "fill", "FluxFillPipeline", "flux_dev")
+    assert transformer_variant(fill) == "fill"
+    assert transformer_variant(ModelRef("fill", tmp_path / "fill", "FluxPipeline", "flux_dev")) == "fill"  # by in_channels
+    c = FLUX.check(_req(), "inpainting", fill)
+    assert not c.problems and (c.req.steps, c.req.guidance_scale, c.req.strength) == (50, 30.0, 1.0)
+    assert FLUX.check(_req(strength=0.5, steps=3), "inpainting", fill).req.strength == 0.5
+    for mode in ("text2img", "img2img"):
+        problems = FLUX.check(_req(), mode, fill).problems
+        assert [p["path"] for p in problems] == ["data.model_id"] and "inpainting only" in problems[0]["message"]
+    cfg = FLUX.check(_req(negative_prompt="blurry", true_cfg_scale=2.0), "inpainting", fill)
+    assert cfg.req.true_cfg_scale is None and any("no true CFG" in w for w in cfg.warnings)
+    assert "negative_prompt" not in FLUX.prompt_kwargs(None, cfg.req)
+    cn = FLUX.check(_req(controlnets=[{"model": "x", "image": "y"}]), "inpainting", fill)
+    assert [p["path"] for p in cn.problems] == ["data.controlnets"]
 
 
 def test_negative_prompt_without_true_cfg_is_not_used(models_dir):
@@ -311,3 +318,15 @@ def test_worker_refuses_sd_only_options(flux_worker, extra, path):
     r = flux_worker.call("inference.text2img", {"model_id": DEV, "prompt": "x", "steps": 2, "width": 64, "height": 64, **extra})
     assert not r["success"] and r["error_code"] == "validation_error", r
     assert path in [d["path"] for d in r["error_details"]], r
+
+
+def test_validate_model_smoke_runs_a_fill_model(tmp_path):
+    """A Fill model's own pipeline (FluxFillPipeline) needs an image and a mask: the smoke step gives it plain ones."""
+    make_tiny_flux("flux-fill", tmp_path / "models" / "tiny-flux-fill")
+    w = Worker(["--models-dir", str(tmp_path / "models")])
+    try:
+        r = w.call("model.validate_model", {"model_id": "tiny-flux-fill", "smoke": True}, timeout=180)
+        assert r["success"] and r["data"]["valid"], r
+        assert r["data"]["base_model"] == "flux_dev"
+    finally:
+        w.kill()

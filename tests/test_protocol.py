@@ -238,7 +238,7 @@ def test_control_plane_methods(worker):
         assert r["success"], (method, r)
     dc = worker.call("inference.get_device_capabilities", {"device_id": "cpu"})["data"]
     assert dc["device_id"] == "cpu" and "text2img" in dc["supported_types"]
-    assert worker.call("inference.get_device_supported_types", {"device_id": "cpu"})["data"]["supported_types"] == ["text2img", "img2img", "inpainting"]
+    assert worker.call("inference.get_device_supported_types", {"device_id": "cpu"})["data"]["supported_types"] == ["text2img", "img2img", "inpainting", "text2video", "img2video"]
     r = worker.call("inference.get_device_capabilities", {"device_id": "cuda:7"})
     assert r["error_code"] == "validation_error"
     methods = worker.call("system.list_methods")["data"]["methods"]

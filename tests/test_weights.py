@@ -8,9 +8,7 @@ their refusals are checked here, their runs in test_gpu.py.
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import io
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,17 +16,12 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-from PIL import Image
 
-from conftest import Worker
+from conftest import Worker, decode_png as _decode
 from sdworker.managers import weights
 from sdworker.schemas.generation import PrecisionOptions
 
 BASE = {"model_id": "tiny-sd15", "prompt": "a red barn in snow", "width": 64, "height": 64, "steps": 3, "guidance_scale": 5.0, "seed": 12}
-
-
-def _decode(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
 
 
 # ---- the mapping -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
 from .instructors.model import ModelInstructor
 from .instructors.postprocess import PostprocessInstructor
+from .instructors.video import VideoInstructor
 from .instructors.system import SystemInstructor
 from .jobs.engine import JobEngine
 from .jobs.sessions import SessionRegistry
@@ -41,6 +42,7 @@ from . import limits
 if TYPE_CHECKING:
     from .interfaces.batch import BatchInterface
     from .interfaces.generation import GenerationInterface
+    from .interfaces.video import VideoInterface
     from .store.presets import PresetStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 def build_registry(app: "App") -> Registry:
     registry = Registry()
-    for instructor in (SystemInstructor(app), InferenceInstructor(app), ModelInstructor(app), ConfigInstructor(app), PostprocessInstructor(app)):
+    for instructor in (SystemInstructor(app), InferenceInstructor(app), ModelInstructor(app), ConfigInstructor(app), PostprocessInstructor(app), VideoInstructor(app)):
         registry.add(instructor)
     return registry
 
@@ -115,10 +117,16 @@ class App:
 
         return BatchInterface(self.generation)
 
+    @built_once
+    def video(self) -> "VideoInterface":
+        from .interfaces.video import VideoInterface
+
+        return VideoInterface(self.generation)
+
     def warm(self) -> None:
         """After the ready event: build what the first request would otherwise wait for."""
         try:
-            self.generation, self.batch  # noqa: B018
+            self.generation, self.batch, self.video  # noqa: B018
             for spec in self.registry.specs():
                 spec.params  # noqa: B018  (imports the schema modules)
         except Exception:  # noqa: BLE001  (a failure here shows again, as an answer, on first use)

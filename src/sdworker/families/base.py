@@ -55,6 +55,24 @@ def problem(path: str, message: str) -> dict[str, str]:
     return {"path": path, "message": message}
 
 
+def plain_text_prompts(req: "GenerationRequest", family: str) -> tuple[dict[str, Any], list[str]]:
+    """For families that take no A1111 weighting (T5/Llama encoders): with prompt_syntax "a1111",
+    a prompt with weights, brackets or BREAK is sent as its plain text; the request update and
+    a warning for each prompt changed."""
+    update: dict[str, Any] = {}
+    warnings: list[str] = []
+    if req.prompt_syntax != "a1111":
+        return update, warnings
+    from ..prompts.attention import parse_prompt_attention, plain_text
+
+    for fld in ("prompt", "negative_prompt"):
+        text = getattr(req, fld)
+        if text and parse_prompt_attention(text) != [(text, 1.0)]:
+            update[fld] = plain_text(text)
+            warnings.append(f'{fld}: {family} takes no A1111 weighting; sent as plain text {update[fld]!r} (prompt_syntax "none" sends it as written)')
+    return update, warnings
+
+
 class Family:
     """Base of the families; the class attributes are the family's description."""
 
@@ -108,6 +126,33 @@ class Family:
     def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
         """For families without the SD sampler table: problems with data.sampler / data.scheduler."""
         return []
+
+    def scheduler_for(self, req: "GenerationRequest", config: Any) -> Any | None:
+        """The run's fresh scheduler when the family picks it itself (from the checkpoint's scheduler
+        `config`); None: the generation interface's choice (the SD sampler table or the model's own)."""
+        return None
+
+    def fit_size(self, ref: "ModelRef", width: int, height: int) -> tuple[int, int]:
+        """The planned output size, fitted to what the model can make (SD: as planned)."""
+        return width, height
+
+    def probe_kwargs(self, pipe: Any, width: int, height: int) -> dict[str, Any]:
+        """Arguments (besides prompt, steps, generator and output_type) of a check run of a loaded
+        model's own pipeline: model.validate_model's smoke step and model.benchmark_model. A
+        pipeline that starts from an image (Fill, inpainting, image-to-video) gets a plain one."""
+        import inspect
+
+        from PIL import Image
+
+        kwargs: dict[str, Any] = {"width": width, "height": height}
+        params = inspect.signature(pipe.__call__).parameters
+        name = type(pipe).__name__
+        masked = "Fill" in name or "Inpaint" in name
+        if (masked or "Img2Img" in name or "ImageToVideo" in name) and "image" in params:
+            kwargs["image"] = Image.new("RGB", (width, height), (127, 127, 127))
+        if masked and "mask_image" in params:
+            kwargs["mask_image"] = Image.new("L", (width, height), 255)
+        return kwargs
 
     def native_size(self, ref: "ModelRef") -> int | None:
         """The default side in pixels; None: the generation interface's SD rule (unet x VAE)."""

@@ -39,7 +39,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .base import Checked, Defaults, Family, RunPlan, problem
+from . import flow_samplers
+from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
 
 if TYPE_CHECKING:
     from ..managers.locator import ModelRef
@@ -64,20 +65,8 @@ _CONTROLNET_PIPELINES = {
     "inpainting": "FluxControlNetInpaintPipeline",
 }
 
-# Sampler names meaning "the model's flow-matching Euler", compared as managers.schedulers does
-# (lower case, without spaces, "_", "-", "+").
-_ALGORITHMS = ("euler", "flowmatcheuler", "flowmatcheulerdiscrete", "flowmatcheulerdiscretescheduler")
-_SCHEDULES = ("default", "normal", "automatic", "auto", "simple")
 ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler, with schedule simple or normal (or none)"
-
-
-def _key(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch not in " _-+")
-
-
-def _flow_match_name(name: str) -> bool:
-    key = _key(name)
-    return key in _ALGORITHMS or key in _SCHEDULES or any(key == a + s for a in _ALGORITHMS for s in _SCHEDULES)
+_SAMPLERS = (flow_samplers.EULER,)
 
 
 def true_cfg_scale(req: "GenerationRequest") -> float | None:
@@ -96,7 +85,7 @@ def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _vae_scale_factor(ref: "ModelRef") -> int:
+def vae_scale_factor(ref: "ModelRef") -> int:
     try:
         return 2 ** (len(_config(ref, "vae")["block_out_channels"]) - 1)
     except (KeyError, TypeError):
@@ -113,7 +102,7 @@ def transformer_variant(ref: "ModelRef") -> str:
     if not isinstance(inputs, int):
         return "base"
     packed = 4 * int(_config(ref, "vae").get("latent_channels", 16) or 16)  # 2x2 packing
-    factor = _vae_scale_factor(ref)
+    factor = vae_scale_factor(ref)
     if inputs == 2 * packed + 4 * factor * factor:  # the mask: factor x factor pixels per latent, packed 2x2
         return "fill"
     return "control" if inputs > packed else "base"
@@ -130,7 +119,7 @@ def pipeline_name(mode: str, variant: str, controlnets: bool) -> str:
 
 def size_multiple(ref: "ModelRef") -> int:
     """Width and height must be multiples of this: the VAE's factor x Flux's 2x2 latent packing."""
-    return 2 * _vae_scale_factor(ref)
+    return 2 * vae_scale_factor(ref)
 
 
 class FluxFamily(Family):
@@ -158,9 +147,11 @@ class FluxFamily(Family):
             req = self.with_defaults(req, ref.base_model)
         model = f"{ref.model_id} is a {ref.base_model} model"
         if variant == "control":
-            return Checked(req, [problem("data.model_id", f"{model} of the FLUX.1 Control kind (Depth/Canny: its transformer reads a control image's latents); those are not supported")])
+            why = "of the FLUX.1 Control kind (Depth/Canny: its transformer reads a control image's latents); those are not supported"
+            return Checked(req, [problem("data.model_id", f"{model} {why}")])
         if variant == "fill" and mode != "inpainting":
-            return Checked(req, [problem("data.model_id", f"{ref.model_id} is a FLUX.1 Fill model (an inpainting model: its transformer reads the masked image and the mask); it runs inpainting only, not {mode}")])
+            what = "a FLUX.1 Fill model (an inpainting model: its transformer reads the masked image and the mask)"
+            return Checked(req, [problem("data.model_id", f"{ref.model_id} is {what}; it runs inpainting only, not {mode}")])
         if mode not in self.pipelines:
             return Checked(req, [problem("data.model_id", f"{model}, which runs {', '.join(self.pipelines)}, not {mode}")])
         problems = self.refusals(req, ref)
@@ -209,27 +200,17 @@ class FluxFamily(Family):
     def _as_run(req: "GenerationRequest", ref: "ModelRef", pipeline: str) -> Checked:
         """The request as `pipeline` runs it (plain-text prompts, schnell without guidance, true CFG
         only where the pipeline has it) and what that changed."""
-        update: dict[str, Any] = {}
-        warnings: list[str] = []
-        if req.prompt_syntax == "a1111":
-            from ..prompts.attention import parse_prompt_attention, plain_text
-
-            for fld in ("prompt", "negative_prompt"):
-                text = getattr(req, fld)
-                if text and parse_prompt_attention(text) != [(text, 1.0)]:
-                    update[fld] = plain_text(text)
-                    warnings.append(
-                        f"{fld}: Flux takes no A1111 weighting; sent as plain text {update[fld]!r} "
-                        '(prompt_syntax "none" sends the text as written)'
-                    )
+        update, warnings = plain_text_prompts(req, "Flux")
         if ref.base_model == "flux_schnell" and req.guidance_scale != 0.0:
             if "guidance_scale" in req.model_fields_set:
                 warnings.append(f"guidance_scale {req.guidance_scale:g} ignored: FLUX.1 schnell has no guidance (it runs with 0)")
             update["guidance_scale"] = 0.0
         scale, negative = req.true_cfg_scale, update.get("negative_prompt", req.negative_prompt)
-        if pipeline in _NO_TRUE_CFG and negative and scale is not None and scale > 1.0:
-            warnings.append(f"negative_prompt and true_cfg_scale not used: diffusers' {pipeline} has no true CFG")
-            update["true_cfg_scale"] = None
+        if pipeline in _NO_TRUE_CFG and (negative or (scale is not None and scale > 1.0)):
+            used = [f for f, on in (("negative_prompt", bool(negative)), ("true_cfg_scale", scale is not None and scale > 1.0)) if on]
+            warnings.append(f"{' and '.join(used)} not used: diffusers' {pipeline} has no true CFG")
+            if scale is not None:
+                update["true_cfg_scale"] = None
         elif negative and (scale is None or scale <= 1.0):
             warnings.append("negative_prompt not used: Flux is guidance-distilled; send true_cfg_scale > 1 for real CFG with it (twice the work per step)")
         elif scale is not None and scale > 1.0 and not negative:
@@ -237,12 +218,7 @@ class FluxFamily(Family):
         return Checked(req.model_copy(update=update) if update else req, [], warnings)
 
     def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
-        out = []
-        for fld in ("sampler", "scheduler"):
-            value = getattr(req, fld)
-            if value is not None and value.strip() and not _flow_match_name(value):
-                out.append(problem(f"data.{fld}", f"{value!r}: Flux runs only its flow-matching Euler scheduler; accepted: {ACCEPTED_SAMPLERS}"))
-        return out
+        return flow_samplers.problems(req, _SAMPLERS, "Flux", ACCEPTED_SAMPLERS)
 
     def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
         out: dict[str, Any] = {"prompt": req.prompt}
@@ -279,9 +255,15 @@ class FluxFamily(Family):
         # FluxImg2ImgPipeline sizes its output from width/height, not from the init image.
         return {"width": plan.width, "height": plan.height} if plan.mode == "img2img" else {}
 
+    def fit_size(self, ref: "ModelRef", width: int, height: int) -> tuple[int, int]:
+        """Sides taken from an init image (a multiple of 8) rounded down to the latent packing's multiple:
+        FluxFillPipeline cannot pack a mask of any other size (sides the request sets were checked)."""
+        m = size_multiple(ref)
+        return max(m, width - width % m), max(m, height - height % m)
+
     def native_size(self, ref: "ModelRef") -> int | None:
         """FluxPipeline's default: 128 latent pixels x the VAE's scale factor (1024 for FLUX.1)."""
-        return 128 * _vae_scale_factor(ref)
+        return 128 * vae_scale_factor(ref)
 
     def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
         out: dict[str, Any] = {"max_sequence_length": self.sequence_length(req, plan.ref.base_model)}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .base import Family
 from .flux import FluxFamily
+from .hidream import HiDreamFamily
 from .sd import SDFamily
 from .wan import WanFamily
 
-FAMILIES: tuple[Family, ...] = (SDFamily(), FluxFamily(), WanFamily())
+FAMILIES: tuple[Family, ...] = (SDFamily(), FluxFamily(), WanFamily(), HiDreamFamily())
 
 _BY_BASE: dict[str, Family] = {}
 for _family in FAMILIES:
@@ -18,7 +19,7 @@ for _family in FAMILIES:
 
 
 def for_base_model(base_model: str) -> Family | None:
-    """The family of `base_model`; None when no family generates with it (sd3, hidream, unknown, ...)."""
+    """The family of `base_model`; None when no family generates with it (sd3, unknown, ...)."""
     return _BY_BASE.get(base_model)
 
 

@@ -27,12 +27,14 @@ How a request maps onto WanPipeline / WanImageToVideoPipeline (diffusers 0.42):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..managers.components import ComponentManager
-from .base import Checked, Defaults, Family, RunPlan, problem
+from ..managers.components import ComponentManager, UNetManager
+from . import flow_samplers
+from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
 
 if TYPE_CHECKING:
     from ..managers.locator import ModelRef
@@ -52,15 +54,8 @@ _DEFAULTS = {
 
 VIDEO_MODES = ("text2video", "img2video")
 
-# Sampler names, compared like managers.schedulers does (lower case, without spaces, "_", "-", "+").
-_EULER = ("euler", "flowmatcheuler", "flowmatcheulerdiscrete", "flowmatcheulerdiscretescheduler")
-_UNIPC = ("unipc", "unipcmultistep", "unipcmultistepscheduler")
-_SCHEDULES = ("", "default", "normal", "automatic", "auto", "simple")
 ACCEPTED_SAMPLERS = "uni_pc (UniPCMultistepScheduler) or euler (FlowMatchEulerDiscreteScheduler), with schedule simple or normal (or none)"
-
-
-def _key(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch not in " _-+")
+_CLASSES = (flow_samplers.UNIPC, flow_samplers.EULER)
 
 
 @dataclass(frozen=True)
@@ -78,35 +73,27 @@ SAMPLERS = {
 }
 
 
-def _algorithm(name: str) -> str | None:
-    """'uni_pc' / 'euler' for a name meaning that sampler (with or without a schedule); '' for a schedule only."""
-    key = _key(name)
-    if key in _SCHEDULES:
-        return ""
-    for algo, names in (("euler", _EULER), ("uni_pc", _UNIPC)):
-        if any(key == n + s for n in names for s in _SCHEDULES):
-            return algo
-    return None
-
-
 def sampler_choice(req: "GenerationRequest") -> WanSampler | None:
     """The sampler the request names (None: the model's own scheduler). Names are checked by scheduler_problems."""
-    for fld in ("sampler", "scheduler"):
-        value = getattr(req, fld)
-        if value:
-            algo = _algorithm(value)
-            if algo:
-                return SAMPLERS[algo]
-    return None
+    cls = flow_samplers.requested(req, _CLASSES)
+    return next((s for s in SAMPLERS.values() if s.class_name == cls), None) if cls else None
 
 
-def build_scheduler(choice: WanSampler | None, model_class: type, model_config: dict[str, Any]) -> Any:
-    """A fresh scheduler for one run: the model's own, or the chosen one with the model's flow shift."""
+def model_shift(model_config: dict[str, Any]) -> float:
+    """The flow shift in a scheduler config (UniPC: flow_shift, FlowMatchEuler: shift)."""
+    return float(model_config.get("flow_shift", model_config.get("shift", 1.0)) or 1.0)
+
+
+def build_scheduler(choice: WanSampler | None, model_class: type, model_config: dict[str, Any], shift: float | None = None) -> Any:
+    """A fresh scheduler for one run: the model's own, or the chosen one; with `shift`, or the model's flow shift."""
     import diffusers
 
     if choice is None or choice.class_name == model_class.__name__:
-        return model_class.from_config(model_config)
-    shift = float(model_config.get("flow_shift", model_config.get("shift", 1.0)) or 1.0)
+        if shift is None:
+            return model_class.from_config(model_config)
+        key = "flow_shift" if "flow_shift" in model_config or "use_flow_sigmas" in model_config else "shift"
+        return model_class.from_config({**model_config, key: shift})
+    shift = model_shift(model_config) if shift is None else shift
     steps = int(model_config.get("num_train_timesteps", 1000))
     if choice.id == "euler":
         return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=steps, shift=shift)
@@ -150,19 +137,12 @@ class WanModel:
     @property
     def size_multiple(self) -> int:
         """Width and height must be multiples of this: VAE factor x patch; WanPipeline also wants 16."""
-        m = self.spatial * max(self.patch[1], self.patch[2])
-        return m if m % 16 == 0 else m * 16 // _gcd(m, 16)
+        return math.lcm(self.spatial * max(self.patch[1], self.patch[2]), 16)
 
     def modes(self) -> tuple[str, ...]:
         if self.expand_timesteps:
             return VIDEO_MODES
         return ("img2video",) if self.image_to_video else ("text2video",)
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def read_model(ref: "ModelRef") -> WanModel:
@@ -198,8 +178,8 @@ def wan_base(index: dict[str, Any], name: str = "") -> str:
 # ---- component managers for the parts only Wan has -------------------------------------------------------
 
 
-class ExpertManager(ComponentManager):
-    """Wan 2.2's low-noise expert (transformer_2): a second transformer, loaded like the first."""
+class ExpertManager(UNetManager):
+    """Wan 2.2's low-noise expert (transformer_2): a second denoiser, loaded and held (fp8, quantized) like the first."""
 
     names = ("transformer_2",)
 
@@ -250,6 +230,8 @@ class WanFamily(Family):
                 out.append(problem("data.model_id", f"{about}; it needs an init image: use inference.img2video"))
         if mode == "img2video" and not req.init_image:
             out.append(problem("data.init_image", "img2video needs an init_image (alias image): the first frame"))
+        if mode == "text2video" and req.init_image:
+            out.append(problem("data.init_image", "text2video takes no init_image; send it to inference.img2video"))
         if ref.format != "diffusers":
             out.append(problem("data.model_id", f"{about} in one file; Wan runs from diffusers folders only"))
         out.extend(self._video_problems(req, ref, model))
@@ -313,30 +295,13 @@ class WanFamily(Family):
     @staticmethod
     def _as_run(req: "GenerationRequest", model: WanModel) -> Checked:
         """The request as Wan runs it (plain-text prompts) and what that changed."""
-        update: dict[str, Any] = {}
-        warnings: list[str] = []
-        if req.prompt_syntax == "a1111":
-            from ..prompts.attention import parse_prompt_attention, plain_text
-
-            for fld in ("prompt", "negative_prompt"):
-                text = getattr(req, fld)
-                if text and parse_prompt_attention(text) != [(text, 1.0)]:
-                    update[fld] = plain_text(text)
-                    warnings.append(
-                        f"{fld}: Wan takes no A1111 weighting; sent as plain text {update[fld]!r} "
-                        '(prompt_syntax "none" sends the text as written)'
-                    )
+        update, warnings = plain_text_prompts(req, "Wan")
         if req.negative_prompt and req.guidance_scale <= 1.0:
             warnings.append("negative_prompt not used: guidance_scale <= 1 turns classifier-free guidance off")
         return Checked(req.model_copy(update=update) if update else req, [], warnings)
 
     def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
-        out = []
-        for fld in ("sampler", "scheduler"):
-            value = getattr(req, fld)
-            if value is not None and value.strip() and _algorithm(value) is None:
-                out.append(problem(f"data.{fld}", f"{value!r}: Wan runs flow-matching samplers only; accepted: {ACCEPTED_SAMPLERS}"))
-        return out
+        return flow_samplers.problems(req, _CLASSES, "Wan", ACCEPTED_SAMPLERS)
 
     @staticmethod
     def sequence_length(req: "GenerationRequest") -> int:
@@ -361,6 +326,11 @@ class WanFamily(Family):
 
     def mode_kwargs(self, plan: RunPlan) -> dict[str, Any]:
         return {"width": plan.width, "height": plan.height}
+
+    def probe_kwargs(self, pipe: Any, width: int, height: int) -> dict[str, Any]:
+        # the fewest frames a Wan VAE takes (4k+1); sizes on the 16-pixel grid
+        side = lambda v: max(16, v // 16 * 16)  # noqa: E731
+        return {**super().probe_kwargs(pipe, side(width), side(height)), "num_frames": 5}
 
     def native_size(self, ref: "ModelRef") -> int | None:
         return None  # videos are not square: the video interface uses DEFAULT_WIDTH x DEFAULT_HEIGHT

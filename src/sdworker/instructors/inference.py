@@ -121,7 +121,8 @@ class InferenceInstructor:
             if name == "inference.controlnet":
                 req = controlnet_request(req)  # type: ignore[arg-type]
             mode = METHOD_MODES.get(name, name.split(".", 1)[1])
-            plan = self.app.generation.plan(req, mode, req.session_id or call.request_id)  # type: ignore[arg-type]
+            planner = self.app.video if mode in ("text2video", "img2video") else self.app.generation  # video: interfaces.video
+            plan = planner.plan(req, mode, req.session_id or call.request_id)  # type: ignore[arg-type]
         except WorkerError as exc:
             errors = exc.details or [{"path": "data", "message": exc.message}]
             return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
@@ -287,7 +288,7 @@ class InferenceInstructor:
     # ---- capabilities --------------------------------------------------------------------------
 
     def _types(self) -> list[str]:
-        return list(MODES)
+        return [*MODES, "text2video", "img2video"]
 
     @method("inference.get_capabilities", "base:NoParams", "sessions:Capabilities", needs_runtime=True)
     def get_capabilities(self, params: NoParams, call: Call) -> dict:

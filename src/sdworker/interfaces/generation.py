@@ -121,6 +121,29 @@ def native_size(ref: ModelRef) -> int:
         return 1024 if ref.base_model.startswith("sdxl") else 512
 
 
+def limit_problems(req: Any, settings: Settings) -> list[dict[str, str]]:
+    """The worker's limits a generation request (image or video) passes over: size, count, steps."""
+    problems: list[dict[str, str]] = []
+    for fld in ("width", "height"):
+        v = getattr(req, fld)
+        if v is not None and v > settings.max_resolution:
+            problems.append({"path": f"data.{fld}", "message": f"{v} is over the limit of {settings.max_resolution}"})
+    if req.num_images > settings.max_batch_size:
+        problems.append({"path": "data.num_images", "message": f"{req.num_images} is over the limit of {settings.max_batch_size}"})
+    if req.steps > settings.max_steps:
+        problems.append({"path": "data.steps", "message": f"{req.steps} is over the limit of {settings.max_steps}"})
+    return problems
+
+
+def blame_preset(problems: list[dict[str, str]], req: Any, preset: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Say where a value the request did not send came from: the preset that filled it in."""
+    if preset is not None:
+        for problem in problems:
+            if problem["path"].removeprefix("data.") in preset["preset_applied"]:
+                problem["message"] += f" (from the {req.preset} preset {preset['preset_id']})"
+    return problems
+
+
 class GenerationInterface:
     def __init__(
         self,
@@ -172,15 +195,7 @@ class GenerationInterface:
             req, preset = self.presets.for_request(req, ref)  # type: ignore[assignment]
             if req.scheduler is None and req.sampler is None and preset.get("preset_sampler"):
                 req = req.model_copy(update={"sampler": preset["preset_sampler"], "scheduler": preset.get("preset_scheduler")})
-        problems: list[dict[str, str]] = []
-        for fld in ("width", "height"):
-            v = getattr(req, fld)
-            if v is not None and v > s.max_resolution:
-                problems.append({"path": f"data.{fld}", "message": f"{v} is over the limit of {s.max_resolution}"})
-        if req.num_images > s.max_batch_size:
-            problems.append({"path": "data.num_images", "message": f"{req.num_images} is over the limit of {s.max_batch_size}"})
-        if req.steps > s.max_steps:
-            problems.append({"path": "data.steps", "message": f"{req.steps} is over the limit of {s.max_steps}"})
+        problems = limit_problems(req, s)
         choice = None
         # [families] a family without the SD sampler table (Flux: flow matching only) checks the names itself
         peek = ref or self._peek_ref(req)
@@ -195,10 +210,7 @@ class GenerationInterface:
         if req.prompt_syntax == "compel" and not _compel_installed():
             problems.append({"path": "data.prompt_syntax", "message": "compel is not installed in this worker; use a1111 or none"})
         if problems:
-            if preset is not None:  # say where a value the request did not send came from
-                for problem in problems:
-                    if problem["path"].removeprefix("data.") in preset["preset_applied"]:
-                        problem["message"] += f" (from the {req.preset} preset {preset['preset_id']})"
+            blame_preset(problems, req, preset)
             raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
         ref = ref or peek or self.locator.resolve(req.model_id or s.default_model)
         # [families] the model's family checks the request (SD: nothing more; Flux: refuses SD-only options)
@@ -217,6 +229,7 @@ class GenerationInterface:
         inputs, width, height = modes.prepare(mode, req.init_image, req.mask_image, req.width, req.height, roots)
         side = family.native_size(ref) or native_size(ref)
         width, height = width or side, height or side
+        width, height = family.fit_size(ref, width, height)  # [families] Flux: sides from an init image fit its latent packing
         dtype = None if req.precision.dtype == "auto" else req.precision.dtype
         precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [], ref.format)
         warnings: list[str] = list(checked.warnings)
@@ -552,7 +565,9 @@ class GenerationInterface:
         # [families] guidance and the family's options (SD: {"guidance_scale"}; Flux: + max_sequence_length, true CFG)
         common = {**plan.family.call_kwargs(req, plan), "num_images_per_prompt": req.num_images}
         gens = generators(torch, plan.seed, req.num_images)
-        pipes.main.scheduler = self.pipelines.fresh_scheduler(pipes.loaded, plan.scheduler)
+        # [families] a family without the SD sampler table builds its own (HiDream: flow-matching Euler or UniPC)
+        own = plan.family.scheduler_for(req, pipes.loaded.scheduler_config)
+        pipes.main.scheduler = own if own is not None else self.pipelines.fresh_scheduler(pipes.loaded, plan.scheduler)
         first = {
             **plan.family.prompt_kwargs(pipes.main, req),
             **modes.call_kwargs(plan.mode, plan.inputs or modes.ModeInputs(), plan.width, plan.height, req.strength),

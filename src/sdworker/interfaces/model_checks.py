@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..dispatch.context import JobContext
+from ..families import Family, for_base_model
 from ..managers.memory import MB
 from ..protocol.errors import WorkerError
 
@@ -20,6 +21,11 @@ if TYPE_CHECKING:
 def _check(checks: list[dict[str, Any]], name: str, ok: bool, message: str) -> bool:
     checks.append({"name": name, "ok": ok, "message": message})
     return ok
+
+
+def _family(loaded: Any) -> Family:
+    """The family of a loaded model (the base Family's rules for one no family generates with)."""
+    return for_base_model(loaded.ref.base_model) or Family()
 
 
 class ModelChecks:
@@ -77,7 +83,8 @@ class ModelChecks:
     def _smoke(self, loaded: Any) -> None:
         torch = self.app.runtime.torch
         with self.app.pipelines.memory.pinned(loaded.keys.values()), torch.inference_mode():
-            loaded.pipe(prompt="smoke test", num_inference_steps=1, width=64, height=64, generator=torch.Generator("cpu").manual_seed(0), output_type="latent")
+            probe = _family(loaded).probe_kwargs(loaded.pipe, 64, 64)
+            loaded.pipe(prompt="smoke test", num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **probe)
 
     # ---- benchmark ----------------------------------------------------------------------------
 
@@ -103,11 +110,12 @@ class ModelChecks:
         torch = runtime.torch
         runtime.reset_peak(dev)
         times = []
+        probe = _family(loaded).probe_kwargs(loaded.pipe, width, height)
         with pipelines.memory.pinned(loaded.keys.values()), torch.inference_mode():
             for i in range(repeats):
                 ctx.check_cancelled()
                 t = time.perf_counter()
-                loaded.pipe(prompt="benchmark", num_inference_steps=steps, width=width, height=height, generator=torch.Generator("cpu").manual_seed(i), output_type="latent")
+                loaded.pipe(prompt="benchmark", num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(i), output_type="latent", **probe)
                 times.append(time.perf_counter() - t)
         best = min(times)
         return {

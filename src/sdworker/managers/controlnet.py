@@ -153,7 +153,7 @@ def _fits(cn_base: str, model_base: str) -> str | None:
     if cn_base == "unknown":
         return None  # a layout nothing here can read: the load compares it with the UNet
     if cn_base == "sd":
-        return f"it is an SD 1.x/2.x ControlNet and the model is {model} ({model_base})" if model not in ("SD 1.x", "SD 2.x") else None
+        return None if model in ("SD 1.x", "SD 2.x") else f"it is an SD 1.x/2.x ControlNet and the model is {model} ({model_base})"
     if cn_base not in FAMILIES:
         return f"it is a {cn_base} ControlNet; ControlNets here are for SD 1.x, SD 2.x, SDXL and Flux models"
     if FAMILIES[cn_base] != model:
@@ -170,12 +170,13 @@ _FLUX_SHAPE_KEYS = ("num_attention_heads", "attention_head_dim", "joint_attentio
 
 def mismatch(cn_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str | None:
     """Why a ControlNet's residuals cannot be added to this UNet's (or Flux transformer's) blocks (None: they can)."""
-    for name in _FLUX_SHAPE_KEYS if "joint_attention_dim" in unet_config else _SHAPE_KEYS:
+    flux = "joint_attention_dim" in unet_config
+    for name in _FLUX_SHAPE_KEYS if flux else _SHAPE_KEYS:
         mine, theirs = cn_config.get(name), unet_config.get(name)
         if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
             mine, theirs = list(mine or []), list(theirs or [])
         if mine != theirs:
-            return f"its {name} is {mine}, the model's UNet has {theirs}"
+            return f"its {name} is {mine}, the model's {'transformer' if flux else 'UNet'} has {theirs}"
     return None
 
 

@@ -25,8 +25,11 @@ _PIPELINE_ARCH = {
     "FluxPipeline": "flux",
     "FluxImg2ImgPipeline": "flux",
     "FluxInpaintPipeline": "flux",
+    "FluxFillPipeline": "flux",  # FLUX.1 Fill is a dev fine-tune: its guidance embedder makes it flux_dev
+    "FluxControlNetPipeline": "flux",
     "WanPipeline": "wan",
     "WanImageToVideoPipeline": "wan",
+    "HiDreamImagePipeline": "hidream",
 }
 
 

@@ -76,39 +76,49 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def plan_paths(
+    root: Path | None, save_path: str | None, session_id: str, count: int, ext: str, overwrite: bool = False, strict_ext: bool = False
+) -> list[Path | None]:
+    """Where each of `count` outputs goes (None: not saved), inside `root` (the output dir).
+
+    A `save_path` never replaces an existing file unless `overwrite`; the worker's own names
+    (`<session>-<i><ext>` in the output dir) are its files and are replaced. `strict_ext`: a
+    save_path with another extension is refused (a video is always an .mp4).
+    """
+    if save_path is None and root is None:
+        return [None] * count
+    if root is None:
+        raise ValidationFailed(
+            "output.save_path needs an output root: start the worker with --output-dir",
+            [{"path": "data.output.save_path", "message": "no --output-dir configured"}],
+        )
+    if save_path is None:
+        stem = root / safe_file_name(session_id)
+        return [stem.with_name(f"{stem.name}-{i}{ext}") for i in range(count)]
+    target = resolve_in_roots(save_path, [root], "data.output.save_path")
+    if save_path.endswith(("/", os.sep)) or target.is_dir():
+        paths = [target / f"{safe_file_name(session_id)}-{i}{ext}" for i in range(count)]
+    else:
+        if not target.suffix:
+            target = target.with_suffix(ext)
+        elif strict_ext and target.suffix.lower() != ext:
+            msg = f"{target.name}: this output is saved as {ext}"
+            raise ValidationFailed(f"data.output.save_path: {msg}", [{"path": "data.output.save_path", "message": msg}])
+        paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
+    if not overwrite:
+        taken = [p for p in paths if os.path.lexists(p)]
+        if taken:
+            raise exists_error(taken[0])
+    return list(paths)
+
+
 class OutputWriter:
     def __init__(self, output_dir: Path | None):
         self.root = output_dir
 
     def plan(self, save_path: str | None, session_id: str, count: int, fmt: str, overwrite: bool = False) -> list[Path | None]:
-        """Where each image goes (None: not saved). Checked before any work is done.
-
-        A `save_path` never replaces an existing file unless `overwrite`; the worker's own names
-        (`<session>-<i>.<ext>` in the output dir) are its files and are replaced.
-        """
-        if save_path is None and self.root is None:
-            return [None] * count
-        if self.root is None:
-            raise ValidationFailed(
-                "output.save_path needs an output root: start the worker with --output-dir",
-                [{"path": "data.output.save_path", "message": "no --output-dir configured"}],
-            )
-        ext = _EXT[fmt]
-        if save_path is None:
-            stem = self.root / safe_file_name(session_id)
-            return [stem.with_name(f"{stem.name}-{i}{ext}") for i in range(count)]
-        target = resolve_in_roots(save_path, [self.root], "data.output.save_path")
-        if save_path.endswith(("/", os.sep)) or target.is_dir():
-            paths = [target / f"{safe_file_name(session_id)}-{i}{ext}" for i in range(count)]
-        else:
-            if not target.suffix:
-                target = target.with_suffix(ext)
-            paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
-        if not overwrite:
-            taken = [p for p in paths if os.path.lexists(p)]
-            if taken:
-                raise exists_error(taken[0])
-        return list(paths)
+        """Where each image goes (None: not saved). Checked before any work is done."""
+        return plan_paths(self.root, save_path, session_id, count, _EXT[fmt], overwrite)
 
     @staticmethod
     def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:

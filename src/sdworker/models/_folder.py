@@ -72,6 +72,8 @@ def _pipeline(folder: Path, index: dict[str, Any]) -> tuple[str, dict[str, Any]]
         from ..families.wan import wan_base
 
         return wan_base(index, folder.name), details
+    if cls.startswith("HiDreamImage"):  # HiDream-I1 Full/Dev/Fast: one base model (families/hidream.py)
+        return "hidream", details
     if cls.startswith(("StableDiffusion", "AltDiffusion")):
         return ("sd_2" if unet.get("cross_attention_dim") == 1024 else "sd_1_5"), details
     return (_unet_base(unet) if unet else "unknown"), details
@@ -96,6 +98,8 @@ def _component(cfg: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         return "unet", _unet_base(cfg), details
     if cls == "FluxTransformer2DModel":
         return "unet", _flux_base(cfg), details
+    if cls == "HiDreamImageTransformer2DModel":
+        return "unet", "hidream", details
     if cls == "SD3Transformer2DModel":
         return "unet", "sd3", details
     if cls.startswith(("CLIPText", "T5Encoder", "T5ForConditional")):

@@ -13,6 +13,7 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), base)
     for pattern, base in (
         (r"pony", "pony"),
+        (r"(?<![a-z])hi[\s_.-]?dream", "hidream"),
         (r"flux.*schnell|schnell.*flux", "flux_schnell"),
         (r"flux.*krea|krea.*flux", "flux_krea"),
         (r"flux.*dev|dev.*flux", "flux_dev"),

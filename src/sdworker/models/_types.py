@@ -9,7 +9,7 @@ KINDS = ("checkpoint", "vae", "lora", "embedding", "controlnet", "upscaler", "un
 #: Contract base_model ids this package can produce.
 BASE_MODELS = (
     "sd_1_5", "sd_2", "sdxl", "sdxl_refiner", "pony", "sd3", "flux", "flux_dev", "flux_schnell", "flux_krea",
-    "unknown",
+    "hidream", "unknown",
 )
 FORMATS = ("safetensors", "diffusers", "ckpt")
 

@@ -14,6 +14,8 @@ diffusers' ``single_file_utils`` and ComfyUI's model detection rely on:
   ``double_blocks``/``single_blocks`` (diffusers: ``single_transformer_blocks``) and only
   Flux dev carries a guidance embedder (``guidance_in.*`` /
   ``time_text_embed.guidance_embedder.*``), schnell lacks it.
+* HiDream-I1 has ``double_stream_blocks`` + ``caption_projection`` (diffusers' names, also in
+  ComfyUI's single files); Full, Dev and Fast share one shape.
 * An SD VAE is the same network for SD 1.x, 2.x and SDXL (only the weights differ), so a VAE's
   base is ``unknown`` unless its file name or metadata names one. 16-channel VAEs are Flux/SD3.
 * Pony is SDXL by shape; it is told apart only by metadata or the file name.
@@ -97,6 +99,8 @@ def _refine_base(kind: str, base: str, md: Mapping[str, str], name: str | None) 
     """Pony over SDXL, and Flux dev/schnell/krea where shapes alone cannot say."""
     if base == "sdxl" and _hints.says_pony(md, name, trust_title=kind in ("checkpoint", "unet", "unknown")):
         return "pony"
+    if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2", name.lower()):
+        return "wan_2_2"  # the A14B experts have Wan 2.1's shapes
     if base in ("flux", "flux_dev"):
         declared = _hints.base_from_metadata(md) or ""
         named = _hints.base_from_text(name) if kind in ("checkpoint", "unet") else None
@@ -140,7 +144,7 @@ def _text_encoders(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
 def _diffusion(shapes: dict[str, tuple[int, ...]], md: Mapping[str, str]) -> tuple[str, str, dict] | None:
     prefixed = _has_prefix(shapes, _UNET_PREFIX)
     unet = _sub(shapes, _UNET_PREFIX) if prefixed else shapes
-    result = _flux(unet) or _sd3(unet) or _sd_unet(unet, shapes)
+    result = _hidream(unet) or _wan(unet) or _flux(unet) or _sd3(unet) or _sd_unet(unet, shapes)
     if result is None:
         return None
     base, details = result
@@ -173,6 +177,30 @@ def _flux(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
         details["variant"] = {384: "fill", 128: "depth"}.get(img_in[1], "dev" if guidance else "schnell")
     details["guidance_embed"] = guidance
     return ("flux_dev" if guidance else "flux_schnell"), details
+
+
+def _wan(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
+    """Wan 2.1 / 2.2 video transformers: a 3D ``patch_embedding`` and ``blocks.N`` (original: ``self_attn``,
+    diffusers: ``attn1``). 48 input channels is Wan 2.2 TI2V-5B; otherwise 2.1 and 2.2's A14B experts share
+    shapes, so the base is wan_2_1 unless the file name says 2.2 (_refine_base)."""
+    patch = unet.get("patch_embedding.weight")
+    if patch is None or len(patch) != 5 or not _has_prefix(unet, "blocks.0.self_attn.", "blocks.0.attn1."):
+        return None
+    details: dict[str, Any] = {"family": "wan", "layout": "original" if _has_prefix(unet, "blocks.0.self_attn.") else "diffusers",
+                               "in_channels": patch[1], "image_to_video": patch[1] == 36}
+    return ("wan_2_2" if patch[1] == 48 else "wan_2_1"), details
+
+
+def _hidream(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
+    """HiDream-I1's transformer: the same key names in ComfyUI's files and diffusers' (Full, Dev, Fast alike)."""
+    if "double_stream_blocks.0.block.adaLN_modulation.1.bias" not in unet or not _has_prefix(unet, "caption_projection."):
+        return None
+    blocks = re.compile(r"(double|single)_stream_blocks\.(\d+)\.")
+    depth = {"double": 0, "single": 0}
+    for k in unet:
+        if m := blocks.match(k):
+            depth[m.group(1)] = max(depth[m.group(1)], int(m.group(2)) + 1)
+    return "hidream", {"family": "hidream", "double_blocks": depth["double"], "single_blocks": depth["single"]}
 
 
 def _sd3(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from diffusers import (
@@ -38,7 +38,8 @@ FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
 #: The other families' tiny models: arch -> the tiny/ module whose make_tiny(arch, out_dir) writes
 #: it as a diffusers folder ("flux" is FLUX.1-dev, the issue's name for it).
 FAMILY_ARCHES: dict[str, str] = {"flux": "flux", "flux-dev": "flux", "flux-schnell": "flux", "flux-fill": "flux",
-                                  "wan21": "wan", "wan22": "wan", "wan22-i2v": "wan", "wan21-i2v": "wan"}
+                                  "wan21": "wan", "wan22": "wan", "wan22-i2v": "wan", "wan21-i2v": "wan", "wan22-ti2v": "wan",
+                                  "hidream": "hidream", "hidream-full": "hidream", "hidream-dev": "hidream", "hidream-fast": "hidream"}
 #: Everything make_tiny_model writes.
 MODEL_ARCHES: tuple[str, ...] = ARCHES + tuple(FAMILY_ARCHES)
 
@@ -241,22 +242,30 @@ def make_tiny_model(arch: str, out_dir: str | Path, single_file: bool = False) -
         from .single_file import make_tiny_single_file
 
         return make_tiny_single_file(arch, out_dir)
+    return save_staged(out_dir, lambda scratch: build_pipeline(arch, scratch), _TOKENIZER_PADS[arch])
+
+
+def save_staged(out_dir: str | Path, build: Callable[[Path], Any], clip_tokenizers: dict[str, str] | None = None) -> Path:
+    """Build a pipeline with `build(scratch)` and save it to `out_dir` as a diffusers folder.
+
+    Every tiny family's writer goes through here: the build runs under a forked torch RNG (the
+    caller's state is left untouched), the folder is staged in a temporary sibling and swapped
+    in whole (no stale files from another arch, nothing half-written after a failure), and only
+    a diffusers model is ever replaced. `clip_tokenizers` (subfolder -> pad token): the tiny CLIP
+    tokenizer files to write back, since transformers 5 saves only tokenizer.json plus a config
+    polluted with load kwargs, and the canonical files load in transformers 4 and 5 alike.
+    """
     out = Path(out_dir).absolute()
     _check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
         tmp_path = Path(tmp)
         staged = tmp_path / "model"
         with torch.random.fork_rng(devices=[]):
-            pipe = build_pipeline(arch, tmp_path / "tokenizers")
+            pipe = build(tmp_path / "tokenizers")
         pipe.save_pretrained(staged, safe_serialization=True)
-        # transformers 5 saves only tokenizer.json plus a config polluted with load
-        # kwargs (is_local, local_files_only); put our canonical files back so both
-        # transformers 4 (slow + fast) and 5 load the folder.
-        for sub, pad in _TOKENIZER_PADS[arch].items():
+        for sub, pad in (clip_tokenizers or {}).items():
             tok.write_tokenizer_files(staged / sub, pad)
-
         _check_target(out)  # re-check: something may have appeared meanwhile
         if out.exists():
             shutil.rmtree(out)

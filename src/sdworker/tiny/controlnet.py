@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from diffusers import ControlNetModel
@@ -54,11 +55,20 @@ def make_tiny_controlnet(arch: str, path: str | Path, seed: int | None = None) -
     Written to a temporary sibling first and swapped in, so a failed build leaves nothing behind.
     The caller's torch RNG state is left untouched.
     """
+    return save_folder(path, lambda: build_controlnet(arch, seed))
+
+
+def save_folder(path: str | Path, build: Callable[[], Any]) -> Path:
+    """Save the model `build()` makes as a diffusers folder at `path`, refusing to replace anything but one.
+
+    The target is checked before building (building is the slow part); the folder is staged in a
+    temporary sibling and swapped in whole.
+    """
     out = Path(path).absolute()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise FileExistsError(f"{out} exists and is not a model folder; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cn = build_controlnet(arch, seed)
+    cn = build()
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
         staged = Path(tmp) / "controlnet"
         cn.save_pretrained(staged, safe_serialization=True)

@@ -19,8 +19,6 @@ word list (no sentencepiece model, no download), loaded as ``T5TokenizerFast``.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -38,7 +36,7 @@ from diffusers import (
 from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
 from . import tokenizer as tok
-from .builder import FLUX_ARCHES, TEXT_HIDDEN_SIZE, _check_target, _text_config
+from .builder import FLUX_ARCHES, TEXT_HIDDEN_SIZE, _text_config, save_staged
 
 #: The tiny Flux pipelines; "flux-fill" is FLUX.1 Fill (dev), the inpainting model.
 VARIANTS: tuple[str, ...] = (*FLUX_ARCHES, "flux-fill")
@@ -136,25 +134,31 @@ def t5_tokenizer() -> T5TokenizerFast:
     )
 
 
+def t5_shape(d_model: int = T5_D_MODEL) -> dict[str, Any]:
+    """The tiny T5 v1.1 encoder's config (gated-gelu, untied embeddings), shared by the T5 (Flux,
+    HiDream) and UMT5 (Wan) fixtures; the vocabulary is t5_vocab()'s."""
+    return {
+        "vocab_size": len(t5_vocab()),
+        "d_model": d_model,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 32,
+        "dropout_rate": 0.0,
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": False,
+        "is_encoder_decoder": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
 def t5_config() -> T5Config:
-    """T5 v1.1 (gated-gelu, untied embeddings) like Flux's google/t5-v1_1-xxl, at d_model 32."""
-    return T5Config(
-        vocab_size=len(t5_vocab()),
-        d_model=T5_D_MODEL,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        is_encoder_decoder=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    """T5 v1.1 like Flux's google/t5-v1_1-xxl, at d_model 32."""
+    return T5Config(**t5_shape())
 
 
 # ---- the pipeline -------------------------------------------------------------------------------
@@ -203,21 +207,7 @@ def make_tiny_flux(variant: str, out_dir: str | Path) -> Path:
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown Flux variant {variant!r}; expected one of {VARIANTS}")
-    out = Path(out_dir).absolute()
-    _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
-        tmp_path = Path(tmp)
-        staged = tmp_path / "model"
-        with torch.random.fork_rng(devices=[]):
-            pipe = build_flux_pipeline(variant, tmp_path / "tokenizers")
-        pipe.save_pretrained(staged, safe_serialization=True)
-        tok.write_tokenizer_files(staged / "tokenizer", tok.PAD_EOS)  # the canonical CLIP files (see builder)
-        _check_target(out)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    return out
+    return save_staged(out_dir, lambda scratch: build_flux_pipeline(variant, scratch), {"tokenizer": tok.PAD_EOS})
 
 
 # ---- LoRAs --------------------------------------------------------------------------------------
@@ -333,15 +323,6 @@ def build_flux_controlnet(variant: str = "flux-dev", seed: int | None = None) ->
 
 def make_tiny_flux_controlnet(path: str | Path, variant: str = "flux-dev", seed: int | None = None) -> Path:
     """Build a tiny Flux ControlNet and save it as a diffusers folder (config.json + safetensors)."""
-    out = Path(path).absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise FileExistsError(f"{out} exists and is not a model folder; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    net = build_flux_controlnet(variant, seed)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
-        staged = Path(tmp) / "controlnet"
-        net.save_pretrained(staged, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    return out
+    from .controlnet import save_folder
+
+    return save_folder(path, lambda: build_flux_controlnet(variant, seed))

@@ -12,6 +12,9 @@ apart:
   noise plus the image condition (16 + 4 mask + 16 channels), no image encoder.
 * ``wan21-i2v``: Wan2.1-I2V layout: one transformer taking a CLIP vision encoder's hidden states
   (``image_dim``), with its CLIPImageProcessor.
+* ``wan22-ti2v``: Wan2.2-TI2V-5B layout: WanPipeline with ``expand_timesteps`` (a timestep per
+  token, so the first frame can stay clean for image-to-video) and the Wan 2.2 VAE (48 latent
+  channels, 2x2 pixel patches before the encoder: 16x spatially), one transformer for both modes.
 
 Sizes: the VAE keeps Wan's factors (8x spatially, 4x in time) and the transformer Wan's 1x2x2
 patches, so width and height must be multiples of 16 and num_frames of the form 4k+1, as on the
@@ -21,9 +24,6 @@ vocabulary of :mod:`sdworker.tiny.flux` (no sentencepiece model, no download), a
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,10 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from .builder import _check_target
-from .flux import t5_tokenizer, t5_vocab
+from .builder import save_staged
+from .flux import t5_shape, t5_tokenizer
 
-VARIANTS: tuple[str, ...] = ("wan21", "wan22", "wan22-i2v", "wan21-i2v")
+VARIANTS: tuple[str, ...] = ("wan21", "wan22", "wan22-i2v", "wan21-i2v", "wan22-ti2v")
 
 #: One seed per component (distinct from the other tiny builders' seeds).
 SEEDS: dict[str, int] = {"transformer": 20, "transformer_2": 21, "vae": 22, "text_encoder": 23, "image_encoder": 24}
@@ -52,6 +52,24 @@ WAN_VAE: dict[str, Any] = {
     "dim_mult": [1, 1, 1, 1],
     "num_res_blocks": 1,
     "temperal_downsample": [False, True, True],
+}
+
+# Wan2.2-TI2V-5B's VAE (is_residual, 2x2 pixel patches -> 12 input channels, 48 latent channels), shrunk.
+WAN22_VAE: dict[str, Any] = {
+    "base_dim": 8,
+    "decoder_base_dim": 8,
+    "z_dim": 48,
+    "dim_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "is_residual": True,
+    "in_channels": 12,
+    "out_channels": 12,
+    "patch_size": 2,
+    "scale_factor_spatial": 16,
+    "scale_factor_temporal": 4,
+    "latents_mean": [0.0] * 48,
+    "latents_std": [1.0] * 48,
 }
 
 _TRANSFORMER: dict[str, Any] = {
@@ -75,6 +93,7 @@ TRANSFORMERS: dict[str, dict[str, Any]] = {
     "wan22": _TRANSFORMER,
     "wan22-i2v": _I2V,
     "wan21-i2v": {**_I2V, "image_dim": CLIP_VISION_HIDDEN, "added_kv_proj_dim": 2 * 12},
+    "wan22-ti2v": {**_TRANSFORMER, "in_channels": 48, "out_channels": 48},
 }
 
 # The real checkpoints' scheduler/scheduler_config.json (Wan2.1-T2V-1.3B-Diffusers: UniPC, flow shift 3).
@@ -88,24 +107,8 @@ SCHEDULER: dict[str, Any] = {
 
 
 def umt5_config() -> UMT5Config:
-    """UMT5 (gated-gelu, untied embeddings) like Wan's google/umt5-xxl, at d_model 32."""
-    return UMT5Config(
-        vocab_size=len(t5_vocab()),
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        is_encoder_decoder=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    """UMT5 like Wan's google/umt5-xxl, at d_model TEXT_DIM (the tiny T5 shape of tiny.flux)."""
+    return UMT5Config(**t5_shape(TEXT_DIM))
 
 
 def _seeded(name: str) -> None:
@@ -134,7 +137,7 @@ def build_wan_pipeline(variant: str) -> WanPipeline | WanImageToVideoPipeline:
         _seeded("transformer_2")
         transformer_2 = WanTransformer3DModel(**TRANSFORMERS[variant])
     _seeded("vae")
-    vae = AutoencoderKLWan(**WAN_VAE)
+    vae = AutoencoderKLWan(**(WAN22_VAE if variant == "wan22-ti2v" else WAN_VAE))
     _seeded("text_encoder")
     text_encoder = UMT5EncoderModel(umt5_config())
     common: dict[str, Any] = {
@@ -146,6 +149,8 @@ def build_wan_pipeline(variant: str) -> WanPipeline | WanImageToVideoPipeline:
         "transformer_2": transformer_2,
         "boundary_ratio": BOUNDARY_RATIO.get(variant),
     }
+    if variant == "wan22-ti2v":
+        return WanPipeline(**common, expand_timesteps=True)
     if variant == "wan21-i2v":
         image_encoder, image_processor = _clip_vision()
         return WanImageToVideoPipeline(**common, image_encoder=image_encoder, image_processor=image_processor)
@@ -168,16 +173,4 @@ def make_tiny_wan(variant: str, out_dir: str | Path) -> Path:
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown Wan variant {variant!r}; expected one of {VARIANTS}")
-    out = Path(out_dir).absolute()
-    _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp-", dir=out.parent) as tmp:
-        staged = Path(tmp) / "model"
-        with torch.random.fork_rng(devices=[]):
-            pipe = build_wan_pipeline(variant)
-        pipe.save_pretrained(staged, safe_serialization=True)
-        _check_target(out)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    return out
+    return save_staged(out_dir, lambda _scratch: build_wan_pipeline(variant))
