@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, BinaryIO
 from . import PROTOCOL_VERSION, __version__
 from .dispatch.dispatcher import Dispatcher
 from .dispatch.registry import Registry
-from .families.wan import component_managers as wan_component_managers
 from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
 from .instructors.model import ModelInstructor
@@ -74,7 +73,7 @@ class App:
         self.unets = UNetManager(self.memory, dtype_of)
         self.encoders = EncoderManager(self.memory, dtype_of)
         self.tokenizers = TokenizerManager(self.memory, dtype_of)
-        self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers, *wan_component_managers(self.memory, dtype_of)])
+        self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers])
         self.loras = LoRAManager(self.memory, settings.allow_pickle)
         self.controlnets = ControlNetManager(self.memory, dtype_of)
         # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.

@@ -147,6 +147,9 @@ class Dispatcher:
             log.exception("could not decode a line")
             self._write(encode_error(Rejection(classify(exc), guess_form(line[:4096])), classify(exc)))
             return
+        if not decoded.batch and type(decoded.items[0]) is Call:
+            self.handle_call(decoded.items[0], self._write)  # one request (nearly every line)
+            return
         self.handle_decoded(decoded)
 
     def handle_decoded(self, decoded: Decoded) -> None:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..managers.components import ComponentManager, UNetManager
 from . import flow_samplers
 from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
 
@@ -173,27 +172,6 @@ def wan_base(index: dict[str, Any], name: str = "") -> str:
     if re.search(r"wan[\s_.-]?2[._]?2", name.lower()):
         return "wan_2_2"
     return "wan_2_1"
-
-
-# ---- component managers for the parts only Wan has -------------------------------------------------------
-
-
-class ExpertManager(UNetManager):
-    """Wan 2.2's low-noise expert (transformer_2): a second denoiser, loaded and held (fp8, quantized) like the first."""
-
-    names = ("transformer_2",)
-
-
-class ImageProcessorManager(ComponentManager):
-    """Wan 2.1 I2V's CLIPImageProcessor: a config-only part, cached like a tokenizer."""
-
-    names = ("image_processor",)
-    has_dtype = False
-
-
-def component_managers(memory: Any, torch_dtype: Any) -> list[ComponentManager]:
-    """The managers PipelineManager needs for Wan folders beyond the Stable Diffusion ones."""
-    return [ExpertManager(memory, torch_dtype), ImageProcessorManager(memory, torch_dtype)]
 
 
 # ---- the family ------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
-from ..families import supported_base_models
 from ..managers import schedulers
 from ..managers.modes import MODES
 from ..jobs.sessions import Session, iso
@@ -35,6 +34,12 @@ def controlnet_request(req: GenerationRequest) -> GenerationRequest:
         msg = "inference.controlnet needs at least one ControlNet: [{model, image, ...}]"
         raise ValidationFailed(f"data.controlnets: {msg}", [{"path": "data.controlnets", "message": msg}])
     return req
+
+
+def _supported_base_models() -> tuple[str, ...]:
+    from ..families import supported_base_models  # the family modules load after the ready event
+
+    return supported_base_models()
 
 
 class InferenceInstructor:
@@ -301,7 +306,7 @@ class InferenceInstructor:
             "max_resolution": {"width": s.max_resolution, "height": s.max_resolution},
             "devices": self.app.runtime.devices(),
             "schedulers": schedulers.accepted_names(),
-            "base_models": list(supported_base_models()),
+            "base_models": list(_supported_base_models()),
         }
 
     def _device(self, device_id: str | None) -> dict[str, Any]:

@@ -229,6 +229,7 @@ _DATA_KEYS = ("data", "Data")
 
 
 def _decode_native(doc: dict[str, Any]) -> Call | Rejection:
+    # The control plane's hot path (pings, status polls): the usual keys are looked up first.
     rid = doc["request_id"] if "request_id" in doc else _first(doc, _RID_KEYS)
     if type(rid) is str and rid:
         request_id = rid
@@ -240,16 +241,20 @@ def _decode_native(doc: dict[str, Any]) -> Call | Rejection:
     try:
         if not isinstance(method, str) or not method:
             raise InvalidRequest("a native request needs a string 'type' (the method name)")
-        params = _params(_first(doc, _DATA_KEYS), "data")
+        data = doc["data"] if "data" in doc else _first(doc, _DATA_KEYS)
+        params = {} if data is None or data == {} else _params(data, "data")
+        priority = doc.get("priority")
+        timeout = doc.get("timeout")
         return Call(
-            method=method,
-            params=params,
-            form=Form.NATIVE,
-            request_id=request_id,
-            raw_id=request_id,
-            priority=_priority(doc.get("priority")),
-            timeout=_timeout(doc.get("timeout")),
-            session_id=_session_of(params),
+            method,
+            params,
+            Form.NATIVE,
+            request_id,
+            request_id,
+            False,
+            0 if priority is None else _priority(priority),
+            None if timeout is None else _timeout(timeout),
+            _session_of(params) if params else None,
         )
     except WorkerError as exc:
         return Rejection(exc, Form.NATIVE, request_id=request_id, raw_id=request_id)

@@ -93,6 +93,9 @@ def _clean(line: bytes) -> bytes:
     return line if line.strip() else b""
 
 
+_DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+
+
 class LineWriter:
     """The only writer of protocol stdout: one lock, one line per message.
 
@@ -114,12 +117,12 @@ class LineWriter:
         self._deferring = thread.ident if thread is not None else None
 
     def write(self, message: object) -> bool:
-        data = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str)
+        data = orjson.dumps(message, option=_DUMP_OPTIONS, default=str)
         with self._lock:
             if self.closed:
                 return False
             try:
-                self._stream.write(data + b"\n")
+                self._stream.write(data)
                 if threading.get_ident() == self._deferring:
                     self._pending = True
                 else:
