@@ -50,10 +50,10 @@ SPECS = (
          {"width": 64, "height": 64, "guidance_scale": 0.0, "max_sequence_length": 64}),
     # HiDream makes nothing smaller than its native area (128 latent pixels a side; the tiny VAE factor is 1)
     Spec("hidream", "inference.text2img", {"width": 128, "height": 128, "guidance_scale": 5.0}, {"width": 128, "height": 128, "guidance_scale": 5.0}),
-    Spec("wan21", "inference.text2video", {"width": 32, "height": 32, "num_frames": 5, "guidance_scale": 5.0},
-         {"width": 32, "height": 32, "num_frames": 5, "guidance_scale": 5.0, "output_type": "np"}),
-    Spec("wan22", "inference.text2video", {"width": 32, "height": 32, "num_frames": 5, "guidance_scale": 4.0, "guidance_scale_2": 3.0},
-         {"width": 32, "height": 32, "num_frames": 5, "guidance_scale": 4.0, "guidance_scale_2": 3.0, "output_type": "np"}),
+    Spec("wan21", "inference.text2video", {"width": 64, "height": 64, "num_frames": 5, "guidance_scale": 5.0},
+         {"width": 64, "height": 64, "num_frames": 5, "guidance_scale": 5.0, "output_type": "np"}),
+    Spec("wan22", "inference.text2video", {"width": 64, "height": 64, "num_frames": 5, "guidance_scale": 4.0, "guidance_scale_2": 3.0},
+         {"width": 64, "height": 64, "num_frames": 5, "guidance_scale": 4.0, "guidance_scale_2": 3.0, "output_type": "np"}),
 )
 
 
