@@ -65,7 +65,8 @@ def _base_from_keys(shapes: Shapes, details: dict[str, Any]) -> str:
     norm = [_norm(k) for k in keys]
     if any(m in nk for nk in norm for m in ("double_blocks_", "single_blocks_", "single_transformer_blocks_")):
         details["family"] = "flux"
-        return "flux"
+        # only dev (and its fine-tunes) has a guidance embedder for a LoRA to train
+        return "flux_dev" if any("guidance_in_" in nk or "guidance_embedder_" in nk for nk in norm) else "flux"
     if any("joint_blocks_" in nk for nk in norm):
         details["family"] = "sd3"
         return "sd3"
@@ -106,8 +107,8 @@ def detect_lora(shapes: Shapes, metadata: Mapping[str, str]) -> Found:
     if declared:
         details["base_from_metadata"] = declared
     details["base_from"] = "keys" if base != "unknown" else ("metadata" if declared else "none")
-    if base == "unknown" and declared:
-        base = declared
+    if declared and (base == "unknown" or (base == "flux" and declared.startswith("flux_"))):
+        base = declared  # the keys say Flux; the metadata may say which one
     return "lora", base, details
 
 
