@@ -121,6 +121,22 @@ def native_size(ref: ModelRef) -> int:
         return 1024 if ref.base_model.startswith("sdxl") else 512
 
 
+def start_job(ctx: JobContext, runtime: Runtime, plan: Any) -> tuple[float, dict[str, Any], RssSampler, str, str, list[str]]:
+    """The opening of every generation job (image or video): clock and RSS sampler started, torch
+    waited for, the device and dtype settled and checked, status "loading"."""
+    t_start = time.perf_counter()
+    rss = RssSampler()
+    rss.sample()
+    runtime.wait()
+    device = runtime.device_name(runtime.check_device(plan.device))
+    ctx.session.device_id = device
+    dtype = plan.dtype or runtime.dtype_name
+    warnings = list(plan.warnings)
+    precision.check(plan.req.precision, device, dtype, warnings)
+    ctx.set_status("loading")
+    return t_start, ctx.session.performance, rss, device, dtype, warnings
+
+
 def limit_problems(req: Any, settings: Settings) -> list[dict[str, str]]:
     """The worker's limits a generation request (image or video) passes over: size, count, steps."""
     problems: list[dict[str, str]] = []
@@ -373,17 +389,7 @@ class GenerationInterface:
     # ---- the job ---------------------------------------------------------------------------------
 
     def run(self, ctx: JobContext, plan: Plan) -> dict[str, Any]:
-        t_start = time.perf_counter()
-        perf = ctx.session.performance
-        rss = RssSampler()
-        rss.sample()
-        self.runtime.wait()
-        device = self.runtime.device_name(self.runtime.check_device(plan.device))
-        ctx.session.device_id = device
-        dtype = plan.dtype or self.runtime.dtype_name
-        warnings = list(plan.warnings)
-        precision.check(plan.req.precision, device, dtype, warnings)
-        ctx.set_status("loading")
+        t_start, perf, rss, device, dtype, warnings = start_job(ctx, self.runtime, plan)
         with contextlib.ExitStack() as stack:
             pipes = self._load(ctx, plan, device, dtype, stack, warnings)
             perf["load_ms"] = round(pipes.load_ms, 2)

@@ -36,7 +36,7 @@ from ..managers.runtime import RssSampler
 from ..managers import video_out
 from ..protocol.errors import OutOfMemory, ValidationFailed
 from ..schemas.video import VideoRequest
-from .generation import blame_preset, limit_problems
+from .generation import blame_preset, limit_problems, start_job
 
 if TYPE_CHECKING:
     from .generation import GenerationInterface
@@ -170,17 +170,7 @@ class VideoInterface:
     # ---- the job -----------------------------------------------------------------------------------
 
     def run(self, ctx: JobContext, plan: VideoPlan) -> dict[str, Any]:
-        t_start = time.perf_counter()
-        perf = ctx.session.performance
-        rss = RssSampler()
-        rss.sample()
-        self.runtime.wait()
-        device = self.runtime.device_name(self.runtime.check_device(plan.device))
-        ctx.session.device_id = device
-        dtype = plan.dtype or self.runtime.dtype_name
-        warnings = list(plan.warnings)
-        precision.check(plan.req.precision, device, dtype, warnings)
-        ctx.set_status("loading")
+        t_start, perf, rss, device, dtype, warnings = start_job(ctx, self.runtime, plan)
         with self.pipelines.use(plan.ref, device, dtype, weights.weights_of(plan.req.precision)) as (loaded, report):
             ctx.log(f"model {plan.ref.model_id} " + (f"loaded ({report.disk_reads} component(s) read from disk)" if report.fresh else "from the cache"))
             perf["load_ms"] = round(report.ms, 2)
