@@ -55,6 +55,22 @@ def cpu_gens(seed: int, n: int = 1) -> list[Any]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
 
 
+def tiny_models_dir(factory: pytest.TempPathFactory, tag: str, models: dict[str, str]) -> Path:
+    """A fresh models dir holding `models` (folder name -> make-tiny-model arch) only."""
+    from sdworker.tiny import make_tiny_model
+
+    root = factory.mktemp(f"{tag}-models")
+    for name, arch in models.items():
+        make_tiny_model(arch, root / name)
+    return root
+
+
+def family_worker(models_dir: Path, factory: pytest.TempPathFactory, tag: str, out_dir: Path | None = None) -> "Worker":
+    """A worker over `models_dir` with its own output and data dirs (a test module's shared worker)."""
+    out = out_dir or factory.mktemp(f"{tag}-out")
+    return Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--data-dir", str(factory.mktemp(f"{tag}-data"))])
+
+
 def load_pipes(root: Path, names: tuple[str, ...]) -> dict[str, Any]:
     """Plain diffusers pipelines of tiny model folders, for reference results."""
     from diffusers import DiffusionPipeline

@@ -11,14 +11,13 @@ import torch
 from diffusers import AutoPipelineForImage2Image, FluxImg2ImgPipeline, FluxPipeline
 from PIL import Image
 
-from conftest import Worker, decode_png as _decode, png_b64 as _png_b64, load_pipes
+from conftest import Worker, decode_png as _decode, png_b64 as _png_b64, load_pipes, family_worker, tiny_models_dir
 from sdworker.families import for_base_model
 from sdworker.families.flux import FluxFamily, size_multiple, transformer_variant
 from sdworker.managers import modes
 from sdworker.managers.denoise import generators
 from sdworker.managers.locator import ModelRef
 from sdworker.schemas.generation import GenerationRequest
-from sdworker.tiny import make_tiny_model
 from sdworker.tiny.flux import make_tiny_flux
 
 PROMPT = "a photo of a small red house by a lake"
@@ -29,10 +28,7 @@ FLUX = FluxFamily()
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Overrides conftest's: this module's workers see the two tiny Flux models only."""
-    root = tmp_path_factory.mktemp("flux-models")
-    make_tiny_model("flux-dev", root / DEV)
-    make_tiny_model("flux-schnell", root / SCHNELL)
-    return root
+    return tiny_models_dir(tmp_path_factory, "flux", {DEV: "flux-dev", SCHNELL: "flux-schnell"})
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +38,7 @@ def pipes(models_dir: Path) -> dict[str, FluxPipeline]:
 
 @pytest.fixture(scope="module")
 def flux_worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("flux-out")
-    w = Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--data-dir", str(tmp_path_factory.mktemp("flux-data"))])
+    w = family_worker(models_dir, tmp_path_factory, "flux")
     yield w
     w.kill()
 

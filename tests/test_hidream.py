@@ -16,7 +16,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, Uni
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import Worker, decode_png as _decode, cpu_gens as _gens, load_pipes
+from conftest import decode_png as _decode, cpu_gens as _gens, load_pipes, family_worker, tiny_models_dir
 from sdworker.families import for_base_model
 from sdworker.families.hidream import HiDreamFamily, output_size, scheduler_from, variant
 from sdworker.managers import modes
@@ -26,7 +26,6 @@ from sdworker.models._hints import base_from_text
 from sdworker.models.detect import detect, detect_file
 from sdworker.schemas.generation import GenerationRequest
 from sdworker.store.presets import detect_base_model
-from sdworker.tiny import make_tiny_model
 from sdworker.tiny.hidream import make_tiny_hidream
 
 PROMPT = "a photo of a small red house by a lake"
@@ -37,11 +36,7 @@ HIDREAM = HiDreamFamily()
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Overrides conftest's: this module's workers see the three tiny HiDream models only."""
-    root = tmp_path_factory.mktemp("hidream-models")
-    make_tiny_model("hidream", root / FULL)
-    make_tiny_model("hidream-dev", root / DEV)
-    make_tiny_model("hidream-fast", root / FAST)
-    return root
+    return tiny_models_dir(tmp_path_factory, "hidream", {FULL: "hidream", DEV: "hidream-dev", FAST: "hidream-fast"})
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +46,7 @@ def pipes(models_dir: Path) -> dict[str, HiDreamImagePipeline]:
 
 @pytest.fixture(scope="module")
 def hidream_worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("hidream-out")
-    w = Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--data-dir", str(tmp_path_factory.mktemp("hidream-data"))])
+    w = family_worker(models_dir, tmp_path_factory, "hidream")
     yield w
     w.kill()
 

@@ -21,7 +21,7 @@ import pytest
 from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 from PIL import Image
 
-from conftest import Worker, png_b64 as _png_b64, cpu_gens as _gens, load_pipes
+from conftest import png_b64 as _png_b64, cpu_gens as _gens, load_pipes, family_worker, tiny_models_dir
 from sdworker.families import for_base_model
 from sdworker.families.wan import WanFamily, read_model, sampler_choice, wan_base
 from sdworker.managers import video_out
@@ -30,7 +30,6 @@ from sdworker.models._folder import detect_diffusers_folder
 from sdworker.protocol.errors import ValidationFailed
 from sdworker.schemas.video import VideoRequest
 from sdworker.store.presets import detect_base_model
-from sdworker.tiny import make_tiny_model
 from sdworker.tiny.wan import make_tiny_wan
 
 PROMPT = "a photo of a small red house by a lake"
@@ -52,10 +51,8 @@ def _uint8(video: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Overrides conftest's: the tiny Wan models, and one SD model to be refused."""
-    root = tmp_path_factory.mktemp("wan-models")
-    for arch, name in (("wan21", W21), ("wan22", W22), ("wan22-i2v", I2V22), ("wan21-i2v", I2V21), ("wan22-ti2v", TI2V), ("sd15", SD15)):
-        make_tiny_model(arch, root / name)
-    return root
+    models = {W21: "wan21", W22: "wan22", I2V22: "wan22-i2v", I2V21: "wan21-i2v", TI2V: "wan22-ti2v", SD15: "sd15"}
+    return tiny_models_dir(tmp_path_factory, "wan", models)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +67,7 @@ def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def wan_worker(models_dir: Path, out_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    w = Worker(["--models-dir", str(models_dir), "--output-dir", str(out_dir), "--data-dir", str(tmp_path_factory.mktemp("wan-data"))])
+    w = family_worker(models_dir, tmp_path_factory, "wan", out_dir)
     yield w
     w.kill()
 
