@@ -137,6 +137,25 @@ def start_job(ctx: JobContext, runtime: Runtime, plan: Any) -> tuple[float, dict
     return t_start, ctx.session.performance, rss, device, dtype, warnings
 
 
+def finish_job(
+    ctx: JobContext, runtime: Runtime, rss: RssSampler, device: str, t_start: float, steps: int, inference_s: float, encode_s: float, save_s: float
+) -> None:
+    """The close of every generation job (start_job's twin): timings, speed and peaks into the
+    session's performance and resources."""
+    rss.sample()
+    perf = ctx.session.performance
+    perf.update(
+        inference_ms=round(inference_s * 1000, 2),
+        encode_ms=round(encode_s * 1000, 2),
+        postprocess_ms=round(save_s * 1000, 2),
+        steps_per_second=round(steps / inference_s, 3) if inference_s > 0 else 0.0,
+        peak_vram_mb=runtime.peak_vram_mb(device),
+        peak_rss_mb=rss.peak_mb,
+    )
+    perf["total_ms"] = round(perf.get("queue_ms", 0.0) + (time.perf_counter() - t_start) * 1000, 2)
+    ctx.session.resources.update(peak_rss_mb=rss.peak_mb, peak_vram_mb=perf["peak_vram_mb"], device=device)
+
+
 def limit_problems(req: Any, settings: Settings) -> list[dict[str, str]]:
     """The worker's limits a generation request (image or video) passes over: size, count, steps."""
     problems: list[dict[str, str]] = []
@@ -518,18 +537,7 @@ class GenerationInterface:
             perf["upscale_ms"] = round((time.perf_counter() - t_pp) * 1000, 2)
         params = self._effective(plan, pipes.main, pipes)
         images, encode_s, save_s = self._deliver(pil_images, plan, params, ctx)
-        rss.sample()
-        steps_done = pipes.steps_done or req.steps
-        perf.update(
-            inference_ms=round(inference_s * 1000, 2),
-            encode_ms=round(encode_s * 1000, 2),
-            postprocess_ms=round(save_s * 1000, 2),
-            steps_per_second=round(steps_done / inference_s, 3) if inference_s > 0 else 0.0,
-            peak_vram_mb=self.runtime.peak_vram_mb(device),
-            peak_rss_mb=rss.peak_mb,
-        )
-        perf["total_ms"] = round(perf.get("queue_ms", 0.0) + (time.perf_counter() - t_start) * 1000, 2)
-        ctx.session.resources.update(peak_rss_mb=rss.peak_mb, peak_vram_mb=perf["peak_vram_mb"], device=device)
+        finish_job(ctx, self.runtime, rss, device, t_start, pipes.steps_done or req.steps, inference_s, encode_s, save_s)
         return {
             "images": images,
             "parameters": params,

@@ -36,7 +36,7 @@ from ..managers.runtime import RssSampler
 from ..managers import video_out
 from ..protocol.errors import OutOfMemory, ValidationFailed
 from ..schemas.video import VideoRequest
-from .generation import blame_preset, limit_problems, start_job
+from .generation import blame_preset, finish_job, limit_problems, start_job
 
 if TYPE_CHECKING:
     from .generation import GenerationInterface
@@ -187,18 +187,8 @@ class VideoInterface:
             params = self._effective(plan, pipe, dtype)
         ctx.set_status("postprocessing")
         videos, encode_s, save_s = self._deliver(video, plan, ctx)
-        rss.sample()
         steps = int(getattr(pipe, "_num_timesteps", 0) or plan.req.steps)
-        perf.update(
-            inference_ms=round(inference_s * 1000, 2),
-            encode_ms=round(encode_s * 1000, 2),
-            postprocess_ms=round(save_s * 1000, 2),
-            steps_per_second=round(steps / inference_s, 3) if inference_s > 0 else 0.0,
-            peak_vram_mb=self.runtime.peak_vram_mb(device),
-            peak_rss_mb=rss.peak_mb,
-        )
-        perf["total_ms"] = round(perf.get("queue_ms", 0.0) + (time.perf_counter() - t_start) * 1000, 2)
-        ctx.session.resources.update(peak_rss_mb=rss.peak_mb, peak_vram_mb=perf["peak_vram_mb"], device=device)
+        finish_job(ctx, self.runtime, rss, device, t_start, steps, inference_s, encode_s, save_s)
         return {"videos": videos, "parameters": params, "performance": dict(perf), "session_id": ctx.session.session_id, "warnings": warnings}
 
     def _retry_low_memory(
