@@ -161,6 +161,7 @@ def test_inpainting_and_fill_models(models_dir, tmp_path):
     fill = ModelRef("fill", tmp_path / "fill", "FluxFillPipeline", "flux_dev")
     assert transformer_variant(fill) == "fill"
     assert transformer_variant(ModelRef("fill", tmp_path / "fill", "FluxPipeline", "flux_dev")) == "fill"  # by in_channels
+    assert FLUX.preset_keeps(fill) == ("steps", "guidance_scale") and FLUX.preset_keeps(_ref(models_dir, DEV, "flux_dev")) == ()
     c = FLUX.check(_req(), "inpainting", fill)
     assert not c.problems and (c.req.steps, c.req.guidance_scale, c.req.strength) == (50, 30.0, 1.0)
     assert FLUX.check(_req(strength=0.5, steps=3), "inpainting", fill).req.strength == 0.5

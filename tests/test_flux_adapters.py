@@ -139,6 +139,27 @@ def test_fill_model_refuses_other_modes_and_true_cfg(fw, images):
     assert r["data"]["parameters"]["true_cfg_scale"] == 1.0
 
 
+def test_fill_model_keeps_its_steps_and_guidance_under_a_preset(fw, images):
+    """The presets of a Fill model are flux_dev's (guidance 3.5): they set neither its steps nor its guidance,
+    their other values still apply, and what the request sets wins over both."""
+    req = {"model_id": FILL, "prompt": PROMPT, "init_image": _png_b64(images["init"]), "mask_image": _png_b64(images["mask"]),
+           "width": 64, "height": 64, "seed": 5}
+    for preset in ("quality", "speed"):
+        v = fw.call("inference.validate_request", {"method": "inference.inpainting", "request": {**req, "preset": preset}})
+        assert v["success"] and v["data"]["valid"], v
+        n = v["data"]["normalized"]
+        assert (n["steps"], n["guidance_scale"], n["strength"], n["max_sequence_length"]) == (50, 30.0, 1.0, 512), n
+    r = fw.call("inference.inpainting", {**req, "preset": "speed", "steps": 2}, timeout=180)
+    got = _pixels(r)
+    params = r["data"]["parameters"]
+    assert (params["steps"], params["guidance_scale"], params["strength"]) == (2, 30.0, 1.0), params
+    assert params["preset_origin"] == "builtin" and params["preset_base_model"] == "flux_dev"
+    assert params["preset_skipped"] == {"guidance_scale": 3.5} and "guidance_scale" not in params["preset_applied"], params
+    assert params["preset_applied"]["max_sequence_length"] == 512 and params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert any("keeps its own guidance_scale 30" in w for w in r["data"]["warnings"]), r["data"]["warnings"]
+    assert np.array_equal(got, _pixels(fw.call("inference.inpainting", {**req, "steps": 2}, timeout=180)))  # as without a preset
+
+
 # ---- LoRAs -------------------------------------------------------------------------------------------
 
 

@@ -327,6 +327,9 @@ def test_apply_preset_goes_under_what_the_request_sets() -> None:
     flux = {**bp.builtin("flux_dev", "quality").__dict__, "id": "f", "origin": "builtin"}
     new, _ = apply_preset(GenerationRequest.model_validate({}), flux)
     assert new.guidance_scale == 3.5  # distilled guidance is what diffusers' guidance_scale means for Flux
+    new, applied = apply_preset(GenerationRequest.model_validate({}), flux, keep=("steps", "guidance_scale"))
+    assert "steps" not in applied and "guidance_scale" not in applied and applied["max_sequence_length"] == 512
+    assert {"steps", "guidance_scale"}.isdisjoint(new.model_fields_set)  # left for the family's own defaults
     bad = {**preset, "model_specific_params": {"width": 1001}}
     with pytest.raises(ValidationFailed, match="multiple of 8") as e:
         apply_preset(GenerationRequest.model_validate({}), bad)

@@ -7,7 +7,8 @@ A family says only what differs:
 
 * which base models it serves (contract section 7 ids) and which modes it runs;
 * which request options it takes (`check`: problems, warnings, and the request as it will run,
-  its own defaults applied);
+  its own defaults applied), and which fields its variant keeps from a base model's preset
+  (`preset_keeps`);
 * how the prompt becomes pipeline arguments (`prompt_kwargs`) and how the guidance and the
   family's other options do (`call_kwargs`);
 * its native image side, and whether the scheduler table of managers.schedulers applies to it.
@@ -98,6 +99,12 @@ class Family:
         if "guidance_scale" not in req.model_fields_set and req.guidance_scale != d.guidance_scale:
             update["guidance_scale"] = d.guidance_scale
         return req.model_copy(update=update) if update else req
+
+    def preset_keeps(self, ref: "ModelRef") -> tuple[str, ...]:
+        """Request fields a preset does not set on this model: presets are made per base model, and a
+        variant whose own defaults differ (Flux Fill) keeps them (check applies them); the request's
+        own values still win."""
+        return ()
 
     def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
         """The request's problems for this family, its warnings, and the request as it will run."""

@@ -23,7 +23,9 @@ How a request maps onto FluxPipeline (diffusers 0.42):
   in img2img). A FLUX.1 Fill model is told by its transformer, which reads the masked image and
   the mask beside the latents (``in_channels`` = 2 x packed latents + the packed mask: 384 for
   FLUX.1); it runs inpainting only, with FluxFillPipeline and that pipeline's defaults (50 steps,
-  guidance 30, strength 1). text2img or img2img on a Fill model is a validation_error.
+  guidance 30, strength 1), under a preset too: the flux_dev presets set neither its steps nor
+  its guidance (``preset_skipped`` in the result has what they would have set). text2img or
+  img2img on a Fill model is a validation_error.
 * LoRAs (``loras`` and ``<lora:name:weight>`` tags): diffusers/PEFT and kohya (sd-scripts) Flux
   LoRAs through managers.adapters, as for SD; an SD LoRA on a Flux model is refused by base there.
 * ControlNets: FluxControlNetModel folders (several: FluxMultiControlNetModel) through
@@ -131,6 +133,12 @@ class FluxFamily(Family):
 
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS.get(base_model, _DEV)
+
+    def preset_keeps(self, ref: "ModelRef") -> tuple[str, ...]:
+        """A Fill model's presets are flux_dev's (its base model), made for the base transformer: at
+        their guidance 3.5 Fill repaints poorly, so it keeps FluxFillPipeline's steps and guidance
+        (the preset's sampler, sequence length and size still apply)."""
+        return ("steps", "guidance_scale") if transformer_variant(ref) == "fill" else ()
 
     @staticmethod
     def sequence_length(req: "GenerationRequest", base_model: str) -> int:

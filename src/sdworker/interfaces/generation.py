@@ -179,6 +179,16 @@ def blame_preset(problems: list[dict[str, str]], req: Any, preset: dict[str, Any
     return problems
 
 
+def kept_from_preset(req: Any, preset: dict[str, Any] | None, model_id: str) -> list[str]:
+    """A warning when the model kept its own value where its preset says another (Family.preset_keeps)."""
+    skipped = {k: v for k, v in (preset or {}).get("preset_skipped", {}).items() if v != getattr(req, k)}
+    if preset is None or not skipped:
+        return []
+    said = ", ".join(f"{k} {v:g}" for k, v in skipped.items())
+    own = ", ".join(f"{k} {getattr(req, k):g}" for k in skipped)
+    return [f"the {preset['preset']} preset of {preset['preset_base_model']} sets {said}; {model_id} keeps its own {own} (send {' / '.join(skipped)} to set them)"]
+
+
 class GenerationInterface:
     def __init__(
         self,
@@ -225,9 +235,11 @@ class GenerationInterface:
         if req.preset is not None and self.presets is not None:
             # The preset's values go under the fields the request set itself (model_fields_set);
             # the checks below then see the effective request. Its sampler + schedule apply only
-            # when the request names neither a sampler nor a scheduler of its own.
+            # when the request names neither a sampler nor a scheduler of its own. [families] A variant
+            # keeps its own defaults where its base model's preset does not fit it (Flux Fill: steps, guidance).
             ref = self.locator.resolve(req.model_id or s.default_model)
-            req, preset = self.presets.for_request(req, ref)  # type: ignore[assignment]
+            fam = for_base_model(ref.base_model)
+            req, preset = self.presets.for_request(req, ref, fam.preset_keeps(ref) if fam is not None else ())  # type: ignore[assignment]
             if req.scheduler is None and req.sampler is None and preset.get("preset_sampler"):
                 req = req.model_copy(update={"sampler": preset["preset_sampler"], "scheduler": preset.get("preset_scheduler")})
         problems = limit_problems(req, s)
@@ -268,6 +280,7 @@ class GenerationInterface:
         dtype = None if req.precision.dtype == "auto" else req.precision.dtype
         precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [], ref.format)
         warnings: list[str] = list(checked.warnings)
+        warnings.extend(kept_from_preset(req, preset, ref.model_id))
         sent = req.prompt
         req, loras = self._plan_loras(req, ref, warnings)
         req, embeds = self._plan_embeddings(req, ref, warnings)

@@ -356,8 +356,9 @@ def _field_adapter(model: type, name: str) -> Any:
     return TypeAdapter(Annotated[info.annotation, info])
 
 
-def apply_preset(req: "BaseModel", preset: dict[str, Any]) -> tuple["BaseModel", dict[str, Any]]:
-    """`req` with the preset's values under the fields it set itself (model_fields_set).
+def apply_preset(req: "BaseModel", preset: dict[str, Any], keep: Iterable[str] = ()) -> tuple["BaseModel", dict[str, Any]]:
+    """`req` with the preset's values under the fields it set itself (model_fields_set), except
+    the fields in `keep` (the model's family keeps its own defaults there).
 
     Returns the new request and the values applied (field -> value). A value that the request's
     own field rejects (a hand-made preset with width 1000) is a validation_error at data.preset.
@@ -368,7 +369,7 @@ def apply_preset(req: "BaseModel", preset: dict[str, Any]) -> tuple["BaseModel",
     fields = model.model_fields
     applied: dict[str, Any] = {}
     for name, value in request_values(preset).items():
-        if name not in fields or name in req.model_fields_set:
+        if name not in fields or name in req.model_fields_set or name in keep:
             continue
         try:
             applied[name] = _field_adapter(model, name).validate_python(value)
@@ -630,15 +631,22 @@ class PresetStore:
             )
         return builtin_document(b)
 
-    def for_request(self, req: "BaseModel", ref: "ModelRef") -> tuple["BaseModel", dict[str, Any]]:
-        """Apply the request's `preset` for its model; the request and what goes into `parameters`."""
+    def for_request(self, req: "BaseModel", ref: "ModelRef", keep: Iterable[str] = ()) -> tuple["BaseModel", dict[str, Any]]:
+        """Apply the request's `preset` for its model; the request and what goes into `parameters`.
+
+        `keep`: fields the preset does not set on this model (Family.preset_keeps: a FLUX.1 Fill
+        model keeps its own steps and guidance); what the preset would have set there is reported
+        as `preset_skipped`.
+        """
         ctype = getattr(req, "preset")
         try:
             base = self._stored_base(ref.model_id) or detect_base_model(ref)
             preset = self.resolve(ctype, model_id=ref.model_id, base_model=base)
         except ValidationFailed as exc:
             raise ValidationFailed(f"data.preset: {exc.message}", [{"path": "data.preset", "message": exc.message}]) from None
-        new_req, applied = apply_preset(req, preset)
+        new_req, applied = apply_preset(req, preset, keep)
+        values = request_values(preset)
+        skipped = {k: values[k] for k in keep if k in values and k not in req.model_fields_set}
         # TODO(scheduler module): when the sampler/scheduler mapping lands, set the request's
         # sampler/scheduler from preset["sampler"]/preset["scheduler"] when it sets neither; until
         # then the worker runs the model's default scheduler and only reports the preset's choice.
@@ -651,6 +659,8 @@ class PresetStore:
             "preset_sampler": preset["sampler"],
             "preset_scheduler": preset["scheduler"],
         }
+        if skipped:
+            info["preset_skipped"] = skipped
         return new_req, info
 
     # ---- populate ----------------------------------------------------------------------------------
