@@ -151,7 +151,7 @@ class InferenceInstructor:
         if params.model_id is None:
             return out
         ref = self.app.locator.resolve(params.model_id)  # an unknown model is a validation error
-        lp = next((lp for lp in self.app.pipelines.loaded() if lp.ref.path == ref.path), None)
+        lp = next((lp for lp in self.app.pipelines.loaded() if lp.ref.source == ref.source), None)
         if lp is None:
             return out
         from ..prompts.encode import encoders, prompt_chunks

@@ -278,7 +278,7 @@ class GenerationInterface:
         width, height = width or side, height or side
         width, height = family.fit_size(ref, width, height)  # [families] Flux: sides from an init image fit its latent packing
         dtype = None if req.precision.dtype == "auto" else req.precision.dtype
-        precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [], ref.format)
+        precision.check(req.precision, self._known_device(device), dtype or self.runtime.dtype_name, [], ref.weights_format)
         warnings: list[str] = list(checked.warnings)
         warnings.extend(kept_from_preset(req, preset, ref.model_id))
         sent = req.prompt
@@ -684,8 +684,7 @@ class GenerationInterface:
             "mode": plan.mode,
             "prompt": plan.prompt_as_sent or req.prompt,
             "negative_prompt": req.negative_prompt,
-            "model_id": plan.ref.model_id,
-            "base_model": plan.ref.base_model,
+            **plan.ref.describe(),
             "width": plan.width,
             "height": plan.height,
             "steps": req.steps,

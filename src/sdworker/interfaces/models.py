@@ -53,7 +53,7 @@ class ModelInterface:
     def info(self, model_id: str, kind: str | None) -> dict[str, Any]:
         item = self.item(model_id, kind)
         out = item.public()
-        resident = [lp for lp in self.pipelines.loaded() if Path(lp.ref.path) == item.path]
+        resident = [lp for lp in self.pipelines.loaded() if Path(lp.ref.source) == item.path]
         out["loaded"] = bool(resident)
         out["pipelines"] = [lp.describe(self.memory) for lp in resident]
         out["cache_entries"] = [e.describe() for e in self.memory.entries() if item.model_id in e.model_ids]
@@ -146,7 +146,7 @@ class ModelInterface:
         dev, dt = self.device(device), self.dtype(dtype)
         t0 = time.perf_counter()
         entries: list[CacheEntry] = []
-        if ref.format == "single_file":
+        if ref.format == "single_file" or ref.transformer_file is not None:  # its parts come from more than one place
             loaded, _ = self.pipelines.get(ref, "ram", dt)
             entries = [e for n, k in loaded.keys.items() if n in names and (e := self.memory.get(k)) is not None]
         else:

@@ -120,7 +120,7 @@ class VideoInterface:
         model = read_model(ref)
         device = self.runtime.check_device(req.device_id)
         dtype = None if req.precision.dtype == "auto" else req.precision.dtype
-        precision.check(req.precision, self.gen._known_device(device), dtype or self.runtime.dtype_name, [], ref.format)
+        precision.check(req.precision, self.gen._known_device(device), dtype or self.runtime.dtype_name, [], ref.weights_format)
         image, width, height = self._frame_and_size(req, mode, model)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         paths = video_out.plan_paths(s.output_dir, req.output.save_path, session_id, req.num_images, req.output.overwrite)
@@ -283,8 +283,7 @@ class VideoInterface:
             "mode": plan.mode,
             "prompt": req.prompt,
             "negative_prompt": req.negative_prompt,
-            "model_id": plan.ref.model_id,
-            "base_model": plan.ref.base_model,
+            **plan.ref.describe(),
             "width": plan.width,
             "height": plan.height,
             "fps": plan.fps,

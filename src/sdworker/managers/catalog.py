@@ -28,7 +28,7 @@ from ..protocol.errors import ModelNotFound, UnsafePath, ValidationFailed
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".ckpt", ".pt", ".pth", ".bin")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 MAX_DEPTH = 5
 
@@ -38,7 +38,7 @@ class CatalogItem:
     model_id: str
     kind: str
     base_model: str
-    format: str  # diffusers | safetensors | ckpt
+    format: str  # diffusers | safetensors | gguf | ckpt
     path: Path
     size_bytes: int
     mtime: float
@@ -181,13 +181,15 @@ class ModelCatalog:
 
     # ---- lookup ------------------------------------------------------------------------------
 
-    def find(self, model_id: str, kind: str | None = None, field_path: str = "data.model_id") -> CatalogItem:
-        """The item named `model_id` (id, id + suffix, or a unique file name); errors name close ids."""
+    def find(self, model_id: str, kind: str | tuple[str, ...] | None = None, field_path: str = "data.model_id") -> CatalogItem:
+        """The item named `model_id` (id, id + suffix, or a unique file name) of `kind` (one or several);
+        errors name close ids."""
+        kinds = (kind,) if isinstance(kind, str) else kind
         if "\x00" in model_id or model_id.startswith(("/", "\\")) and not self._inside_roots(model_id):
             raise UnsafePath(f"{field_path}: {model_id!r} is outside the models dirs", [{"path": field_path, "message": "outside the allowed roots"}])
         if ".." in Path(model_id).parts:
             self._check_inside(model_id, field_path)
-        items = [i for i in self.items() if kind is None or i.kind == kind]
+        items = [i for i in self.items() if kinds is None or i.kind in kinds]
         stem = model_id
         for suffix in WEIGHT_SUFFIXES:
             if stem.lower().endswith(suffix):
@@ -201,13 +203,13 @@ class ModelCatalog:
             ids = ", ".join(i.model_id for i in exact)
             raise ValidationFailed(f"{field_path}: {model_id!r} is ambiguous: {ids}", [{"path": field_path, "message": f"ambiguous: {ids}"}])
         self.invalidate()  # maybe it was just added: one rescan before saying no
-        items = [i for i in self.items() if kind is None or i.kind == kind]
+        items = [i for i in self.items() if kinds is None or i.kind in kinds]
         again = [i for i in items if i.model_id in (model_id, stem)]
         if again:
             return again[0]
         known = [i.model_id for i in items]
         close = difflib.get_close_matches(model_id, known, n=3, cutoff=0.4)
-        what = f"{kind} " if kind else ""
+        what = f"{' or '.join(kinds)} " if kinds else ""
         hint = f"; did you mean {', '.join(close)}?" if close else (f"; available: {', '.join(known[:10])}" if known else "")
         raise ModelNotFound(f"{what}model {model_id!r} was not found in the models dirs{hint}", [{"path": field_path, "message": "not found"}])
 

@@ -13,10 +13,10 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..protocol.errors import ModelLoadFailed
-from . import fingerprint
+from . import fingerprint, transformer_files
 from . import weights as weights_mod
 from .memory import CacheEntry, MemoryManager, module_bytes
 
@@ -63,22 +63,28 @@ class ComponentManager:
             key = self.key(folder, dtype, weights)
         except OSError as exc:
             raise ModelLoadFailed(f"model {model_id!r}: cannot read {component} at {folder}: {exc}") from exc
+        read = lambda: self._read(component_class(library, class_name), folder, dtype, weights)  # noqa: E731
+        return self._cached(key, folder, dtype, weights, model_id, component, read)
+
+    def _cached(
+        self, key: str, source: Path, dtype: str, weights: str, model_id: str, component: str, read: Callable[[], Any]
+    ) -> CacheEntry:
+        """The entry under `key`, or what `read` gives, put into the cache under it."""
         hit = self.memory.get(key)
         if hit is not None:
             hit.model_ids.add(model_id)
             return hit
         t0 = time.perf_counter()
-        cls = component_class(library, class_name)
         try:
-            obj = self._read(cls, folder, dtype, weights)
+            obj = read()
         except ModelLoadFailed:
             raise
         except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
-            raise ModelLoadFailed(f"model {model_id!r}: {component} could not be loaded from {folder}: {type(exc).__name__}: {exc}") from exc
+            raise ModelLoadFailed(f"model {model_id!r}: {component} could not be loaded from {source}: {type(exc).__name__}: {exc}") from exc
         self.disk_loads += 1
         log.info("read %s of %s from disk in %.0f ms", component, model_id, (time.perf_counter() - t0) * 1000)
         held = dtype if weights == weights_mod.FULL else f"{dtype}:{weights}"
-        return self.memory.put(self.entry(key, component, obj, held, folder, model_id))
+        return self.memory.put(self.entry(key, component, obj, held, source, model_id))
 
     def entry(self, key: str, component: str, obj: Any, dtype: str, source: Path, model_id: str) -> CacheEntry:
         return CacheEntry(key, component, obj, module_bytes(obj), "cpu", dtype if self.has_dtype else "-", str(source), {model_id})
@@ -101,6 +107,28 @@ class ComponentManager:
 
 class UNetManager(ComponentManager):
     names = ("unet", "transformer", "transformer_2", "prior", "decoder")  # transformer_2: Wan 2.2's low-noise expert
+
+    def load_file(
+        self, path: Path, folder: Path, library: str, class_name: str, dtype: str, model_id: str, weights: str = weights_mod.FULL
+    ) -> CacheEntry:
+        """A transformer whose weights are the file `path` and whose config is the companion `folder`'s
+        (managers.transformer_files); cached by the file's identity."""
+        held = dtype if weights == weights_mod.FULL else f"{dtype}:{weights}"
+        try:
+            key = fingerprint.of_file(path, f"{type(self).__name__}:file:{held}")
+        except OSError as exc:
+            raise ModelLoadFailed(f"model {model_id!r}: cannot read {path}: {exc}") from exc
+
+        def read() -> Any:
+            import torch
+
+            torch_dtype = self._torch_dtype(dtype)
+            extra = weights_mod.load_kwargs(weights, torch, torch_dtype)
+            obj = transformer_files.load(component_class(library, class_name), path, folder, torch_dtype, extra)
+            weights_mod.apply(obj, weights, torch, torch_dtype)
+            return obj.eval()
+
+        return self._cached(key, path, dtype, weights, model_id, "transformer", read)
 
 
 class EncoderManager(ComponentManager):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..paths import resolve_in_roots
 from ..protocol.errors import ModelNotFound, UnsafePath, ValidationFailed
 from ..protocol.errors import WorkerError as WorkerErrorBase
+from . import transformer_files
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem, ModelCatalog
@@ -35,11 +36,35 @@ _PIPELINE_ARCH = {
 
 @dataclass(frozen=True)
 class ModelRef:
+    """A runnable model. With `transformer_file` set (managers.transformer_files), `path` is the
+    companion diffusers folder that lends everything but the transformer, which the file holds."""
+
     model_id: str
     path: Path
     pipeline_class: str
     base_model: str
     format: str = "diffusers"
+    transformer_file: Path | None = None
+    components_from: str | None = None  # the companion folder's model_id, with transformer_file
+
+    def describe(self) -> dict[str, str]:
+        """The model's fields in a result's `parameters`."""
+        out = {"model_id": self.model_id, "base_model": self.base_model}
+        if self.components_from is not None:
+            out["components_from"] = self.components_from
+        return out
+
+    @property
+    def source(self) -> Path:
+        """What identifies the model's weights: the transformer file, or the folder / single file."""
+        return self.transformer_file or self.path
+
+    @property
+    def weights_format(self) -> str:
+        """How the denoiser's weights are stored on disk: gguf, or the model's format."""
+        if self.transformer_file is not None and self.transformer_file.suffix.lower() == ".gguf":
+            return "gguf"
+        return self.format
 
 
 def _read_index(folder: Path) -> dict:
@@ -122,7 +147,7 @@ class ModelLocator:
     def scan(self) -> list[ModelRef]:
         refs: list[ModelRef] = []
         for item in self.catalog.items():
-            if item.kind == "checkpoint":
+            if item.kind == "checkpoint" or transformer_files.runs_alone(item):
                 try:
                     refs.append(self._from_item(item))
                 except (OSError, ValueError, WorkerErrorBase):
@@ -133,9 +158,29 @@ class ModelLocator:
         index = _read_index(folder)
         return ModelRef(model_id, folder, index.get("_class_name", "DiffusionPipeline"), _base_model(folder, index))
 
-    def _from_item(self, item: "CatalogItem") -> ModelRef:
+    def _folders(self) -> list[ModelRef]:
+        """The diffusers pipeline folders: the candidates to lend a transformer file its other parts."""
+        out = []
+        for item in self.catalog.items():
+            if item.kind == "checkpoint" and item.format == "diffusers":
+                try:
+                    out.append(self._ref(item.model_id, item.path))
+                except (OSError, ValueError):
+                    continue
+        return out
+
+    def _from_item(self, item: "CatalogItem", field: str = "data.model_id") -> ModelRef:
         if item.format == "diffusers":
             return self._ref(item.model_id, item.path)
+        if transformer_files.runs_alone(item):
+            folder = transformer_files.companion(item, self._folders(), field)
+            return ModelRef(item.model_id, folder.path, folder.pipeline_class, item.base_model, "diffusers", item.path, folder.model_id)
+        if item.kind != "checkpoint":
+            raise ValidationFailed(
+                f"{field}: {item.model_id!r} is a {item.base_model} {item.kind}, not a whole model; only Flux, HiDream and Wan "
+                "transformers run from one file (with a diffusers folder of their base model for the other parts)",
+                [{"path": field, "message": f"a {item.kind}, not a checkpoint"}],
+            )
         return ModelRef(item.model_id, item.path, _SINGLE_FILE_PIPELINES.get(item.base_model, "unknown"), item.base_model, "single_file")
 
     def resolve(self, model_id: str | None, field: str = "data.model_id") -> ModelRef:
@@ -149,11 +194,11 @@ class ModelLocator:
         folder = resolve_in_roots(model_id, self.roots, field)  # unsafe_path for ../ and outside paths
         if (folder / "model_index.json").is_file():  # the fast path: no scan
             return self._ref(model_id, folder)
-        item = self.catalog.find(model_id, "checkpoint", field)
+        item = self.catalog.find(model_id, ("checkpoint", "unet"), field)
         if item.pickle and not self.allow_pickle:
             raise pickle_refused(model_id, field)
         try:
-            return self._from_item(item)
+            return self._from_item(item, field)
         except OSError:  # listed a moment ago, gone now
             self.catalog.invalidate()
             raise ModelNotFound(f"model {model_id!r} is no longer in the models dirs", [{"path": field, "message": "not found"}]) from None

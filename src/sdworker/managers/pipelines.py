@@ -120,7 +120,7 @@ class PipelineManager:
         """
         t0 = time.perf_counter()
         with self._lock:
-            key = (str(ref.path), dtype if weights == FULL else f"{dtype}:{weights}")
+            key = (str(ref.source), dtype if weights == FULL else f"{dtype}:{weights}")
             loaded = self._resident.get(key)
             reads = 0
             if loaded is None or any(self.memory.get(k) is None for k in loaded.keys.values()):
@@ -152,7 +152,10 @@ class PipelineManager:
             else:
                 manager = self.manager_for(name)
                 held = weights if isinstance(manager, UNetManager) else FULL  # only the denoiser changes format
-                entry = manager.load(ref.path / name, library, cls_name, dtype, ref.model_id, name, held)
+                if name == "transformer" and ref.transformer_file is not None and isinstance(manager, UNetManager):
+                    entry = manager.load_file(ref.transformer_file, ref.path, library, cls_name, dtype, ref.model_id, held)
+                else:
+                    entry = manager.load(ref.path / name, library, cls_name, dtype, ref.model_id, name, held)
             objs[name] = entry.obj
             keys[name] = entry.key
         reads = sum(m.disk_loads for m in self.managers) - before

@@ -286,7 +286,7 @@ def _checked_file(path: str | Path) -> Path:
     return path
 
 
-def _check_complete(components: dict[str, Any]) -> None:
+def check_complete(components: dict[str, Any]) -> None:
     """diffusers leaves weights missing from a checkpoint on the meta device: refuse that."""
     import torch
 
@@ -361,7 +361,7 @@ def load_single_file_pipeline(
         raise ModelLoadFailed(
             f"single-file checkpoint {checkpoint.name!r} could not be loaded as {name}: {type(exc).__name__}: {exc}"
         ) from exc
-    _check_complete(pipe.components)
+    check_complete(pipe.components)
     return pipe
 
 
@@ -393,5 +393,5 @@ def load_single_file_vae(path: str | Path, torch_dtype: Any, config_set: str) ->
         )
     except Exception as exc:
         raise ModelLoadFailed(f"VAE {checkpoint.name!r} could not be loaded: {type(exc).__name__}: {exc}") from exc
-    _check_complete({"vae": vae})
+    check_complete({"vae": vae})
     return vae

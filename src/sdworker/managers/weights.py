@@ -39,8 +39,10 @@ def problems(opts: Any, device: str | None, model_format: str | None) -> list[di
     storage = getattr(opts, "storage_dtype", "auto")
     if quant != "none" and storage != "auto":
         out.append(_problem("storage_dtype", "choose storage_dtype or quantization, not both (both change how the weights are stored)"))
-    if weights_of(opts) != FULL and model_format not in (None, "diffusers"):
-        which = "quantization" if quant != "none" else "storage_dtype"
+    which = "quantization" if quant != "none" else "storage_dtype"
+    if weights_of(opts) != FULL and model_format == "gguf":
+        out.append(_problem(which, "this model's transformer is a GGUF file, quantized already; leave storage_dtype and quantization unset"))
+    elif weights_of(opts) != FULL and model_format not in (None, "diffusers"):
         out.append(_problem(which, "needs a diffusers folder model; this model is one file (convert it with model.optimize_model or use a folder)"))
     if quant != "none":
         module, package, cuda_only = QUANTIZATIONS[quant]

@@ -9,9 +9,9 @@ KINDS = ("checkpoint", "vae", "lora", "embedding", "controlnet", "upscaler", "un
 #: Contract base_model ids this package can produce.
 BASE_MODELS = (
     "sd_1_5", "sd_2", "sdxl", "sdxl_refiner", "pony", "sd3", "flux", "flux_dev", "flux_schnell", "flux_krea",
-    "hidream", "unknown",
+    "hidream", "wan_2_1", "wan_2_2", "unknown",
 )
-FORMATS = ("safetensors", "diffusers", "ckpt")
+FORMATS = ("safetensors", "diffusers", "ckpt", "gguf")
 
 
 @dataclass(frozen=True)

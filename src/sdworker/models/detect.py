@@ -33,6 +33,7 @@ from ._folder import detect_diffusers_folder
 from ._lora import detect_embedding, detect_lora, is_lora
 from ._pickles import PICKLE_SUFFIXES, guess_from_path
 from ._types import BASE_MODELS, KINDS, Detection
+from .gguf_header import read_gguf_header
 from .safetensors_header import read_header
 
 __all__ = [
@@ -85,12 +86,16 @@ def detect(
 
 
 def detect_file(path: str | os.PathLike[str]) -> Detection:
-    """Detect a single model file (safetensors header, or the name of a pickle) or a diffusers folder."""
+    """Detect a single model file (safetensors or GGUF header, or the name of a pickle) or a diffusers folder."""
     p = Path(path)
     if p.is_dir():
         return detect_diffusers_folder(p)
     if p.suffix.lower() in PICKLE_SUFFIXES:
         return guess_from_path(p)
+    if p.suffix.lower() == ".gguf":
+        gguf = read_gguf_header(p)
+        found = detect(gguf.shapes, gguf.metadata, p.name, format="gguf")
+        return Detection(found.kind, found.base_model, "gguf", {**found.details, "quantization": gguf.quantization})
     header = read_header(p)
     return detect(header.shapes(), header.metadata, p.name)
 

@@ -1,0 +1,214 @@
+"""Flux / HiDream / Wan transformers in one file (.safetensors, .gguf) run with a companion diffusers folder.
+
+The files are written from the tiny folders with changed weights (so a run that used the folder's own
+transformer would not pass), the GGUF ones Q8_0-quantized with the gguf package as the public files
+are; references are plain diffusers with the transformer loaded by `from_single_file` from the same file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from conftest import cpu_gens, decode_png, family_worker, load_pipes, tiny_models_dir
+from sdworker.managers.catalog import ModelCatalog
+from sdworker.managers.locator import ModelLocator
+from sdworker.models.detect import detect_file
+from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
+from sdworker.protocol.errors import ModelNotFound, ValidationFailed
+from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
+
+
+PROMPT = "a lighthouse on a cliff at dusk"
+DEV, SCHNELL_FILE, HIDREAM, WAN = "tiny-flux-dev", "unet/flux1-schnell-tune", "tiny-hidream-dev", "tiny-wan21"
+FLUX_ST, FLUX_GGUF = "diffusion_models/flux1-dev-tune", "diffusion_models/flux1-dev-tune-Q8_0"
+HIDREAM_ST, WAN_GGUF, WAN22_FILE = "diffusion_models/hidream-i1-dev-tune", "diffusion_models/wan2.1-t2v-tune-Q8_0", "diffusion_models/wan2.2-t2v-tune"
+
+
+def _tuned(source: Path, out: Path, prefix: str = "") -> Path:
+    """`source`'s transformer with every weight changed a little: a fine-tune of the same architecture."""
+    state = load_file(str(save_transformer_file(source, out.with_suffix(".tmp.safetensors"))))
+    gen = torch.Generator().manual_seed(11)
+    tuned = {prefix + k: (v * (1 + 0.2 * torch.rand(v.shape, generator=gen))).contiguous() for k, v in state.items()}
+    out.with_suffix(".tmp.safetensors").unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tuned, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tiny_models_dir(tmp_path_factory, "tfiles", {DEV: "flux-dev", HIDREAM: "hidream-dev", WAN: "wan21"})
+    scratch = tmp_path_factory.mktemp("tfiles-scratch")
+    flux = _tuned(root / DEV, root / f"{FLUX_ST}.safetensors")
+    save_transformer_file(flux, root / f"{FLUX_GGUF}.gguf")
+    _tuned(root / HIDREAM, root / f"{HIDREAM_ST}.safetensors", prefix=ORIGINAL_PREFIX)  # ComfyUI's key prefix
+    save_transformer_file(_tuned(root / WAN, scratch / "wan.safetensors"), root / f"{WAN_GGUF}.gguf")
+    save_transformer_file(root / WAN, root / f"{WAN22_FILE}.safetensors")  # a 2.2 name with no Wan 2.2 folder to lend parts
+    schnell = tiny_models_dir(tmp_path_factory, "tfiles-schnell", {"s": "flux-schnell"})  # only its transformer is kept
+    save_transformer_file(schnell / "s", root / f"{SCHNELL_FILE}.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipes(models_dir: Path) -> dict:
+    return load_pipes(models_dir, (DEV, HIDREAM, WAN))
+
+
+@pytest.fixture(scope="module")
+def worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    w = family_worker(models_dir, tmp_path_factory, "tfiles")
+    yield w
+    w.kill()
+
+
+def _with_file(pipe, path: Path):
+    """A plain diffusers pipeline whose transformer is read from `path` by diffusers itself."""
+    kwargs = {"config": str(Path(pipe.config._name_or_path)), "subfolder": "transformer", "local_files_only": True}
+    if path.suffix == ".gguf":
+        from diffusers import GGUFQuantizationConfig
+
+        kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=torch.float32)
+    transformer = type(pipe.transformer).from_single_file(str(path), **kwargs)
+    return type(pipe)(**{**pipe.components, "transformer": transformer})
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+# ---- detection and discovery ----------------------------------------------------------------------------
+
+
+def test_files_are_detected_and_listed(models_dir, worker):
+    gguf = detect_file(models_dir / f"{FLUX_GGUF}.gguf")
+    assert (gguf.kind, gguf.base_model, gguf.format) == ("unet", "flux_dev", "gguf")
+    assert gguf.details["quantization"] == "Q8_0" and gguf.details["variant"] == "dev"
+    assert detect_file(models_dir / f"{HIDREAM_ST}.safetensors").base_model == "hidream"
+    assert (detect_file(models_dir / f"{WAN_GGUF}.gguf").base_model, detect_file(models_dir / f"{WAN22_FILE}.safetensors").base_model) == ("wan_2_1", "wan_2_2")
+    r = worker.call("model.list_models", {})
+    items = {i["model_id"]: i for i in r["data"]["items"]}
+    assert (items[FLUX_GGUF]["kind"], items[FLUX_GGUF]["format"], items[FLUX_GGUF]["base_model"]) == ("unet", "gguf", "flux_dev")
+
+
+def test_companions_are_chosen_by_base_model_and_shape(models_dir):
+    locator = ModelLocator([models_dir], ModelCatalog([models_dir]))
+    flux = locator.resolve(FLUX_GGUF)
+    assert (flux.path, flux.transformer_file, flux.components_from, flux.weights_format) == (
+        models_dir / DEV, (models_dir / f"{FLUX_GGUF}.gguf").resolve(), DEV, "gguf")
+    assert flux.describe() == {"model_id": FLUX_GGUF, "base_model": "flux_dev", "components_from": DEV}
+    assert locator.resolve(HIDREAM_ST).components_from == HIDREAM and locator.resolve(WAN_GGUF).components_from == WAN
+    with pytest.raises(ValidationFailed, match="guidance embedder"):  # a schnell file cannot borrow a dev folder's transformer config
+        locator.resolve(SCHNELL_FILE)
+    with pytest.raises(ModelNotFound, match="diffusers folder of wan_2_2"):
+        locator.resolve(WAN22_FILE)
+    assert {r.model_id for r in locator.scan()} >= {DEV, FLUX_ST, FLUX_GGUF, HIDREAM_ST, WAN_GGUF}
+
+
+# ---- generation: parity with diffusers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_id, suffix", [(FLUX_ST, ".safetensors"), (FLUX_GGUF, ".gguf")])
+def test_flux_transformer_file_equals_diffusers(worker, pipes, models_dir, model_id, suffix):
+    req = {"model_id": model_id, "prompt": PROMPT, "width": 64, "height": 64, "steps": 2, "seed": 21}
+    r = worker.call("inference.text2img", req, timeout=180)
+    assert r["success"], r
+    params = r["data"]["parameters"]
+    assert (params["model_id"], params["base_model"], params["components_from"]) == (model_id, "flux_dev", DEV)
+    pipe = _with_file(pipes[DEV], models_dir / f"{model_id}{suffix}")
+    expected = pipe(prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=params["guidance_scale"], generator=cpu_gens(21)).images[0]
+    got = decode_png(r["data"]["images"][0]["base64"])
+    assert np.array_equal(got, _rgb(expected))
+    folder = pipes[DEV](prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=params["guidance_scale"], generator=cpu_gens(21)).images[0]
+    assert not np.array_equal(got, _rgb(folder))  # the file's weights ran, not the companion's transformer
+
+
+def test_gguf_stays_quantized_in_the_cache(worker):
+    for model_id in (FLUX_ST, FLUX_GGUF):
+        assert worker.call("model.load_unet", {"model_id": model_id, "device": "ram"})["success"]
+    entries = worker.call("model.get_cache_status", {})["data"]["entries"]
+    size = {Path(e["source"]).suffix: e["bytes"] for e in entries if e["component"] == "transformer" and "diffusion_models" in e["source"]}
+    assert size[".gguf"] < 0.5 * size[".safetensors"], size  # Q8_0: about a byte per weight, against fp32's four
+
+
+def test_hidream_file_with_comfyui_prefix_equals_diffusers(worker, pipes, models_dir):
+    req = {"model_id": HIDREAM_ST, "prompt": PROMPT, "width": 128, "height": 128, "steps": 2, "seed": 3}
+    r = worker.call("inference.text2img", req, timeout=240)
+    assert r["success"], r
+    pipe = _with_file(pipes[HIDREAM], models_dir / f"{HIDREAM_ST}.safetensors")
+    expected = pipe(prompt=PROMPT, width=128, height=128, num_inference_steps=2, guidance_scale=0.0, generator=cpu_gens(3)).images[0]
+    assert np.array_equal(decode_png(r["data"]["images"][0]["base64"]), _rgb(expected))
+
+
+def test_wan_gguf_text2video_equals_diffusers(worker, pipes, models_dir):
+    small = {"width": 64, "height": 64, "num_frames": 5}
+    req = {"model_id": WAN_GGUF, "prompt": PROMPT, **small, "steps": 2, "seed": 8, "output": {"frames": True, "return_base64": False}}
+    r = worker.call("inference.text2video", req, timeout=240)
+    assert r["success"], r
+    video = r["data"]["videos"][0]
+    assert r["data"]["parameters"]["components_from"] == WAN
+    pipe = _with_file(pipes[WAN], models_dir / f"{WAN_GGUF}.gguf")
+    expected = pipe(prompt=PROMPT, **small, num_inference_steps=2, generator=cpu_gens(8), output_type="np").frames[0]
+    got = np.stack([decode_png(f) for f in video["frames"]])
+    assert np.array_equal(got, (expected * 255).round().clip(0, 255).astype(np.uint8))
+
+
+# ---- clear errors ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, code, path",
+    [
+        ({"model_id": FLUX_GGUF, "precision": {"storage_dtype": "fp8_e4m3fn"}}, "validation_error", "data.precision.storage_dtype"),
+        ({"model_id": SCHNELL_FILE}, "validation_error", "data.model_id"),
+        ({"model_id": WAN22_FILE}, "model_not_found", "data.model_id"),
+    ],
+)
+def test_unrunnable_files_answer_clear_errors(worker, data, code, path):
+    r = worker.call("inference.text2img", {"prompt": "x", "width": 64, "height": 64, "steps": 1, **data})
+    assert not r["success"] and r["error_code"] == code, r
+    assert path in [d["path"] for d in r["error_details"]], r
+
+
+def test_a_file_that_does_not_fit_its_companion_is_a_load_error(models_dir, tmp_path):
+    """Same keys, other widths: diffusers refuses the shapes, the worker answers model_load_failed."""
+    from sdworker.managers.transformer_files import load
+    from sdworker.protocol.errors import ModelLoadFailed
+    from diffusers import FluxTransformer2DModel
+
+    state = load_file(str(models_dir / f"{FLUX_ST}.safetensors"))
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: torch.zeros(*(2 * d for d in v.shape)) for k, v in state.items()}, str(bad))
+    with pytest.raises(ModelLoadFailed, match="could not be loaded with the config of"):
+        load(FluxTransformer2DModel, bad, models_dir / DEV, torch.float32, {})
+
+
+# ---- the GGUF header reader ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=256))
+def test_gguf_reader_turns_garbage_into_one_clear_error(tmp_path_factory, blob):
+    """Any bytes after the magic: a header (an empty file may be valid) or GGUFHeaderError, nothing else."""
+    path = tmp_path_factory.mktemp("gguf") / "x.gguf"
+    path.write_bytes(b"GGUF" + blob)
+    try:
+        header = read_gguf_header(path)
+    except GGUFHeaderError as exc:
+        assert "GGUF" in str(exc)
+    else:
+        assert isinstance(header.shapes, dict)
+
+
+def test_gguf_reader_names_a_file_that_is_not_gguf(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(GGUFHeaderError, match="not a GGUF file"):
+        read_gguf_header(path)
