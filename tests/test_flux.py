@@ -298,12 +298,42 @@ def test_builtin_preset_applies_to_flux(flux_worker):
     assert params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
 
 
-def test_batch_process_refuses_flux_items(flux_worker):
-    r = flux_worker.call("inference.batch_process", {"requests": [{"model_id": DEV, "prompt": "x", "steps": 2, "width": 64, "height": 64}]}, timeout=60)
+def test_batch_process_runs_flux_text2img_items_in_one_call(flux_worker, pipes, init_image):
+    """Flux text2img items with equal settings share one FluxPipeline call (prompt list, one generator per
+    image); another max_sequence_length is another call, and img2img items are refused (not batched)."""
+    prompts, seeds = ["a red house", "a blue boat on a lake", "a green tree in a field"], [11, 22, 33]
+    base = {"model_id": DEV, "width": 64, "height": 64, "steps": 2, "guidance_scale": 4.0, "max_sequence_length": 64}
+    reqs = [{**base, "prompt": p, "seed": s} for p, s in zip(prompts, seeds)]
+    reqs.insert(1, {**base, "prompt": "longer tokens", "seed": 5, "max_sequence_length": 128})
+    reqs.append({**base, "type": "img2img", "prompt": "x", "seed": 1, "init_image": _png_b64(init_image)})
+    r = flux_worker.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 4, "enable_dynamic_sizing": False}}, timeout=180)
     assert r["success"], r
-    item = r["data"]["items"][0]
-    assert item["success"] is False and item["error"]["error_code"] == "validation_error", item
-    assert "batch_process" in item["error"]["error"] and item["error"]["error_details"][0]["path"] == "data.requests[0].model_id", item
+    items, perf = r["data"]["items"], r["data"]["performance"]
+    assert [it["success"] for it in items] == [True, True, True, True, False], items
+    assert (perf["groups"], perf["pipeline_calls"], perf["batch_sizes"]) == (2, 2, [3, 1])
+    refused = items[4]["error"]
+    assert refused["error_code"] == "validation_error" and refused["error_details"][0]["path"] == "data.requests[4].type", refused
+    batched = [items[0], items[2], items[3]]
+    assert [it["parameters"]["batch_group"] for it in batched] == [0, 0, 0] and items[1]["parameters"]["batch_group"] == 1
+    params = batched[0]["parameters"]
+    assert (params["guidance_scale"], params["max_sequence_length"], params["scheduler"]) == (4.0, 64, "FlowMatchEulerDiscreteScheduler")
+    assert [it["images"][0]["seed"] for it in batched] == seeds
+    expected = pipes[DEV](
+        prompt=prompts, width=64, height=64, num_inference_steps=2, guidance_scale=4.0, max_sequence_length=64,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+    ).images
+    for it, exp in zip(batched, expected):
+        assert np.array_equal(_decode(it["images"][0]["base64"]), np.asarray(exp.convert("RGB")))
+
+
+def test_batched_flux_image_starts_from_its_one_image_noise(pipes):
+    """Image i of a batched Flux call with seed s starts from the noise of a one-image call with seed s + i."""
+    pipe = pipes[DEV]
+    ch = pipe.transformer.config.in_channels // 4
+    batch, _ = pipe.prepare_latents(3, ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, 500, 3))
+    for i in range(3):
+        single, _ = pipe.prepare_latents(1, ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, 500 + i, 1))
+        assert torch.equal(batch[i], single[0])
 
 
 @pytest.mark.parametrize(

@@ -345,6 +345,35 @@ def test_worker_refuses_img2img(hidream_worker):
     assert r["error_details"][0]["path"] == "data.model_id", r
 
 
+def test_batch_process_runs_hidream_items_in_one_call(hidream_worker, pipes):
+    """HiDream text2img items with equal settings share one call (prompt list, one generator per image);
+    another sampler is another call."""
+    prompts, seeds = ["a red house", "a blue boat on a lake"], [7, 8]
+    base = {"model_id": DEV, "width": 128, "height": 128, "steps": 2, "max_sequence_length": 64}
+    reqs = [{**base, "prompt": p, "seed": s} for p, s in zip(prompts, seeds)] + [{**base, "prompt": "x", "seed": 9, "sampler": "uni_pc"}]
+    r = hidream_worker.call("inference.batch_process", {"requests": reqs, "batch_config": {"enable_dynamic_sizing": False}}, timeout=180)
+    assert r["success"], r
+    items, perf = r["data"]["items"], r["data"]["performance"]
+    assert all(it["success"] for it in items), items
+    assert (perf["groups"], perf["pipeline_calls"], perf["batch_sizes"]) == (2, 2, [2, 1])
+    assert [it["parameters"]["scheduler"] for it in items] == ["FlowMatchEulerDiscreteScheduler"] * 2 + ["UniPCMultistepScheduler"]
+    expected = pipes[DEV](
+        prompt=prompts, width=128, height=128, num_inference_steps=2, guidance_scale=0.0, max_sequence_length=64, generator=[_gens(s)[0] for s in seeds],
+    ).images
+    for it, exp in zip(items, expected):
+        assert np.array_equal(_decode(it["images"][0]["base64"]), np.asarray(exp.convert("RGB")))
+
+
+def test_batched_hidream_image_starts_from_its_one_image_noise(pipes):
+    """Image i of a batched HiDream call with seed s starts from the noise of a one-image call with seed s + i."""
+    pipe = pipes[DEV]
+    ch = pipe.transformer.config.in_channels
+    batch = pipe.prepare_latents(3, ch, 128, 128, torch.float32, torch.device("cpu"), generators(torch, 500, 3))
+    for i in range(3):
+        single = pipe.prepare_latents(1, ch, 128, 128, torch.float32, torch.device("cpu"), generators(torch, 500 + i, 1))
+        assert torch.equal(batch[i], single[0])
+
+
 def test_text2img_dev_with_unipc_runs_unipc_and_equals_diffusers(hidream_worker, pipes):
     """Naming the other sampler switches the run's scheduler (built from the checkpoint's config, shift kept)."""
     req = {"model_id": DEV, "prompt": PROMPT, "width": 128, "height": 128, "steps": 2, "seed": 5, "sampler": "uni_pc"}

@@ -5,7 +5,8 @@ the request, assembles the pipeline from model_index.json (managers.pipelines), 
 pipeline with `from_pipe`, and calls it with one CPU generator per image (contract section 6).
 A family says only what differs:
 
-* which base models it serves (contract section 7 ids) and which modes it runs;
+* which base models it serves (contract section 7 ids), which modes it runs and which of them
+  inference.batch_process batches (`batch_modes`);
 * which request options it takes (`check`: problems, warnings, and the request as it will run,
   its own defaults applied), and which fields its variant keeps from a base model's preset
   (`preset_keeps`);
@@ -83,8 +84,9 @@ class Family:
     pipelines: ClassVar[dict[str, str]]
     #: the request's sampler/scheduler go through managers.schedulers (the SD sampler table)
     sd_schedulers: ClassVar[bool] = True
-    #: inference.batch_process may put its requests into one batched pipeline call
-    batchable: ClassVar[bool] = True
+    #: the modes whose inference.batch_process items may share a batched pipeline call (prompt list,
+    #: one generator per image); an item in another mode is refused there (send it on its own)
+    batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
 
     def defaults(self, base_model: str) -> Defaults:
         """Steps and guidance when the request (and its preset) sets none: the schema's defaults."""

@@ -32,6 +32,8 @@ How a request maps onto FluxPipeline (diffusers 0.42):
   managers.controlnet, with conditioning_scale and start/end; not on Fill models.
 * True CFG where the mode's pipeline has it: FluxFillPipeline and the ControlNet img2img /
   inpainting pipelines have none, so there a negative prompt is dropped with a warning.
+* inference.batch_process: text2img items share FluxPipeline calls (prompt lists, one generator per
+  image, this family's arguments); img2img and inpainting items are refused there (send them alone).
 * Not supported: FLUX.1 Depth/Canny (Control) models, single-file models, hires fix, refiners,
   textual inversions, standalone VAEs: each is a validation_error naming the field.
 """
@@ -129,7 +131,8 @@ class FluxFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("flux_dev", "flux_schnell", "flux_krea", "flux")
     pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpainting": "FluxInpaintPipeline"}
     sd_schedulers: ClassVar[bool] = False
-    batchable: ClassVar[bool] = False  # batch_process's batched calls carry SD kwargs only
+    #: FluxPipeline takes prompt lists and generator lists; the image modes' list inputs are not checked against diffusers yet
+    batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)
 
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS.get(base_model, _DEV)

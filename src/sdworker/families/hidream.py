@@ -26,6 +26,8 @@ How a request maps onto HiDreamImagePipeline (diffusers 0.42):
   builds either from the checkpoint's config, its shift carried over (until the generation
   interface calls it, the checkpoint's own scheduler runs, and naming the other one warns).
   Anything else is a validation_error listing what is accepted.
+* inference.batch_process: text2img items share HiDreamImagePipeline calls (prompt lists, one
+  generator per image, the scheduler built as above).
 * Not supported: img2img/inpainting (diffusers has no HiDream pipelines for them), LoRAs,
   ControlNets, hires fix, refiners, textual inversions, standalone VAEs, single-file models, and
   folders without the Llama encoder (HiDream-ai's repos leave text_encoder_4/tokenizer_4 out):
@@ -142,7 +144,7 @@ class HiDreamFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("hidream",)
     pipelines: ClassVar[dict[str, str]] = {"text2img": "HiDreamImagePipeline"}
     sd_schedulers: ClassVar[bool] = False
-    batchable: ClassVar[bool] = False  # batch_process's batched calls carry SD kwargs only
+    batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)  # HiDreamImagePipeline takes prompt lists and generator lists
 
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS["full"]  # without a model at hand: the base model's (the quality preset's)

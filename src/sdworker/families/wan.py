@@ -187,7 +187,7 @@ class WanFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("wan_2_1", "wan_2_2")
     pipelines: ClassVar[dict[str, str]] = {"text2video": "WanPipeline", "img2video": "WanImageToVideoPipeline"}
     sd_schedulers: ClassVar[bool] = False
-    batchable: ClassVar[bool] = False
+    batch_modes: ClassVar[tuple[str, ...]] = ()  # video: not part of inference.batch_process
 
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS.get(base_model, _DEFAULTS["wan_2_1"])

@@ -8,10 +8,15 @@ Semantics (the issue 3 report says the same; docs/protocol.md does not cover bat
   the result lists one error per item and a warning; nothing is loaded or run. Only a malformed
   envelope (no `requests`, a bad `batch_config`) is a validation_error of the whole call.
 - group: items share one diffusers call when everything that diffusers cannot vary per image in
-  one call is equal: the model (path), device, mode, width, height, steps, guidance_scale, the
-  scheduler choice, strength (img2img/inpainting only) and whether negative_prompt is None (SDXL
-  zeroes the negative embedding for None but encodes "" otherwise, so None and text cannot share
-  a call). Prompts, negative prompts, seeds and init/mask images go per image as lists. An item
+  one call is equal: the model (path), device, mode, width, height, steps, the family's call
+  options (guidance_scale; Flux: max_sequence_length and true CFG; HiDream: max_sequence_length),
+  the scheduler choice (Flux/HiDream: the sampler and scheduler names), strength
+  (img2img/inpainting only) and whether negative_prompt is None (SDXL zeroes the negative
+  embedding for None but encodes "" otherwise, so None and text cannot share a call). Prompts,
+  negative prompts, seeds and init/mask images go per image as lists. The call is made as the
+  model's family makes a single request's (families/: prompt and call arguments, mode pipeline,
+  scheduler). SD batches every mode, Flux and HiDream text2img (Family.batch_modes); an item in
+  another mode is refused at data.type (send it on its own). An item
   with num_images n expands to n images with seeds seed..seed+n-1, each with its own CPU
   generator (contract section 6). A group's images run in calls of at most batch_size images
   (an item's images may span two calls); with enable_dynamic_sizing fewer, see _images_per_call.
@@ -35,7 +40,6 @@ from ..managers import modes
 from ..managers.adapters import AdapterManager
 from ..managers.denoise import force_cancel_hooks
 from ..managers.runtime import RssSampler
-from ..prompts.encode import pipeline_prompt_kwargs
 from ..protocol.envelopes import map_inference_type
 from ..protocol.errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
 from ..schemas.batch import BatchRequest
@@ -96,8 +100,9 @@ def group_key(plan: "Plan") -> tuple:
         plan.width,
         plan.height,
         req.steps,
-        req.guidance_scale,
+        tuple(sorted(plan.family.call_kwargs(req, plan).items())),  # guidance_scale; Flux/HiDream: + their options
         plan.scheduler.id if plan.scheduler else None,
+        None if plan.family.sd_schedulers else (req.sampler, req.scheduler),  # the family builds the scheduler from these
         req.strength if plan.mode != "text2img" else None,
         req.negative_prompt is None,
         tuple((p.item.model_id, p.weight) for p in plan.loras),  # one LoRA set per diffusers call
@@ -193,6 +198,10 @@ class BatchInterface:
         except ValidationError as exc:
             raise from_validation(exc, "data") from None
         plan = self.gen.plan(req, mode, f"{session_id}-{i}")
+        if mode not in plan.family.batch_modes:
+            batched = ", ".join(plan.family.batch_modes) or "no mode"
+            msg = f"{mode} on {plan.ref.base_model} models cannot run inside batch_process (it batches {batched}); send this item as its own request"
+            raise ValidationFailed(f"data.type: {msg}", [{"path": "data.type", "message": msg}])
         alone = plan.single_run_only + (["post_processing"] if req.post_processing else [])
         if alone:  # batched pipeline calls carry none of these: say so rather than drop them
             msg = f"{', '.join(alone)} cannot run inside batch_process; send this item as its own request"
@@ -230,11 +239,11 @@ class BatchInterface:
         f = int(getattr(pipe, "vae_scale_factor", 8) or 8)
         t = (plan.width // f) * (plan.height // f)
         unet = getattr(pipe, "unet", None)
+        denoiser = unet if unet is not None else getattr(pipe, "transformer", None)  # Flux, HiDream: C stays 320
         channels = 320
-        elem = 4
+        elem = int(getattr(getattr(denoiser, "dtype", None), "itemsize", 4))
         if unet is not None:
             channels = int(list(getattr(unet.config, "block_out_channels", [320]))[0])
-            elem = int(getattr(unet.dtype, "itemsize", 4))
         cfg = 2 if plan.req.guidance_scale > 1.0 else 1
         elements = cfg * (t * channels * 40 + t * t * 8) + plan.width * plan.height * 128 * 3
         return elements * elem
@@ -344,7 +353,7 @@ class BatchInterface:
         with gen.pipelines.use(first.ref, device, gen.runtime.dtype_name) as (loaded, report):
             stats["load"] += report.ms / 1000
             ctx.log(f"group {gi}: model {first.ref.model_id} {'loaded' if report.fresh else 'from the cache'}, {len(grp.items)} item(s)")
-            pipe = gen.pipelines.for_mode(loaded, first.mode)
+            pipe = first.family.mode_pipeline(gen.pipelines, loaded, first.mode)
             for it in grp.items:
                 warnings.extend(gen.embeddings.ensure_loaded(pipe, it.plan.embeddings, first.ref.model_id))  # type: ignore[union-attr]
             uses = AdapterManager.load(gen.loras, first.loras)  # the same for every item: group_key holds the set
@@ -371,17 +380,17 @@ class BatchInterface:
         first = grp.items[0].plan
         assert first is not None
         device = loaded.device
-        pipe = gen.pipelines.for_mode(loaded, first.mode)
+        pipe = first.family.mode_pipeline(gen.pipelines, loaded, first.mode)
         ctx.check_cancelled()
         rss.sample()
         per_call = self._images_per_call(bplan, pipe, first, device, stats["memory"], warnings, gi)
         if ctx.session.status != "running":
             ctx.set_status("running")
-        # The prompt kwargs of each item, exactly as a single request gets them (prompts.encode): plain
-        # text (diffusers encodes it; lists batch it) or weighted embeddings (concatenated on the batch
-        # axis). Images whose kwargs cannot share a call (text vs embeds, other embedding lengths or
-        # clip skip) run in separate calls of the group.
-        kws = {it.index: self._item_prompt_kwargs(pipe, it) for it in grp.items}
+        # The prompt kwargs of each item, exactly as a single request gets them (its family's; SD:
+        # prompts.encode): plain text (diffusers encodes it; lists batch it) or weighted embeddings
+        # (concatenated on the batch axis). Images whose kwargs cannot share a call (text vs embeds,
+        # other embedding lengths or clip skip) run in separate calls of the group.
+        kws = {it.index: it.plan.family.prompt_kwargs(pipe, it.plan.req) for it in grp.items}  # type: ignore[union-attr]
         subs: dict[tuple, list[tuple[BatchItem, int]]] = {}
         for entry in grp.images:
             subs.setdefault(_prompt_signature(kws[entry[0].index]), []).append(entry)
@@ -416,14 +425,16 @@ class BatchInterface:
                 ctx.check_cancelled()
                 return kwargs
 
-            pipe.scheduler = gen.pipelines.fresh_scheduler(loaded, first.scheduler)
+            own = first.family.scheduler_for(first.req, loaded.scheduler_config)  # HiDream builds its own
+            pipe.scheduler = own if own is not None else gen.pipelines.fresh_scheduler(loaded, first.scheduler)
             t_inf = time.perf_counter()
-            with force_cancel_hooks(getattr(pipe, "unet", None), ctx), torch.inference_mode():
+            with force_cancel_hooks(getattr(pipe, "unet", None) or getattr(pipe, "transformer", None), ctx), torch.inference_mode():
                 out = pipe(
                     **prompt_kwargs,
                     **modes.call_kwargs(first.mode, inputs, first.width, first.height, first.req.strength),
+                    **first.family.mode_kwargs(first),
+                    **first.family.call_kwargs(first.req, first),  # equal across the group (group_key)
                     num_inference_steps=first.req.steps,
-                    guidance_scale=first.req.guidance_scale,
                     num_images_per_prompt=1,
                     generator=gens,
                     callback_on_step_end=callback,
@@ -445,11 +456,6 @@ class BatchInterface:
                     self._deliver(ctx, it, pending.pop(it.index), pipe, gi, done, stats)
             rss.sample()
         return offset
-
-    @staticmethod
-    def _item_prompt_kwargs(pipe: Any, it: BatchItem) -> dict[str, Any]:
-        req = it.plan.req  # type: ignore[union-attr]
-        return pipeline_prompt_kwargs(pipe, req.prompt, req.negative_prompt, req.clip_skip, req.prompt_syntax)
 
     def _deliver(self, ctx: JobContext, it: BatchItem, pils: list[Any], pipe: Any, gi: int, done: dict[int, dict[str, Any]], stats: dict[str, Any]) -> None:
         plan = it.plan

@@ -87,7 +87,6 @@ class Plan:
         used = {"vae": self.vae is not None, "refiner": self.refiner is not None, "hires": self.hires is not None}
         used["precision"] = req.precision != type(req.precision)()
         used["controlnets"] = bool(self.controlnets)
-        used["model_id"] = not self.family.batchable  # [families] batched calls carry SD arguments only
         return [name for name, on in used.items() if on]
 
 
