@@ -1,9 +1,9 @@
 """Weight formats of the denoiser (precision.storage_dtype / quantization / cpu_offload "group").
 
-fp8 storage runs on the CPU, so it is checked for real: the worker's image equals plain diffusers
-with the same layerwise casting, the cache holds the fp8 UNet under its own key and counts its
-smaller bytes. Quantization and group offload need packages or a CUDA device this machine lacks:
-their refusals are checked here, their runs in test_gpu.py.
+fp8 storage and torchao's int8 weight-only run on the CPU, so they are checked for real: the
+worker's image equals plain diffusers with the same casting / quantization, the cache holds that
+UNet under its own key and counts its smaller bytes. bitsandbytes and group offload need a CUDA
+device: their refusals are checked here, their runs in test_gpu.py.
 """
 
 from __future__ import annotations
@@ -91,6 +91,30 @@ def test_fp8_storage_equals_diffusers_layerwise_casting_and_is_cached_apart(w, m
 
     again = w.call("inference.text2img", {**BASE, "precision": {"storage_dtype": "fp8_e4m3fn"}}, timeout=180)
     assert again["data"]["performance"]["load_ms"] < 1000 and np.array_equal(_decode(again["data"]["images"][0]["base64"]), got)
+
+
+def test_torchao_int8_weight_only_equals_diffusers_and_is_smaller(w, models_dir):
+    """torchao's int8 weight-only runs on a CPU too: the same quantized UNet as diffusers loads, at a quarter of the bytes."""
+    pytest.importorskip("torchao")
+    from diffusers import TorchAoConfig, UNet2DConditionModel
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    assert w.call("model.load_unet", {"model_id": "tiny-sd15", "device": "ram"})["success"]  # the full-precision twin, to compare sizes
+    r = w.call("inference.text2img", {**BASE, "precision": {"quantization": "torchao_int8wo"}}, timeout=180)
+    assert r["success"], r
+    unet = UNet2DConditionModel.from_pretrained(str(models_dir / "tiny-sd15"), subfolder="unet", torch_dtype=torch.float32,
+                                                quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
+    pipe = DiffusionPipeline.from_pretrained(str(models_dir / "tiny-sd15"), unet=unet, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(BASE["prompt"], width=64, height=64, num_inference_steps=3, guidance_scale=5.0,
+                    generator=[torch.Generator("cpu").manual_seed(12)]).images[0]
+    assert np.array_equal(_decode(r["data"]["images"][0]["base64"]), np.asarray(expected.convert("RGB")))
+    entries = [e for e in w.call("model.get_cache_status", {})["data"]["entries"] if e["component"] == "unet"]
+    by_dtype = {e["dtype"]: e["bytes"] for e in entries}
+    # each Linear weight goes from 4 bytes to 1, plus one fp32 scale per output row; convs and norms stay fp32
+    full = UNet2DConditionModel.from_pretrained(str(models_dir / "tiny-sd15"), subfolder="unet")
+    saved = sum(3 * m.weight.numel() - 4 * m.weight.shape[0] for m in full.modules() if isinstance(m, torch.nn.Linear))
+    assert abs(by_dtype["fp32"] - by_dtype["fp32:torchao_int8wo"] - saved) < 0.01 * saved, (by_dtype, saved)
 
 
 def test_refusals_on_this_machine(w):

@@ -63,6 +63,16 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
+def tensor_bytes(t: Any) -> int:
+    """Bytes a tensor really holds. Wrapper subclasses (torchao's quantized weights) report their
+    logical dtype's size, so they are counted by the tensors they wrap (int8 data + scales)."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ctx = t.__tensor_flatten__()
+        return sum(tensor_bytes(inner) for n in names if hasattr(inner := getattr(t, n, None), "element_size"))
+    return t.numel() * t.element_size()
+
+
 def module_bytes(obj: Any) -> int:
     """Bytes of a module's parameters and buffers (0 for things without tensors)."""
     total = 0
@@ -71,9 +81,9 @@ def module_bytes(obj: Any) -> int:
         if fn is None:
             continue
         for t in fn():
-            total += t.numel() * t.element_size()
+            total += tensor_bytes(t)
     if isinstance(obj, dict):  # a state dict (LoRA tensors)
-        total += sum(t.numel() * t.element_size() for t in obj.values() if hasattr(t, "element_size"))
+        total += sum(tensor_bytes(t) for t in obj.values() if hasattr(t, "element_size"))
     return total
 
 

@@ -67,8 +67,10 @@ def load_kwargs(weights: str, torch: Any, compute_dtype: Any) -> dict[str, Any]:
         config = diffusers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
     elif weights == "bnb_int8":
         config = diffusers.BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        config = diffusers.TorchAoConfig("int8wo")
+    else:  # diffusers >= 0.42 takes torchao's config object (the "int8wo" string is gone)
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        config = diffusers.TorchAoConfig(Int8WeightOnlyConfig())
     return {"quantization_config": config}
 
 
