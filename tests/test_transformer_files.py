@@ -23,6 +23,7 @@ from sdworker.managers.locator import ModelLocator
 from sdworker.models.detect import detect_file
 from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
 from sdworker.protocol.errors import ModelNotFound, ValidationFailed
+from sdworker.tiny.flux import make_tiny_flux_lora
 from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
 
 
@@ -54,6 +55,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_transformer_file(root / WAN, root / f"{WAN22_FILE}.safetensors")  # a 2.2 name with no Wan 2.2 folder to lend parts
     schnell = tiny_models_dir(tmp_path_factory, "tfiles-schnell", {"s": "flux-schnell"})  # only its transformer is kept
     save_transformer_file(schnell / "s", root / f"{SCHNELL_FILE}.safetensors")
+    make_tiny_flux_lora(root / "lora" / "flux-peft.safetensors", "peft", seed=1)
     return root
 
 
@@ -128,6 +130,21 @@ def test_flux_transformer_file_equals_diffusers(worker, pipes, models_dir, model
     assert np.array_equal(got, _rgb(expected))
     folder = pipes[DEV](prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=params["guidance_scale"], generator=cpu_gens(21)).images[0]
     assert not np.array_equal(got, _rgb(folder))  # the file's weights ran, not the companion's transformer
+
+
+def test_lora_on_a_gguf_transformer_equals_diffusers(worker, pipes, models_dir):
+    req = {"model_id": FLUX_GGUF, "prompt": PROMPT, "width": 64, "height": 64, "steps": 2, "seed": 4, "guidance_scale": 3.5,
+           "loras": [{"name": "lora/flux-peft", "weight": 0.7}]}
+    r = worker.call("inference.text2img", req, timeout=180)
+    assert r["success"], r
+    pipe = _with_file(pipes[DEV], models_dir / f"{FLUX_GGUF}.gguf")
+    pipe.load_lora_weights(str(models_dir / "lora" / "flux-peft.safetensors"), adapter_name="a")
+    pipe.set_adapters(["a"], adapter_weights=[0.7])
+    expected = pipe(prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=3.5, generator=cpu_gens(4)).images[0]
+    got = decode_png(r["data"]["images"][0]["base64"])
+    assert np.array_equal(got, _rgb(expected))
+    plain = worker.call("inference.text2img", {k: v for k, v in req.items() if k != "loras"}, timeout=180)
+    assert not np.array_equal(got, decode_png(plain["data"]["images"][0]["base64"]))  # the LoRA did something, and rests after
 
 
 def test_gguf_stays_quantized_in_the_cache(worker):
