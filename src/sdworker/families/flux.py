@@ -34,7 +34,9 @@ How a request maps onto FluxPipeline (diffusers 0.42):
   inpainting pipelines have none, so there a negative prompt is dropped with a warning.
 * inference.batch_process: text2img items share FluxPipeline calls (prompt lists, one generator per
   image, this family's arguments); img2img and inpainting items are refused there (send them alone).
-* Not supported: FLUX.1 Depth/Canny (Control) models, single-file models, hires fix, refiners,
+* A transformer alone in one file (.safetensors or GGUF) runs with a companion folder's other parts
+  (managers.transformer_files).
+* Not supported: FLUX.1 Depth/Canny (Control) models, hires fix, refiners,
   textual inversions, standalone VAEs: each is a validation_error naming the field.
 """
 
@@ -184,7 +186,7 @@ class FluxFamily(Family):
         model = f"{ref.model_id} is a {ref.base_model} model"
         out: list[dict[str, str]] = []
         if ref.format != "diffusers":
-            out.append(problem("data.model_id", f"{model} in one file; Flux runs from diffusers folders only (for now)"))
+            out.append(problem("data.model_id", f"{model} in one {ref.format} file; Flux runs from diffusers folders, or from a transformer .safetensors / .gguf with a folder's other parts"))
         not_yet = {
             "hires": ("hires fix", req.hires is not None),
             "textual_inversions": ("textual inversions", bool(req.textual_inversions)),

@@ -29,9 +29,10 @@ How a request maps onto HiDreamImagePipeline (diffusers 0.42):
 * inference.batch_process: text2img items share HiDreamImagePipeline calls (prompt lists, one
   generator per image, the scheduler built as above).
 * Not supported: img2img/inpainting (diffusers has no HiDream pipelines for them), LoRAs,
-  ControlNets, hires fix, refiners, textual inversions, standalone VAEs, single-file models, and
-  folders without the Llama encoder (HiDream-ai's repos leave text_encoder_4/tokenizer_4 out):
-  each a validation_error at its field.
+  ControlNets, hires fix, refiners, textual inversions, standalone VAEs, and folders without the
+  Llama encoder (HiDream-ai's repos leave text_encoder_4/tokenizer_4 out): each a validation_error
+  at its field. A transformer alone in one file runs with a HiDream folder's other parts
+  (managers.transformer_files).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class HiDreamFamily(Family):
 
         model = f"{ref.model_id} is a HiDream model"
         if ref.format != "diffusers":
-            files = (True, "in one file; HiDream runs from diffusers folders only")
+            files = (True, "in one file of this kind; HiDream runs from diffusers folders, or from a transformer .safetensors / .gguf with a folder's other parts")
         else:
             files = (
                 missing_llama(ref),

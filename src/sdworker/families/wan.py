@@ -211,7 +211,7 @@ class WanFamily(Family):
         if mode == "text2video" and req.init_image:
             out.append(problem("data.init_image", "text2video takes no init_image; send it to inference.img2video"))
         if ref.format != "diffusers":
-            out.append(problem("data.model_id", f"{about} in one file; Wan runs from diffusers folders only"))
+            out.append(problem("data.model_id", f"{about} in one file of this kind; Wan runs from diffusers folders, or from a transformer .safetensors / .gguf with a folder's other parts"))
         out.extend(self._video_problems(req, ref, model))
         out.extend(self.refusals(req, ref))
         if out:
