@@ -55,6 +55,22 @@ def cpu_gens(seed: int, n: int = 1) -> list[Any]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
 
 
+def assert_batch_noise_per_image(pipe: Any, channels: int, side: int, n: int, seed: int = 500) -> None:
+    """Image i of a batched call seeded `seed` starts from the noise of a one-image call seeded
+    seed + i (contract section 6: compare noise, not pixels, across batch sizes)."""
+    import torch
+
+    from sdworker.managers.denoise import generators
+
+    def latents(batch: int, first: int) -> Any:
+        out = pipe.prepare_latents(batch, channels, side, side, torch.float32, torch.device("cpu"), generators(torch, first, batch))
+        return out[0] if isinstance(out, tuple) else out  # Flux also returns the latent image ids
+
+    batched = latents(n, seed)
+    for i in range(n):
+        assert torch.equal(batched[i], latents(1, seed + i)[0]), f"image {i}"
+
+
 def tiny_models_dir(factory: pytest.TempPathFactory, tag: str, models: dict[str, str]) -> Path:
     """A fresh models dir holding `models` (folder name -> make-tiny-model arch) only."""
     from sdworker.tiny import make_tiny_model

@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoPipelineForImage2Image, FluxImg2ImgPipeline, FluxPipeline
 from PIL import Image
 
-from conftest import Worker, decode_png as _decode, png_b64 as _png_b64, load_pipes, family_worker, tiny_models_dir
+from conftest import Worker, decode_png as _decode, png_b64 as _png_b64, load_pipes, family_worker, tiny_models_dir, assert_batch_noise_per_image
 from sdworker.families import for_base_model
 from sdworker.families.flux import FluxFamily, size_multiple, transformer_variant
 from sdworker.managers import modes
@@ -328,12 +328,7 @@ def test_batch_process_runs_flux_text2img_items_in_one_call(flux_worker, pipes, 
 
 def test_batched_flux_image_starts_from_its_one_image_noise(pipes):
     """Image i of a batched Flux call with seed s starts from the noise of a one-image call with seed s + i."""
-    pipe = pipes[DEV]
-    ch = pipe.transformer.config.in_channels // 4
-    batch, _ = pipe.prepare_latents(3, ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, 500, 3))
-    for i in range(3):
-        single, _ = pipe.prepare_latents(1, ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, 500 + i, 1))
-        assert torch.equal(batch[i], single[0])
+    assert_batch_noise_per_image(pipes[DEV], pipes[DEV].transformer.config.in_channels // 4, 64, 3)
 
 
 @pytest.mark.parametrize(

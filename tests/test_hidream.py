@@ -16,7 +16,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, Uni
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import decode_png as _decode, cpu_gens as _gens, load_pipes, family_worker, tiny_models_dir
+from conftest import decode_png as _decode, cpu_gens as _gens, load_pipes, family_worker, tiny_models_dir, assert_batch_noise_per_image
 from sdworker.families import for_base_model
 from sdworker.families.hidream import HiDreamFamily, output_size, scheduler_from, variant
 from sdworker.managers import modes
@@ -366,12 +366,7 @@ def test_batch_process_runs_hidream_items_in_one_call(hidream_worker, pipes):
 
 def test_batched_hidream_image_starts_from_its_one_image_noise(pipes):
     """Image i of a batched HiDream call with seed s starts from the noise of a one-image call with seed s + i."""
-    pipe = pipes[DEV]
-    ch = pipe.transformer.config.in_channels
-    batch = pipe.prepare_latents(3, ch, 128, 128, torch.float32, torch.device("cpu"), generators(torch, 500, 3))
-    for i in range(3):
-        single = pipe.prepare_latents(1, ch, 128, 128, torch.float32, torch.device("cpu"), generators(torch, 500 + i, 1))
-        assert torch.equal(batch[i], single[0])
+    assert_batch_noise_per_image(pipes[DEV], pipes[DEV].transformer.config.in_channels, 128, 3)
 
 
 def test_text2img_dev_with_unipc_runs_unipc_and_equals_diffusers(hidream_worker, pipes):

@@ -11,7 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from sdworker.managers.denoise import generators
+from conftest import assert_batch_noise_per_image
 
 PROMPT = "a small red house by a lake"
 
@@ -63,12 +63,7 @@ def test_batch_equals_diffusers_batch(worker, pipes, model):
 @pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-sd15"])
 def test_batched_image_starts_from_its_one_image_noise(pipes, model):
     """Image i of a batch with seed s starts from the noise of a one-image request with seed s + i."""
-    pipe = pipes[model]
-    ch = pipe.unet.config.in_channels
-    batch = pipe.prepare_latents(4, ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, 500, 4))
-    for i in range(4):
-        single = pipe.prepare_latents(1, ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, 500 + i, 1))
-        assert torch.equal(batch[i], single[0])
+    assert_batch_noise_per_image(pipes[model], pipes[model].unet.config.in_channels, 64, 4)
 
 
 def test_same_seed_same_image_and_random_seed_reported(worker):
