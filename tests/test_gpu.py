@@ -66,3 +66,25 @@ def test_cuda_bnb_nf4_when_installed(spawn):
     assert r["success"], r
     entries = [e for e in w.call("model.get_cache_status")["data"]["entries"] if e["component"] == "unet"]
     assert any(e["dtype"].endswith(":bnb_nf4") for e in entries)
+
+
+def test_cuda_gguf_transformer_file_runs(tmp_path):
+    """A Q8_0 GGUF Flux transformer with its companion folder on CUDA (bf16 compute)."""
+    from conftest import Worker
+    from sdworker.tiny import make_tiny_model
+    from sdworker.tiny.transformer_file import save_transformer_file
+
+    root = tmp_path / "models"
+    make_tiny_model("flux-dev", root / "tiny-flux-dev")
+    save_transformer_file(root / "tiny-flux-dev", root / "diffusion_models" / "flux-q8.gguf")
+    w = Worker(["--models-dir", str(root), "--device", "cuda", "--dtype", "bf16"])
+    try:
+        req = {"model_id": "diffusion_models/flux-q8", "prompt": "gpu", "steps": 2, "width": 64, "height": 64, "seed": 3}
+        r = w.call("inference.text2img", req, timeout=240)
+        assert r["success"], r
+        params = r["data"]["parameters"]
+        assert (params["device"], params["components_from"]) == ("cuda:0", "tiny-flux-dev")
+        entries = [e for e in w.call("model.get_cache_status")["data"]["entries"] if e["component"] == "transformer"]
+        assert any(e["device"].startswith("cuda") and e["source"].endswith(".gguf") for e in entries), entries
+    finally:
+        w.kill()
