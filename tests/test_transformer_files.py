@@ -7,6 +7,7 @@ are; references are plain diffusers with the transformer loaded by `from_single_
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +23,21 @@ from sdworker.managers.catalog import ModelCatalog
 from sdworker.managers.locator import ModelLocator
 from sdworker.models.detect import detect_file
 from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
-from sdworker.protocol.errors import ModelNotFound, ValidationFailed
+from sdworker.protocol.errors import ValidationFailed
 from sdworker.tiny.flux import make_tiny_flux_lora
 from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
 
 
 PROMPT = "a lighthouse on a cliff at dusk"
-DEV, SCHNELL_FILE, HIDREAM, WAN = "tiny-flux-dev", "unet/flux1-schnell-tune", "tiny-hidream-dev", "tiny-wan21"
+DEV, SCHNELL_FILE, HIDREAM, WAN, WAN22 = "tiny-flux-dev", "unet/flux1-schnell-tune", "tiny-hidream-dev", "tiny-wan21", "tiny-wan22"
+HIGH, LOW, LONE = "diffusion_models/wan2.2_t2v_high_noise_tune", "diffusion_models/wan2.2_t2v_low_noise_tune", "unet/Wan2.2-T2V-A14B-HighNoise-Q8_0"
 FLUX_ST, FLUX_GGUF = "diffusion_models/flux1-dev-tune", "diffusion_models/flux1-dev-tune-Q8_0"
 HIDREAM_ST, WAN_GGUF, WAN22_FILE = "diffusion_models/hidream-i1-dev-tune", "diffusion_models/wan2.1-t2v-tune-Q8_0", "diffusion_models/wan2.2-t2v-tune"
 
 
-def _tuned(source: Path, out: Path, prefix: str = "") -> Path:
+def _tuned(source: Path, out: Path, prefix: str = "", component: str = "transformer") -> Path:
     """`source`'s transformer with every weight changed a little: a fine-tune of the same architecture."""
-    state = load_file(str(save_transformer_file(source, out.with_suffix(".tmp.safetensors"))))
+    state = load_file(str(save_transformer_file(source, out.with_suffix(".tmp.safetensors"), component=component)))
     gen = torch.Generator().manual_seed(11)
     tuned = {prefix + k: (v * (1 + 0.2 * torch.rand(v.shape, generator=gen))).contiguous() for k, v in state.items()}
     out.with_suffix(".tmp.safetensors").unlink()
@@ -46,7 +48,7 @@ def _tuned(source: Path, out: Path, prefix: str = "") -> Path:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tiny_models_dir(tmp_path_factory, "tfiles", {DEV: "flux-dev", HIDREAM: "hidream-dev", WAN: "wan21"})
+    root = tiny_models_dir(tmp_path_factory, "tfiles", {DEV: "flux-dev", HIDREAM: "hidream-dev", WAN: "wan21", WAN22: "wan22"})
     scratch = tmp_path_factory.mktemp("tfiles-scratch")
     flux = _tuned(root / DEV, root / f"{FLUX_ST}.safetensors")
     save_transformer_file(flux, root / f"{FLUX_GGUF}.gguf")
@@ -56,12 +58,15 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     schnell = tiny_models_dir(tmp_path_factory, "tfiles-schnell", {"s": "flux-schnell"})  # only its transformer is kept
     save_transformer_file(schnell / "s", root / f"{SCHNELL_FILE}.safetensors")
     make_tiny_flux_lora(root / "lora" / "flux-peft.safetensors", "peft", seed=1)
+    _tuned(root / WAN22, root / f"{HIGH}.safetensors")  # Wan 2.2 A14B as ComfyUI ships it: one file per expert
+    _tuned(root / WAN22, root / f"{LOW}.safetensors", component="transformer_2")
+    save_transformer_file(root / WAN22, root / f"{LONE}.gguf")  # a high-noise expert without its twin
     return root
 
 
 @pytest.fixture(scope="module")
 def pipes(models_dir: Path) -> dict:
-    return load_pipes(models_dir, (DEV, HIDREAM, WAN))
+    return load_pipes(models_dir, (DEV, HIDREAM, WAN, WAN22))
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +76,19 @@ def worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     w.kill()
 
 
-def _with_file(pipe, path: Path):
-    """A plain diffusers pipeline whose transformer is read from `path` by diffusers itself."""
-    kwargs = {"config": str(Path(pipe.config._name_or_path)), "subfolder": "transformer", "local_files_only": True}
-    if path.suffix == ".gguf":
-        from diffusers import GGUFQuantizationConfig
+def _with_file(pipe, path: Path, component: str = "transformer", **more: Path):
+    """A plain diffusers pipeline whose transformer (and `more` components) diffusers itself reads from files."""
+    loaded = {}
+    for name, file in {component: path, **more}.items():
+        kwargs = {"config": str(Path(pipe.config._name_or_path)), "subfolder": name, "local_files_only": True}
+        if file.suffix == ".gguf":
+            from diffusers import GGUFQuantizationConfig
 
-        kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=torch.float32)
-    transformer = type(pipe.transformer).from_single_file(str(path), **kwargs)
-    return type(pipe)(**{**pipe.components, "transformer": transformer})
+            kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=torch.float32)
+        loaded[name] = type(getattr(pipe, name)).from_single_file(str(file), **kwargs)
+    accepted = inspect.signature(type(pipe).__init__).parameters
+    scalars = {k: v for k, v in pipe.config.items() if k in accepted and k not in pipe.components}  # Wan 2.2's boundary_ratio, ...
+    return type(pipe)(**{**pipe.components, **scalars, **loaded})
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
@@ -109,8 +118,13 @@ def test_companions_are_chosen_by_base_model_and_shape(models_dir):
     assert locator.resolve(HIDREAM_ST).components_from == HIDREAM and locator.resolve(WAN_GGUF).components_from == WAN
     with pytest.raises(ValidationFailed, match="guidance embedder"):  # a schnell file cannot borrow a dev folder's transformer config
         locator.resolve(SCHNELL_FILE)
-    with pytest.raises(ModelNotFound, match="diffusers folder of wan_2_2"):
+    with pytest.raises(ValidationFailed, match="two transformer experts"):  # one 2.2 file cannot stand for both experts
         locator.resolve(WAN22_FILE)
+    pair = locator.resolve(LOW)  # either expert names the pair
+    assert (pair.transformer_file.name, pair.transformer_2_file.name, pair.components_from) == (
+        Path(HIGH).name + ".safetensors", Path(LOW).name + ".safetensors", WAN22)
+    with pytest.raises(ValidationFailed, match="LowNoise-Q8_0.gguf"):
+        locator.resolve(LONE)
     assert {r.model_id for r in locator.scan()} >= {DEV, FLUX_ST, FLUX_GGUF, HIDREAM_ST, WAN_GGUF}
 
 
@@ -177,6 +191,21 @@ def test_wan_gguf_text2video_equals_diffusers(worker, pipes, models_dir):
     assert np.array_equal(got, (expected * 255).round().clip(0, 255).astype(np.uint8))
 
 
+def test_wan22_expert_pair_equals_diffusers(worker, pipes, models_dir):
+    small = {"width": 64, "height": 64, "num_frames": 5}
+    req = {"model_id": HIGH, "prompt": PROMPT, **small, "steps": 4, "seed": 6, "guidance_scale": 4.0, "guidance_scale_2": 3.0,
+           "output": {"frames": True, "return_base64": False}}
+    r = worker.call("inference.text2video", req, timeout=240)
+    assert r["success"], r
+    assert r["data"]["parameters"]["components_from"] == WAN22
+    pipe = _with_file(pipes[WAN22], models_dir / f"{HIGH}.safetensors", transformer_2=models_dir / f"{LOW}.safetensors")
+    expected = pipe(prompt=PROMPT, **small, num_inference_steps=4, guidance_scale=4.0, guidance_scale_2=3.0, generator=cpu_gens(6), output_type="np").frames[0]
+    got = np.stack([decode_png(f) for f in r["data"]["videos"][0]["frames"]])
+    assert np.array_equal(got, (expected * 255).round().clip(0, 255).astype(np.uint8))
+    folder = pipes[WAN22](prompt=PROMPT, **small, num_inference_steps=4, guidance_scale=4.0, guidance_scale_2=3.0, generator=cpu_gens(6), output_type="np").frames[0]
+    assert not np.array_equal(got, (folder * 255).round().clip(0, 255).astype(np.uint8))
+
+
 # ---- clear errors ----------------------------------------------------------------------------------------------
 
 
@@ -185,7 +214,8 @@ def test_wan_gguf_text2video_equals_diffusers(worker, pipes, models_dir):
     [
         ({"model_id": FLUX_GGUF, "precision": {"storage_dtype": "fp8_e4m3fn"}}, "validation_error", "data.precision.storage_dtype"),
         ({"model_id": SCHNELL_FILE}, "validation_error", "data.model_id"),
-        ({"model_id": WAN22_FILE}, "model_not_found", "data.model_id"),
+        ({"model_id": WAN22_FILE}, "validation_error", "data.model_id"),
+        ({"model_id": LONE}, "validation_error", "data.model_id"),
     ],
 )
 def test_unrunnable_files_answer_clear_errors(worker, data, code, path):

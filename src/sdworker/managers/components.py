@@ -109,10 +109,11 @@ class UNetManager(ComponentManager):
     names = ("unet", "transformer", "transformer_2", "prior", "decoder")  # transformer_2: Wan 2.2's low-noise expert
 
     def load_file(
-        self, path: Path, folder: Path, library: str, class_name: str, dtype: str, model_id: str, weights: str = weights_mod.FULL
+        self, path: Path, folder: Path, library: str, class_name: str, dtype: str, model_id: str, weights: str = weights_mod.FULL,
+        component: str = "transformer",
     ) -> CacheEntry:
         """A transformer whose weights are the file `path` and whose config is the companion `folder`'s
-        (managers.transformer_files); cached by the file's identity."""
+        `component` (managers.transformer_files); cached by the file's identity."""
         held = dtype if weights == weights_mod.FULL else f"{dtype}:{weights}"
         try:
             key = fingerprint.of_file(path, f"{type(self).__name__}:file:{held}")
@@ -124,11 +125,11 @@ class UNetManager(ComponentManager):
 
             torch_dtype = self._torch_dtype(dtype)
             extra = weights_mod.load_kwargs(weights, torch, torch_dtype)
-            obj = transformer_files.load(component_class(library, class_name), path, folder, torch_dtype, extra)
+            obj = transformer_files.load(component_class(library, class_name), path, folder, torch_dtype, extra, component)
             weights_mod.apply(obj, weights, torch, torch_dtype)
             return obj.eval()
 
-        return self._cached(key, path, dtype, weights, model_id, "transformer", read)
+        return self._cached(key, path, dtype, weights, model_id, component, read)
 
 
 class EncoderManager(ComponentManager):

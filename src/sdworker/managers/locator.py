@@ -46,6 +46,7 @@ class ModelRef:
     format: str = "diffusers"
     transformer_file: Path | None = None
     components_from: str | None = None  # the companion folder's model_id, with transformer_file
+    transformer_2_file: Path | None = None  # Wan 2.2 A14B's low-noise expert, with transformer_file
 
     def describe(self) -> dict[str, str]:
         """The model's fields in a result's `parameters`."""
@@ -173,8 +174,10 @@ class ModelLocator:
         if item.format == "diffusers":
             return self._ref(item.model_id, item.path)
         if transformer_files.runs_alone(item):
-            folder = transformer_files.companion(item, self._folders(), field)
-            return ModelRef(item.model_id, folder.path, folder.pipeline_class, item.base_model, "diffusers", item.path, folder.model_id)
+            pair = transformer_files.expert_pair(item.path) if item.base_model == "wan_2_2" else None
+            folder = transformer_files.companion(item, self._folders(), field, pair is not None)
+            high, low = pair or (item.path, None)
+            return ModelRef(item.model_id, folder.path, folder.pipeline_class, item.base_model, "diffusers", high, folder.model_id, low)
         if item.kind != "checkpoint":
             raise ValidationFailed(
                 f"{field}: {item.model_id!r} is a {item.base_model} {item.kind}, not a whole model; only Flux, HiDream and Wan "

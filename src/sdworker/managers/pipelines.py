@@ -152,8 +152,9 @@ class PipelineManager:
             else:
                 manager = self.manager_for(name)
                 held = weights if isinstance(manager, UNetManager) else FULL  # only the denoiser changes format
-                if name == "transformer" and ref.transformer_file is not None and isinstance(manager, UNetManager):
-                    entry = manager.load_file(ref.transformer_file, ref.path, library, cls_name, dtype, ref.model_id, held)
+                file = {"transformer": ref.transformer_file, "transformer_2": ref.transformer_2_file}.get(name)
+                if file is not None and isinstance(manager, UNetManager):
+                    entry = manager.load_file(file, ref.path, library, cls_name, dtype, ref.model_id, held, name)
                 else:
                     entry = manager.load(ref.path / name, library, cls_name, dtype, ref.model_id, name, held)
             objs[name] = entry.obj

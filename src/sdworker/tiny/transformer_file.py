@@ -16,24 +16,24 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 _Q8_BLOCK = 32
 
 
-def _state(source: Path) -> dict:
-    """A model folder's transformer weights, or a transformer .safetensors file's."""
+def _state(source: Path, component: str) -> dict:
+    """A model folder's `component` weights, or a transformer .safetensors file's."""
     from safetensors.torch import load_file
 
-    files = [source] if source.is_file() else sorted((source / "transformer").glob("*.safetensors"))
+    files = [source] if source.is_file() else sorted((source / component).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{source}/transformer has no .safetensors weights")
+        raise FileNotFoundError(f"{source}/{component} has no .safetensors weights")
     state: dict = {}
     for f in files:
         state.update(load_file(str(f)))
     return state
 
 
-def save_transformer_file(source: str | Path, out: str | Path, prefix: str = "") -> Path:
+def save_transformer_file(source: str | Path, out: str | Path, prefix: str = "", component: str = "transformer") -> Path:
     """Write the transformer of `source` (a tiny model folder, or a transformer .safetensors file) to
-    `out` (.safetensors or .gguf, by its suffix)."""
+    `out` (.safetensors or .gguf, by its suffix); `component` "transformer_2": Wan 2.2's low-noise expert."""
     source, out = Path(source), Path(out)
-    state = {prefix + k: v for k, v in _state(source).items()}
+    state = {prefix + k: v for k, v in _state(source, component).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".gguf":
         _write_gguf(state, out, source.stem)
