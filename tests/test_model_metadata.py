@@ -620,9 +620,12 @@ def test_inspect_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(HeaderError):
         inspect_path(tmp_path / "broken.safetensors")
-    (tmp_path / "model.gguf").write_bytes(b"GGUF" + b"\0" * 60)
-    with pytest.raises(UnsupportedModelFile):
+    (tmp_path / "model.gguf").write_bytes(b"GGUF" + b"\0" * 60)  # GGUF version 0: a broken GGUF file
+    with pytest.raises(HeaderError, match="not a readable GGUF file"):
         inspect_path(tmp_path / "model.gguf")
+    (tmp_path / "model.onnx").write_bytes(b"\0" * 64)
+    with pytest.raises(UnsupportedModelFile):
+        inspect_path(tmp_path / "model.onnx")
 
 
 def test_inspect_tiny_folder(models_dir: Path) -> None:

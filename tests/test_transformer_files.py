@@ -109,6 +109,15 @@ def test_files_are_detected_and_listed(models_dir, worker):
     assert (items[FLUX_GGUF]["kind"], items[FLUX_GGUF]["format"], items[FLUX_GGUF]["base_model"]) == ("unet", "gguf", "flux_dev")
 
 
+def test_metadata_and_validate_model_read_gguf_files(worker):
+    meta = worker.call("model.get_metadata", {"model_id": FLUX_GGUF})
+    assert meta["success"], meta
+    assert (meta["data"]["format"], meta["data"]["details"]["quantization"], meta["data"]["metadata"].get("general.architecture")) == ("gguf", "Q8_0", "flux")
+    r = worker.call("model.validate_model", {"model_id": FLUX_GGUF, "smoke": True}, timeout=180)
+    assert r["success"] and r["data"]["valid"], r
+    assert [c["name"] for c in r["data"]["checks"]][-2:] == ["loadable", "smoke"]
+
+
 def test_companions_are_chosen_by_base_model_and_shape(models_dir):
     locator = ModelLocator([models_dir], ModelCatalog([models_dir]))
     flux = locator.resolve(FLUX_GGUF)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dispatch.context import JobContext
 from ..families import Family, for_base_model
+from ..managers import transformer_files
 from ..managers.memory import MB
 from ..protocol.errors import WorkerError
 
@@ -56,7 +57,7 @@ class ModelChecks:
             ok = _check(checks, "architecture", item.base_model != "unknown" or item.kind == "upscaler", f"{item.kind}, {item.base_model}")
         if ok and item.pickle:
             ok = _check(checks, "safe_format", self.app.settings.allow_pickle, "pickle file: needs --allow-pickle" if not self.app.settings.allow_pickle else "pickle allowed (weights_only)")
-        if ok and (load or smoke) and item.kind == "checkpoint":
+        if ok and (load or smoke) and (item.kind == "checkpoint" or transformer_files.runs_alone(item)):
             try:
                 t0 = time.perf_counter()
                 ref = self.models.checkpoint_ref(item.model_id)

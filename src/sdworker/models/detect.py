@@ -33,7 +33,7 @@ from ._folder import detect_diffusers_folder
 from ._lora import detect_embedding, detect_lora, is_lora
 from ._pickles import PICKLE_SUFFIXES, guess_from_path
 from ._types import BASE_MODELS, KINDS, Detection
-from .gguf_header import read_gguf_header
+from .gguf_header import GGUFHeader, read_gguf_header
 from .safetensors_header import read_header
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "detect",
     "detect_diffusers_folder",
     "detect_file",
+    "detect_gguf",
     "guess_from_path",
 ]
 
@@ -93,11 +94,15 @@ def detect_file(path: str | os.PathLike[str]) -> Detection:
     if p.suffix.lower() in PICKLE_SUFFIXES:
         return guess_from_path(p)
     if p.suffix.lower() == ".gguf":
-        gguf = read_gguf_header(p)
-        found = detect(gguf.shapes, gguf.metadata, p.name, format="gguf")
-        return Detection(found.kind, found.base_model, "gguf", {**found.details, "quantization": gguf.quantization})
+        return detect_gguf(read_gguf_header(p), p.name)
     header = read_header(p)
     return detect(header.shapes(), header.metadata, p.name)
+
+
+def detect_gguf(header: GGUFHeader, name: str | None = None) -> Detection:
+    """Classify a GGUF file from its header; details add the main quantization type ("Q8_0", ...)."""
+    found = detect(header.shapes, header.metadata, name, format="gguf")
+    return Detection(found.kind, found.base_model, "gguf", {**found.details, "quantization": header.quantization})
 
 
 def _refine_base(kind: str, base: str, md: Mapping[str, str], name: str | None) -> str:

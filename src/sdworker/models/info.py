@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from . import hashes as _hashes
 from . import sidecar as _sidecar
-from .detect import PICKLE_SUFFIXES, Detection, detect, detect_diffusers_folder, guess_from_path
+from .detect import PICKLE_SUFFIXES, Detection, detect, detect_diffusers_folder, detect_gguf, guess_from_path
+from .gguf_header import read_gguf_header
 from .safetensors_header import HeaderError, read_header
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -96,6 +97,10 @@ def inspect_path(
         size = p.stat().st_size
         if p.suffix.lower() in PICKLE_SUFFIXES:
             det = guess_from_path(p)
+        elif p.suffix.lower() == ".gguf":
+            gguf = read_gguf_header(p)  # GGUFHeaderError is a HeaderError
+            metadata, tensor_count = gguf.metadata, len(gguf.shapes)
+            det = detect_gguf(gguf, p.name)
         else:
             try:
                 header = read_header(p)

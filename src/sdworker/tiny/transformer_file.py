@@ -36,7 +36,10 @@ def save_transformer_file(source: str | Path, out: str | Path, prefix: str = "",
     state = {prefix + k: v for k, v in _state(source, component).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".gguf":
-        _write_gguf(state, out, source.stem)
+        from ..models.detect import detect
+
+        family = detect({k: tuple(v.shape) for k, v in state.items()}).details.get("family", "unknown")
+        _write_gguf(state, out, family)  # general.architecture, as the public files set it ("flux", "wan", ...)
     elif out.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
 
