@@ -104,6 +104,12 @@ def test_files_are_detected_and_listed(models_dir, worker):
     assert gguf.details["quantization"] == "Q8_0" and gguf.details["variant"] == "dev"
     assert detect_file(models_dir / f"{HIDREAM_ST}.safetensors").base_model == "hidream"
     assert (detect_file(models_dir / f"{WAN_GGUF}.gguf").base_model, detect_file(models_dir / f"{WAN22_FILE}.safetensors").base_model) == ("wan_2_1", "wan_2_2")
+    from sdworker.models.detect import detect
+    from sdworker.models.safetensors_header import read_header
+
+    expert = read_header(models_dir / f"{HIGH}.safetensors").shapes()  # A14B experts have Wan 2.1's shapes: the name tells
+    assert [detect(expert, None, n).base_model for n in ("wan-14B.safetensors", "A14B-LowNoise.safetensors", "wan2.2_t2v_14B.safetensors")] == [
+        "wan_2_1", "wan_2_2", "wan_2_2"]
     r = worker.call("model.list_models", {})
     items = {i["model_id"]: i for i in r["data"]["items"]}
     assert (items[FLUX_GGUF]["kind"], items[FLUX_GGUF]["format"], items[FLUX_GGUF]["base_model"]) == ("unet", "gguf", "flux_dev")

@@ -48,7 +48,7 @@ COMPANION_BASES: dict[str, tuple[str, ...]] = {
 FORMATS = ("safetensors", "gguf")
 
 
-_EXPERT = re.compile(r"(high|low)([\s_-]?)noise", re.IGNORECASE)
+_EXPERT = re.compile(r"(high|low)[\s_-]?noise", re.IGNORECASE)
 
 
 def expert_pair(path: Path) -> tuple[Path, Path] | None:

@@ -109,8 +109,8 @@ def _refine_base(kind: str, base: str, md: Mapping[str, str], name: str | None) 
     """Pony over SDXL, and Flux dev/schnell/krea where shapes alone cannot say."""
     if base == "sdxl" and _hints.says_pony(md, name, trust_title=kind in ("checkpoint", "unet", "unknown")):
         return "pony"
-    if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2", name.lower()):
-        return "wan_2_2"  # the A14B experts have Wan 2.1's shapes
+    if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2|(high|low)[\s_-]?noise", name.lower()):
+        return "wan_2_2"  # the A14B experts have Wan 2.1's shapes; only 2.2 splits the schedule into high/low-noise experts
     if base in ("flux", "flux_dev"):
         declared = _hints.base_from_metadata(md) or ""
         named = _hints.base_from_text(name) if kind in ("checkpoint", "unet") else None
