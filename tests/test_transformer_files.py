@@ -8,6 +8,7 @@ are; references are plain diffusers with the transformer loaded by `from_single_
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +275,36 @@ def test_gguf_reader_names_a_file_that_is_not_gguf(tmp_path):
     path.write_bytes(b"\x00" * 64)
     with pytest.raises(GGUFHeaderError, match="not a GGUF file"):
         read_gguf_header(path)
+
+
+# ---- BFL's own layout (flux1-dev.safetensors) ---------------------------------------------------------------
+
+
+def test_bfl_layout_of_the_tiny_transformer_is_detected_as_bfl(models_dir):
+    from sdworker.models.detect import detect
+    from sdworker.tiny.flux_bfl import flux_to_bfl
+
+    bfl = flux_to_bfl(load_file(str(models_dir / DEV / "transformer" / "diffusion_pytorch_model.safetensors")))
+    found = detect({k: tuple(v.shape) for k, v in bfl.items()}, None, "flux1-dev.safetensors")
+    assert (found.kind, found.base_model, found.details["layout"], found.details["variant"]) == ("unet", "flux_dev", "original", "dev")
+    assert {"img_in.weight", "double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "final_layer.adaLN_modulation.1.weight"} <= set(bfl)
+
+
+@pytest.mark.skipif(not os.environ.get("SDWORKER_SLOW"), reason="a FLUX.1-width transformer block (about 2 GB of RAM); set SDWORKER_SLOW=1")
+def test_bfl_layout_file_at_flux_width_loads_exactly(tmp_path):
+    """diffusers' BFL converter assumes FLUX.1's width, so this one check runs at it (one block of each kind):
+    a BFL-layout file read through transformer_files.load gives back every weight exactly."""
+    from diffusers import FluxTransformer2DModel
+
+    from sdworker.managers.transformer_files import load
+    from sdworker.tiny.flux_bfl import flux_to_bfl
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(num_layers=1, num_single_layers=1, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                   pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56]).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "flux-width" / "transformer")
+    state = model.state_dict()
+    save_file({k: v.contiguous() for k, v in flux_to_bfl(state).items()}, str(tmp_path / "flux1-dev.safetensors"))
+    del model
+    loaded = load(FluxTransformer2DModel, tmp_path / "flux1-dev.safetensors", tmp_path / "flux-width", torch.bfloat16, {}).state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
