@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -298,21 +300,18 @@ def test_builtin_preset_applies_to_flux(flux_worker):
     assert params["scheduler"] == "FlowMatchEulerDiscreteScheduler"
 
 
-def test_batch_process_runs_flux_text2img_items_in_one_call(flux_worker, pipes, init_image):
+def test_batch_process_runs_flux_text2img_items_in_one_call(flux_worker, pipes):
     """Flux text2img items with equal settings share one FluxPipeline call (prompt list, one generator per
-    image); another max_sequence_length is another call, and img2img items are refused (not batched)."""
+    image); another max_sequence_length is another call."""
     prompts, seeds = ["a red house", "a blue boat on a lake", "a green tree in a field"], [11, 22, 33]
     base = {"model_id": DEV, "width": 64, "height": 64, "steps": 2, "guidance_scale": 4.0, "max_sequence_length": 64}
     reqs = [{**base, "prompt": p, "seed": s} for p, s in zip(prompts, seeds)]
     reqs.insert(1, {**base, "prompt": "longer tokens", "seed": 5, "max_sequence_length": 128})
-    reqs.append({**base, "type": "img2img", "prompt": "x", "seed": 1, "init_image": _png_b64(init_image)})
     r = flux_worker.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 4, "enable_dynamic_sizing": False}}, timeout=180)
     assert r["success"], r
     items, perf = r["data"]["items"], r["data"]["performance"]
-    assert [it["success"] for it in items] == [True, True, True, True, False], items
+    assert all(it["success"] for it in items), items
     assert (perf["groups"], perf["pipeline_calls"], perf["batch_sizes"]) == (2, 2, [3, 1])
-    refused = items[4]["error"]
-    assert refused["error_code"] == "validation_error" and refused["error_details"][0]["path"] == "data.requests[4].type", refused
     batched = [items[0], items[2], items[3]]
     assert [it["parameters"]["batch_group"] for it in batched] == [0, 0, 0] and items[1]["parameters"]["batch_group"] == 1
     params = batched[0]["parameters"]
@@ -331,6 +330,88 @@ def test_batched_flux_image_starts_from_its_one_image_noise(pipes):
     assert_batch_noise_per_image(pipes[DEV], pipes[DEV].transformer.config.in_channels // 4, 64, 3)
 
 
+def _i2i(pipes) -> FluxImg2ImgPipeline:
+    pipe = AutoPipelineForImage2Image.from_pipe(pipes[DEV])
+    assert type(pipe) is FluxImg2ImgPipeline
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_batch_process_runs_flux_img2img_items_in_one_call(flux_worker, pipes, init_image):
+    """Flux img2img items with equal settings share one FluxImg2ImgPipeline call (prompt, init image and
+    generator lists), equal to plain diffusers' call with the same lists; another strength is another call."""
+    inits = [init_image, init_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    prompts, seeds = ["a red house", "a blue boat on a lake"], [41, 42]
+    base = {"model_id": DEV, "type": "img2img", "width": 64, "height": 64, "steps": 2, "guidance_scale": 3.0, "strength": 0.6, "max_sequence_length": 64}
+    reqs = [{**base, "prompt": p, "seed": s, "init_image": _png_b64(im)} for p, s, im in zip(prompts, seeds, inits)]
+    reqs.append({**reqs[0], "strength": 0.9})
+    r = flux_worker.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 4, "enable_dynamic_sizing": False}}, timeout=180)
+    assert r["success"], r
+    items, perf = r["data"]["items"], r["data"]["performance"]
+    assert all(it["success"] for it in items), items
+    assert (perf["groups"], perf["pipeline_calls"], perf["batch_sizes"]) == (2, 2, [2, 1])
+    assert [it["parameters"]["batch_group"] for it in items] == [0, 0, 1]
+    assert not any(it["parameters"]["batch_alone"] for it in items) and r["data"]["warnings"] == []
+    assert [(it["parameters"]["mode"], it["parameters"]["strength"]) for it in items] == [("img2img", 0.6), ("img2img", 0.6), ("img2img", 0.9)]
+    expected = _i2i(pipes)(
+        prompt=prompts, image=inits, strength=0.6, width=64, height=64, num_inference_steps=2, guidance_scale=3.0, max_sequence_length=64,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+    ).images
+    for it, exp in zip(items, expected):
+        assert np.array_equal(_decode(it["images"][0]["base64"]), np.asarray(exp.convert("RGB")))
+
+
+def test_batched_flux_img2img_image_starts_from_its_one_image_latents(pipes, init_image):
+    """Row i of a batched FluxImg2ImgPipeline call (image list, generator list) starts where a one-image call
+    with image i and seed s + i does: diffusers encodes image i and draws its noise with generator i."""
+    pipe = _i2i(pipes)
+    inits = [init_image, init_image.transpose(Image.Transpose.FLIP_TOP_BOTTOM), init_image.rotate(90)]
+    ch = pipe.transformer.config.in_channels // 4
+    pipe.scheduler = copy.deepcopy(pipe.scheduler)  # pipes[DEV]'s own stays as it was
+    pipe.scheduler.set_timesteps(2, mu=1.0)
+    t = pipe.scheduler.timesteps[:1]
+
+    def latents(images: list, first: int):
+        img = pipe.image_processor.preprocess(images, height=64, width=64).to(torch.float32)
+        out, _ = pipe.prepare_latents(img, t.repeat(len(images)), len(images), ch, 64, 64, torch.float32, torch.device("cpu"), generators(torch, first, len(images)))
+        return out
+
+    batch = latents(inits, 500)
+    for i, im in enumerate(inits):
+        assert torch.equal(batch[i], latents([im], 500 + i)[0])
+
+
+_TEXT2IMG_ONLY = "from sdworker.families.flux import FluxFamily; FluxFamily.batch_modes = ('text2img',); from sdworker.__main__ import main; import sys; main(sys.argv[1:])"
+
+
+def test_batch_process_runs_an_item_of_an_unbatched_mode_alone(models_dir, tmp_path, init_image):
+    """A family that batches text2img only (Flux before its image modes batched): an img2img item still
+    runs, alone, in one call made as its own inference.img2img request's, and gives that request's images;
+    the text2img items around it still share a call."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "data").mkdir()
+    w = Worker(["--models-dir", str(models_dir), "--output-dir", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")], cmd=[sys.executable, "-c", _TEXT2IMG_ONLY])
+    try:
+        base = {"model_id": DEV, "width": 64, "height": 64, "steps": 2, "guidance_scale": 3.0, "max_sequence_length": 64}
+        i2i = {**base, "prompt": "a red house", "seed": 21, "num_images": 2, "strength": 0.7, "init_image": _png_b64(init_image)}
+        reqs = [{**base, "prompt": "a boat", "seed": 1}, {**i2i, "type": "img2img"}, {**base, "prompt": "a tree", "seed": 2}]
+        r = w.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 1, "enable_dynamic_sizing": True}}, timeout=180)
+        assert r["success"], r
+        items, perf = r["data"]["items"], r["data"]["performance"]
+        assert all(it["success"] for it in items), items
+        assert [it["parameters"]["batch_group"] for it in items] == [0, 1, 0]
+        assert [it["parameters"]["batch_alone"] for it in items] == [False, True, False]
+        assert (perf["groups"], perf["pipeline_calls"], perf["batch_sizes"]) == (2, 3, [1, 1, 2])  # batch_size 1 does not split it
+        assert any("item 1: img2img on flux_dev models does not batch" in m for m in r["data"]["warnings"]), r["data"]["warnings"]
+        alone = w.call("inference.img2img", i2i, timeout=180)
+        assert alone["success"], alone
+        assert [im["seed"] for im in items[1]["images"]] == [im["seed"] for im in alone["data"]["images"]] == [21, 22]
+        for got, want in zip(items[1]["images"], alone["data"]["images"]):
+            assert np.array_equal(_decode(got["base64"]), _decode(want["base64"]))
+    finally:
+        w.kill()
+
+
 @pytest.mark.parametrize(
     "extra, path",
     [({"clip_skip": 2}, "data.clip_skip"), ({"sampler": "DPM++ 2M"}, "data.sampler"), ({"refiner": {"model": SCHNELL}}, "data.refiner")],
@@ -344,6 +425,8 @@ def test_worker_refuses_sd_only_options(flux_worker, extra, path):
 def test_validate_model_smoke_runs_a_fill_model(tmp_path):
     """A Fill model's own pipeline (FluxFillPipeline) needs an image and a mask: the smoke step gives it plain ones."""
     make_tiny_flux("flux-fill", tmp_path / "models" / "tiny-flux-fill")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "data").mkdir()
     w = Worker(["--models-dir", str(tmp_path / "models")])
     try:
         r = w.call("model.validate_model", {"model_id": "tiny-flux-fill", "smoke": True}, timeout=180)

@@ -160,6 +160,41 @@ def test_fill_model_keeps_its_steps_and_guidance_under_a_preset(fw, images):
     assert np.array_equal(got, _pixels(fw.call("inference.inpainting", {**req, "steps": 2}, timeout=180)))  # as without a preset
 
 
+def test_batch_process_runs_flux_inpainting_and_fill_items_in_batched_calls(fw, root, dev, images):
+    """Inpainting items on a regular Flux model share one FluxInpaintPipeline call, and on a Fill model one
+    FluxFillPipeline call (prompt, init image, mask and generator lists): each equal to plain diffusers'
+    call with the same lists."""
+    inits = [images["init"], images["control2"]]
+    masks = [images["mask"], images["mask"].transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(90)]
+    prompts, seeds = ["a red house", "a blue boat on a lake"], [31, 32]
+
+    def items(model: str, **extra) -> list[dict]:
+        return [
+            {"model_id": model, "type": "inpainting", "prompt": p, "seed": s, "init_image": _png_b64(im), "mask_image": _png_b64(m),
+             "width": 64, "height": 64, "steps": 2, **extra}
+            for p, s, im, m in zip(prompts, seeds, inits, masks)
+        ]
+
+    reqs = items(DEV, strength=0.7, guidance_scale=3.5) + items(FILL)
+    r = fw.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 4, "enable_dynamic_sizing": False}}, timeout=300)
+    assert r["success"], r
+    got, perf = r["data"]["items"], r["data"]["performance"]
+    assert all(it["success"] for it in got), got
+    assert (perf["groups"], perf["pipeline_calls"], perf["batch_sizes"]) == (2, 2, [2, 2])
+    assert [it["parameters"]["batch_group"] for it in got] == [0, 0, 1, 1] and not any(it["parameters"]["batch_alone"] for it in got)
+    assert [it["parameters"]["strength"] for it in got] == [0.7, 0.7, 1.0, 1.0] and got[2]["parameters"]["guidance_scale"] == 30.0
+    inpaint = AutoPipelineForInpainting.from_pipe(dev)
+    assert type(inpaint) is FluxInpaintPipeline
+    inpaint.set_progress_bar_config(disable=True)
+    fill = _plain(root, FILL)
+    assert type(fill) is FluxFillPipeline
+    gens = lambda: [torch.Generator("cpu").manual_seed(s) for s in seeds]  # noqa: E731
+    common = {"prompt": prompts, "image": inits, "mask_image": masks, "width": 64, "height": 64, "num_inference_steps": 2, "max_sequence_length": 512}
+    want = inpaint(**common, strength=0.7, guidance_scale=3.5, generator=gens()).images + fill(**common, generator=gens()).images
+    for it, exp in zip(got, want):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(it["images"][0]["base64"]))).convert("RGB")), _rgb(exp))
+
+
 # ---- LoRAs -------------------------------------------------------------------------------------------
 
 

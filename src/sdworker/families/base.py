@@ -84,8 +84,9 @@ class Family:
     pipelines: ClassVar[dict[str, str]]
     #: the request's sampler/scheduler go through managers.schedulers (the SD sampler table)
     sd_schedulers: ClassVar[bool] = True
-    #: the modes whose inference.batch_process items may share a batched pipeline call (prompt list,
-    #: one generator per image); an item in another mode is refused there (send it on its own)
+    #: the modes whose inference.batch_process items may share a batched pipeline call (prompt, image
+    #: and mask lists, one generator per image); an item in another mode runs there alone, in one call
+    #: made as its own request's
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
 
     def defaults(self, base_model: str) -> Defaults:

@@ -32,8 +32,14 @@ How a request maps onto FluxPipeline (diffusers 0.42):
   managers.controlnet, with conditioning_scale and start/end; not on Fill models.
 * True CFG where the mode's pipeline has it: FluxFillPipeline and the ControlNet img2img /
   inpainting pipelines have none, so there a negative prompt is dropped with a warning.
-* inference.batch_process: text2img items share FluxPipeline calls (prompt lists, one generator per
-  image, this family's arguments); img2img and inpainting items are refused there (send them alone).
+* inference.batch_process: items of every mode share calls of their mode's pipeline (FluxPipeline,
+  FluxImg2ImgPipeline, FluxInpaintPipeline, FluxFillPipeline) with prompt, init image and mask
+  lists and one generator per image, and this family's arguments. diffusers 0.42 takes such lists
+  row by row: the images and masks are preprocessed into one batch, image i is VAE-encoded with
+  generator i (``_encode_vae_image``), its noise drawn from generator i (``randn_tensor``) and the
+  masked image (inpainting, Fill) encoded with a generator list too; ``prepare_latents`` repeats
+  image latents only when there are fewer images than the batch. So image i of a batched call
+  starts as a one-image request with its seed does.
 * A transformer alone in one file (.safetensors or GGUF) runs with a companion folder's other parts
   (managers.transformer_files).
 * Not supported: FLUX.1 Depth/Canny (Control) models, hires fix, refiners,
@@ -133,8 +139,8 @@ class FluxFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("flux_dev", "flux_schnell", "flux_krea", "flux")
     pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpainting": "FluxInpaintPipeline"}
     sd_schedulers: ClassVar[bool] = False
-    #: FluxPipeline takes prompt lists and generator lists; the image modes' list inputs are not checked against diffusers yet
-    batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)
+    #: every mode, Fill included: the Flux pipelines take prompt, image and mask lists per image (module docstring)
+    batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
 
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS.get(base_model, _DEV)

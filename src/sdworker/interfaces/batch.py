@@ -15,11 +15,16 @@ Semantics (the issue 3 report says the same; docs/protocol.md does not cover bat
   embedding for None but encodes "" otherwise, so None and text cannot share a call). Prompts,
   negative prompts, seeds and init/mask images go per image as lists. The call is made as the
   model's family makes a single request's (families/: prompt and call arguments, mode pipeline,
-  scheduler). SD batches every mode, Flux and HiDream text2img (Family.batch_modes); an item in
-  another mode is refused at data.type (send it on its own). An item
+  scheduler). Family.batch_modes says which modes batch: SD and Flux (Fill too) every mode,
+  HiDream text2img (its only mode). An item whose mode its family does not batch still runs: alone,
+  as a group of its own (`alone`), in one call made exactly as its own inference.<mode> request's
+  (the prompt and init/mask image as they are, num_images_per_prompt = num_images, its generator
+  list), so it gives that request's images; batch_size and dynamic sizing do not split it. An item
   with num_images n expands to n images with seeds seed..seed+n-1, each with its own CPU
   generator (contract section 6). A group's images run in calls of at most batch_size images
   (an item's images may span two calls); with enable_dynamic_sizing fewer, see _images_per_call.
+  Items that are invalid on their own are per-item errors; so, still, are items using what only
+  a single request carries out (Plan.single_run_only, post_processing): send those alone.
 - run: groups of one model run back to back (one resident model: fewer reloads); each finished
   item is encoded and saved as soon as its last image is out. A group that fails (out of memory,
   model_load_failed, ...) fails its items only; cancel and timeout stop the whole job at the next
@@ -38,7 +43,7 @@ from pydantic import ValidationError
 from ..dispatch.context import JobContext
 from ..managers import modes
 from ..managers.adapters import AdapterManager
-from ..managers.denoise import force_cancel_hooks
+from ..managers.denoise import force_cancel_hooks, generators
 from ..managers.runtime import RssSampler
 from ..protocol.envelopes import map_inference_type
 from ..protocol.errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
@@ -60,6 +65,8 @@ class BatchItem:
 class Group:
     key: tuple
     items: list[BatchItem] = field(default_factory=list)
+    #: one item whose mode its family does not batch: one call made as its own request's
+    alone: bool = False
 
     @property
     def images(self) -> list[tuple[BatchItem, int]]:
@@ -120,10 +127,9 @@ def _batched_prompt_kwargs(torch: Any, kws: list[dict[str, Any]]) -> dict[str, A
     """One call's prompt kwargs from its images' (same signature): text lists, or embeddings stacked."""
     first = kws[0]
     if "prompt" in first:
-        out: dict[str, Any] = {
-            "prompt": [kw["prompt"] for kw in kws],
-            "negative_prompt": None if first.get("negative_prompt") is None else [kw["negative_prompt"] for kw in kws],
-        }
+        out: dict[str, Any] = {"prompt": [kw["prompt"] for kw in kws]}
+        if "negative_prompt" in first:  # absent where the pipeline has none (FluxFillPipeline) or it is unused
+            out["negative_prompt"] = None if first["negative_prompt"] is None else [kw["negative_prompt"] for kw in kws]
         if "clip_skip" in first:
             out["clip_skip"] = first["clip_skip"]
         return out
@@ -170,6 +176,15 @@ class BatchInterface:
         if cfg.parallel_processing:
             warnings.append("parallel_processing is ignored: one device runs one pipeline call at a time")
         groups = self.group([it for it in items if it.plan is not None])
+        for g in groups:
+            if g.alone:
+                plan = g.items[0].plan
+                assert plan is not None
+                batched = ", ".join(plan.family.batch_modes) or "no mode"
+                warnings.append(
+                    f"item {g.items[0].index}: {plan.mode} on {plan.ref.base_model} models does not batch (batch_process batches {batched} there); "
+                    "it runs alone, as its own request would"
+                )
         if not groups:
             warnings.append("no request of the batch is valid; nothing was run (see each item's error)")
         return BatchPlan(session_id, items, groups, batch_size, cfg.enable_dynamic_sizing, cfg.memory_threshold, warnings)
@@ -198,10 +213,6 @@ class BatchInterface:
         except ValidationError as exc:
             raise from_validation(exc, "data") from None
         plan = self.gen.plan(req, mode, f"{session_id}-{i}")
-        if mode not in plan.family.batch_modes:
-            batched = ", ".join(plan.family.batch_modes) or "no mode"
-            msg = f"{mode} on {plan.ref.base_model} models cannot run inside batch_process (it batches {batched}); send this item as its own request"
-            raise ValidationFailed(f"data.type: {msg}", [{"path": "data.type", "message": msg}])
         alone = plan.single_run_only + (["post_processing"] if req.post_processing else [])
         if alone:  # batched pipeline calls carry none of these: say so rather than drop them
             msg = f"{', '.join(alone)} cannot run inside batch_process; send this item as its own request"
@@ -210,12 +221,16 @@ class BatchInterface:
 
     @staticmethod
     def group(items: list[BatchItem]) -> list[Group]:
-        """Compatible items together, in request order; groups of one model back to back."""
+        """Compatible items together, in request order; groups of one model back to back. An item whose
+        mode its family does not batch (Family.batch_modes) is a group of its own."""
         by_key: dict[tuple, Group] = {}
         for it in items:
             assert it.plan is not None
             key = group_key(it.plan)
-            by_key.setdefault(key, Group(key)).items.append(it)
+            alone = it.plan.mode not in it.plan.family.batch_modes
+            if alone:
+                key += (("alone", it.index),)
+            by_key.setdefault(key, Group(key, alone=alone)).items.append(it)
         models: list[str] = []
         for key in by_key:
             if key[0] not in models:
@@ -292,7 +307,7 @@ class BatchInterface:
                 device = gen.runtime.device_name(gen.runtime.check_device(bplan.groups[0].items[0].plan.device))  # type: ignore[union-attr]
                 ctx.session.device_id = device
                 gen.runtime.reset_peak(device)
-            expected = [self._call_steps(g) * math.ceil(len(g.images) / bplan.batch_size) for g in bplan.groups]
+            expected = [self._call_steps(g) * self._calls(g, bplan.batch_size) for g in bplan.groups]
             ctx.session.total_steps = sum(expected)
             ctx.start_steps()
             steps_before = 0
@@ -322,6 +337,11 @@ class BatchInterface:
                 exc.data = kept
             raise
         return self._result(ctx, bplan, done, warnings, stats, rss, t_start, None)
+
+    @staticmethod
+    def _calls(grp: Group, per_call: int) -> int:
+        """Calls the group should take, before memory says (an item running alone: one)."""
+        return 1 if grp.alone else math.ceil(len(grp.images) / per_call)
 
     @staticmethod
     def _call_steps(grp: Group) -> int:
@@ -377,13 +397,15 @@ class BatchInterface:
     ) -> int:
         gen = self.gen
         torch = gen.runtime.torch
-        first = grp.items[0].plan
+        first_item = grp.items[0]
+        first = first_item.plan
         assert first is not None
         device = loaded.device
         pipe = first.family.mode_pipeline(gen.pipelines, loaded, first.mode)
         ctx.check_cancelled()
         rss.sample()
-        per_call = self._images_per_call(bplan, pipe, first, device, stats["memory"], warnings, gi)
+        # an item running alone: all its images in one call, as its own request makes them
+        per_call = len(grp.images) if grp.alone else self._images_per_call(bplan, pipe, first, device, stats["memory"], warnings, gi)
         if ctx.session.status != "running":
             ctx.set_status("running")
         # The prompt kwargs of each item, exactly as a single request gets them (its family's; SD:
@@ -400,14 +422,21 @@ class BatchInterface:
         offset = steps_before
         for ci, chunk in enumerate(chunks):
             ctx.check_cancelled()
-            prompt_kwargs = _batched_prompt_kwargs(torch, [kws[it.index] for it, _ in chunk])
-            gens = [torch.Generator("cpu").manual_seed(it.plan.seed + i) for it, i in chunk]  # type: ignore[union-attr]
-            inputs = modes.ModeInputs()
-            if first.mode != "text2img":
-                inputs = modes.ModeInputs(
-                    [it.plan.inputs.init_image for it, _ in chunk],  # type: ignore[union-attr]
-                    [it.plan.inputs.mask_image for it, _ in chunk] if first.mode == "inpainting" else None,  # type: ignore[union-attr]
-                )
+            if grp.alone:  # GenerationInterface._denoise's call: the item's own prompt and images, n per prompt
+                prompt_kwargs = kws[first_item.index]
+                gens = generators(torch, first.seed, len(chunk))
+                inputs = first.inputs or modes.ModeInputs()
+                per_prompt = len(chunk)
+            else:  # prompts, generators and init/mask images as lists, one entry per image
+                prompt_kwargs = _batched_prompt_kwargs(torch, [kws[it.index] for it, _ in chunk])
+                gens = [torch.Generator("cpu").manual_seed(it.plan.seed + i) for it, i in chunk]  # type: ignore[union-attr]
+                inputs = modes.ModeInputs()
+                if first.mode != "text2img":
+                    inputs = modes.ModeInputs(
+                        [it.plan.inputs.init_image for it, _ in chunk],  # type: ignore[union-attr]
+                        [it.plan.inputs.mask_image for it, _ in chunk] if first.mode == "inpainting" else None,  # type: ignore[union-attr]
+                    )
+                per_prompt = 1
             remaining = call_steps * (len(chunks) - ci - 1) + steps_after
             extra = {
                 "item_index": chunk[0][0].index,
@@ -435,7 +464,7 @@ class BatchInterface:
                     **first.family.mode_kwargs(first),
                     **first.family.call_kwargs(first.req, first),  # equal across the group (group_key)
                     num_inference_steps=first.req.steps,
-                    num_images_per_prompt=1,
+                    num_images_per_prompt=per_prompt,
                     generator=gens,
                     callback_on_step_end=callback,
                     output_type="pil",
@@ -453,18 +482,21 @@ class BatchInterface:
                 plan = it.plan
                 assert plan is not None
                 if len(pending[it.index]) == plan.req.num_images:
-                    self._deliver(ctx, it, pending.pop(it.index), pipe, gi, done, stats)
+                    self._deliver(ctx, it, pending.pop(it.index), pipe, gi, done, stats, grp.alone)
             rss.sample()
         return offset
 
-    def _deliver(self, ctx: JobContext, it: BatchItem, pils: list[Any], pipe: Any, gi: int, done: dict[int, dict[str, Any]], stats: dict[str, Any]) -> None:
+    def _deliver(
+        self, ctx: JobContext, it: BatchItem, pils: list[Any], pipe: Any, gi: int, done: dict[int, dict[str, Any]], stats: dict[str, Any], alone: bool
+    ) -> None:
         plan = it.plan
         assert plan is not None
         params = self.gen._effective(plan, pipe)
         images, encode_s, save_s = self.gen._deliver(pils, plan, params, ctx)
         stats["encode"] += encode_s
         stats["save"] += save_s
-        done[it.index] = {"index": it.index, "success": True, "images": images, "parameters": {**params, "batch_group": gi}}
+        # batch_alone: the item's mode does not batch on its family; it ran in its own call
+        done[it.index] = {"index": it.index, "success": True, "images": images, "parameters": {**params, "batch_group": gi, "batch_alone": alone}}
 
     def _result(
         self,
