@@ -84,6 +84,10 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("example-models")
     make_tiny_model("sdxl", root / "tiny-sdxl")
     make_tiny_model("wan21", root / "tiny-wan21")  # examples/text2video.jsonl
+    from sdworker.tiny.transformer_file import save_transformer_file
+
+    flux = make_tiny_model("flux-dev", root / "tiny-flux-dev")  # examples/transformer_file.jsonl: its companion
+    save_transformer_file(flux, root / "diffusion_models" / "flux1-dev-Q8_0.gguf")
     return root
 
 
