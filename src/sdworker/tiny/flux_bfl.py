@@ -36,7 +36,12 @@ _DOUBLE_NORMS = {
 _DOUBLE_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
 _SINGLE = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
 _SINGLE_NORMS = {"attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm"}
-_SINGLE_FUSED = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+_SINGLE_FUSED = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+#: (diffusers block prefix, BFL block prefix, renamed, norms, fused) for double and single blocks
+_BLOCK_KINDS = (
+    ("transformer_blocks.", "double_blocks.", _DOUBLE, _DOUBLE_NORMS, _DOUBLE_QKV),
+    ("single_transformer_blocks.", "single_blocks.", _SINGLE, _SINGLE_NORMS, _SINGLE_FUSED),
+)
 
 
 def _blocks(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
@@ -61,19 +66,13 @@ def flux_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for sfx in (".weight", ".bias"):  # diffusers' AdaLayerNormContinuous is scale-then-shift; BFL's is shift-then-scale
         scale, shift = state[f"norm_out.linear{sfx}"].chunk(2, dim=0)
         out[f"final_layer.adaLN_modulation.1{sfx}"] = torch.cat([shift, scale], dim=0)
-    for i in _blocks(state, "transformer_blocks."):
-        src, dst = f"transformer_blocks.{i}.", f"double_blocks.{i}."
-        for a, b in _DOUBLE.items():
-            move(src + a, dst + b)
-        for a, b in _DOUBLE_NORMS.items():
-            out[f"{dst}{b}.scale"] = state[f"{src}{a}.weight"]
-        for b, parts in _DOUBLE_QKV.items():
-            fuse(tuple(src + p for p in parts), dst + b)
-    for i in _blocks(state, "single_transformer_blocks."):
-        src, dst = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
-        for a, b in _SINGLE.items():
-            move(src + a, dst + b)
-        for a, b in _SINGLE_NORMS.items():
-            out[f"{dst}{b}.scale"] = state[f"{src}{a}.weight"]
-        fuse(tuple(src + p for p in _SINGLE_FUSED), dst + "linear1")
+    for src_prefix, dst_prefix, renamed, norms, fused in _BLOCK_KINDS:
+        for i in _blocks(state, src_prefix):
+            src, dst = f"{src_prefix}{i}.", f"{dst_prefix}{i}."
+            for a, b in renamed.items():
+                move(src + a, dst + b)
+            for a, b in norms.items():  # RMSNorm weights: BFL calls them "scale"
+                out[f"{dst}{b}.scale"] = state[f"{src}{a}.weight"]
+            for b, parts in fused.items():
+                fuse(tuple(src + part for part in parts), dst + b)
     return out
