@@ -27,6 +27,7 @@ from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
 from sdworker.protocol.errors import ValidationFailed
 from sdworker.tiny.flux import make_tiny_flux_lora
 from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
+from sdworker.tiny.wan_original import wan_to_original
 
 
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -54,7 +55,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     flux = _tuned(root / DEV, root / f"{FLUX_ST}.safetensors")
     save_transformer_file(flux, root / f"{FLUX_GGUF}.gguf")
     _tuned(root / HIDREAM, root / f"{HIDREAM_ST}.safetensors", prefix=ORIGINAL_PREFIX)  # ComfyUI's key prefix
-    save_transformer_file(_tuned(root / WAN, scratch / "wan.safetensors"), root / f"{WAN_GGUF}.gguf")
+    wan = load_file(str(_tuned(root / WAN, scratch / "wan.safetensors")))  # as ComfyUI ships Wan: original names, prefixed
+    save_file(wan_to_original(wan, ORIGINAL_PREFIX), str(scratch / "wan-comfyui.safetensors"))
+    save_transformer_file(scratch / "wan-comfyui.safetensors", root / f"{WAN_GGUF}.gguf")
     save_transformer_file(root / WAN, root / f"{WAN22_FILE}.safetensors")  # a 2.2 name with no Wan 2.2 folder to lend parts
     schnell = tiny_models_dir(tmp_path_factory, "tfiles-schnell", {"s": "flux-schnell"})  # only its transformer is kept
     save_transformer_file(schnell / "s", root / f"{SCHNELL_FILE}.safetensors")
@@ -104,6 +107,7 @@ def test_files_are_detected_and_listed(models_dir, worker):
     assert (gguf.kind, gguf.base_model, gguf.format) == ("unet", "flux_dev", "gguf")
     assert gguf.details["quantization"] == "Q8_0" and gguf.details["variant"] == "dev"
     assert detect_file(models_dir / f"{HIDREAM_ST}.safetensors").base_model == "hidream"
+    assert detect_file(models_dir / f"{WAN_GGUF}.gguf").details["layout"] == "original"  # ComfyUI's names, converted by diffusers
     assert (detect_file(models_dir / f"{WAN_GGUF}.gguf").base_model, detect_file(models_dir / f"{WAN22_FILE}.safetensors").base_model) == ("wan_2_1", "wan_2_2")
     from sdworker.models.detect import detect
     from sdworker.models.safetensors_header import read_header
@@ -192,6 +196,18 @@ def test_hidream_file_with_comfyui_prefix_equals_diffusers(worker, pipes, models
     pipe = _with_file(pipes[HIDREAM], models_dir / f"{HIDREAM_ST}.safetensors")
     expected = pipe(prompt=PROMPT, width=128, height=128, num_inference_steps=2, guidance_scale=0.0, generator=cpu_gens(3)).images[0]
     assert np.array_equal(decode_png(r["data"]["images"][0]["base64"]), _rgb(expected))
+
+
+def test_wan_original_layout_round_trips_through_diffusers_converter(models_dir):
+    """Our renaming is diffusers' run backwards: converting it forward gives every diffusers key back."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    for folder in (WAN, WAN22):
+        state = load_file(str(models_dir / folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+        original = wan_to_original(state, ORIGINAL_PREFIX)
+        assert "model.diffusion_model.blocks.0.self_attn.q.weight" in original and "model.diffusion_model.head.modulation" in original
+        back = convert_wan_transformer_to_diffusers(dict(original))
+        assert set(back) == set(state) and all(back[k] is state[k] for k in state)
 
 
 def test_wan_gguf_text2video_equals_diffusers(worker, pipes, models_dir):
