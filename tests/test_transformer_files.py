@@ -181,6 +181,18 @@ def test_lora_on_a_gguf_transformer_equals_diffusers(worker, pipes, models_dir):
     assert not np.array_equal(got, decode_png(plain["data"]["images"][0]["base64"]))  # the LoRA did something, and rests after
 
 
+def test_batch_keeps_a_transformer_file_apart_from_its_companion(worker):
+    """The file and its companion folder share a path but not a transformer: two groups, each image its own request's."""
+    base = {"prompt": PROMPT, "width": 64, "height": 64, "steps": 2, "seed": 21, "guidance_scale": 3.5}
+    reqs = [{**base, "model_id": DEV}, {**base, "model_id": FLUX_GGUF}]
+    r = worker.call("inference.batch_process", {"requests": reqs, "batch_config": {"batch_size": 4}}, timeout=180)
+    assert r["success"] and all(it["success"] for it in r["data"]["items"]), r
+    assert r["data"]["performance"]["groups"] == 2
+    for req, item in zip(reqs, r["data"]["items"]):
+        alone = worker.call("inference.text2img", req, timeout=180)
+        assert np.array_equal(decode_png(item["images"][0]["base64"]), decode_png(alone["data"]["images"][0]["base64"]))
+
+
 def test_gguf_stays_quantized_in_the_cache(worker):
     for model_id in (FLUX_ST, FLUX_GGUF):
         assert worker.call("model.load_unet", {"model_id": model_id, "device": "ram"})["success"]

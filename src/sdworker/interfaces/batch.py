@@ -101,7 +101,7 @@ def group_key(plan: "Plan") -> tuple:
     """What must be equal for two images to share one diffusers call (see the module docstring)."""
     req = plan.req
     return (
-        str(plan.ref.path),
+        str(plan.ref.source),  # a transformer file shares its companion folder's path, not its weights
         plan.device,
         plan.mode,
         plan.width,
