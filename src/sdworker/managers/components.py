@@ -50,9 +50,7 @@ class ComponentManager:
         return name in self.names
 
     def key(self, folder: Path, dtype: str, weights: str = weights_mod.FULL) -> str:
-        held = dtype if self.has_dtype else "-"
-        if weights != weights_mod.FULL:
-            held += f":{weights}"  # fp8 / quantized copies never stand in for full-precision ones
+        held = weights_mod.held_as(dtype if self.has_dtype else "-", weights)
         return fingerprint.of_folder(folder, f"{type(self).__name__}:{held}")
 
     def load(
@@ -83,8 +81,7 @@ class ComponentManager:
             raise ModelLoadFailed(f"model {model_id!r}: {component} could not be loaded from {source}: {type(exc).__name__}: {exc}") from exc
         self.disk_loads += 1
         log.info("read %s of %s from disk in %.0f ms", component, model_id, (time.perf_counter() - t0) * 1000)
-        held = dtype if weights == weights_mod.FULL else f"{dtype}:{weights}"
-        return self.memory.put(self.entry(key, component, obj, held, source, model_id))
+        return self.memory.put(self.entry(key, component, obj, weights_mod.held_as(dtype, weights), source, model_id))
 
     def entry(self, key: str, component: str, obj: Any, dtype: str, source: Path, model_id: str) -> CacheEntry:
         return CacheEntry(key, component, obj, module_bytes(obj), "cpu", dtype if self.has_dtype else "-", str(source), {model_id})
@@ -114,9 +111,8 @@ class UNetManager(ComponentManager):
     ) -> CacheEntry:
         """A transformer whose weights are the file `path` and whose config is the companion `folder`'s
         `component` (managers.transformer_files); cached by the file's identity."""
-        held = dtype if weights == weights_mod.FULL else f"{dtype}:{weights}"
         try:
-            key = fingerprint.of_file(path, f"{type(self).__name__}:file:{held}")
+            key = fingerprint.of_file(path, f"{type(self).__name__}:file:{weights_mod.held_as(dtype, weights)}")
         except OSError as exc:
             raise ModelLoadFailed(f"model {model_id!r}: cannot read {path}: {exc}") from exc
 

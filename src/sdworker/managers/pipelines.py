@@ -24,7 +24,7 @@ from .components import ComponentManager, UNetManager, component_class
 from .locator import ModelRef
 from .memory import CacheEntry, MemoryManager, collect, module_bytes
 from .runtime import Runtime
-from .weights import FULL
+from .weights import FULL, held_as
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class PipelineManager:
         """
         t0 = time.perf_counter()
         with self._lock:
-            key = (str(ref.source), dtype if weights == FULL else f"{dtype}:{weights}")
+            key = (str(ref.source), held_as(dtype, weights))
             loaded = self._resident.get(key)
             reads = 0
             if loaded is None or any(self.memory.get(k) is None for k in loaded.keys.values()):

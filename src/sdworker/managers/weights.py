@@ -24,6 +24,12 @@ QUANTIZATIONS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+def held_as(dtype: str, weights: str) -> str:
+    """The cache's dtype label of a component: "fp32", or "fp32:fp8_e4m3fn" for a changed copy (which
+    never stands in for a full-precision one, so it is part of the cache key too)."""
+    return dtype if weights == FULL else f"{dtype}:{weights}"
+
+
 def weights_of(opts: Any) -> str:
     """The weight format a request's precision options ask for ("full", an fp8 name or a quantization)."""
     if getattr(opts, "quantization", "none") != "none":
