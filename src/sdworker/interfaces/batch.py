@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from ..dispatch.context import JobContext
 from ..managers import modes
 from ..managers.adapters import AdapterManager
-from ..managers.denoise import force_cancel_hooks, generators
+from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
 from ..managers.runtime import RssSampler
 from ..protocol.envelopes import map_inference_type
 from ..protocol.errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
@@ -254,9 +254,8 @@ class BatchInterface:
         f = int(getattr(pipe, "vae_scale_factor", 8) or 8)
         t = (plan.width // f) * (plan.height // f)
         unet = getattr(pipe, "unet", None)
-        denoiser = unet if unet is not None else getattr(pipe, "transformer", None)  # Flux, HiDream: C stays 320
-        channels = 320
-        elem = int(getattr(getattr(denoiser, "dtype", None), "itemsize", 4))
+        channels = 320  # Flux, HiDream (no UNet): C stays 320
+        elem = int(getattr(getattr(denoiser_of(pipe), "dtype", None), "itemsize", 4))
         if unet is not None:
             channels = int(list(getattr(unet.config, "block_out_channels", [320]))[0])
         cfg = 2 if plan.req.guidance_scale > 1.0 else 1
@@ -457,7 +456,7 @@ class BatchInterface:
             own = first.family.scheduler_for(first.req, loaded.scheduler_config)  # HiDream builds its own
             pipe.scheduler = own if own is not None else gen.pipelines.fresh_scheduler(loaded, first.scheduler)
             t_inf = time.perf_counter()
-            with force_cancel_hooks(getattr(pipe, "unet", None) or getattr(pipe, "transformer", None), ctx), torch.inference_mode():
+            with force_cancel_hooks(denoiser_of(pipe), ctx), torch.inference_mode():
                 out = pipe(
                     **prompt_kwargs,
                     **modes.call_kwargs(first.mode, inputs, first.width, first.height, first.req.strength),

@@ -17,7 +17,7 @@ from ..families.sd import SDFamily
 from ..managers import hires, modes, precision, schedulers, weights
 from ..managers.controlnet import ControlNetManager, ControlSpec, check_against_unet, controlnet_call_kwargs, pipeline_for, plan_controlnets, unet_config
 from ..managers.adapters import AdapterManager, PlannedLoRA
-from ..managers.denoise import force_cancel_hooks, generators
+from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
 from ..managers.embeddings import EmbeddingManager, Triggered, find_triggered, rewrite, select, triggers_of
 from ..managers.locator import ModelLocator, ModelRef, pickle_refused
 from ..managers.lora import LoRAManager
@@ -473,7 +473,7 @@ class GenerationInterface:
         """The run's ControlNet pipeline over the mode pipeline's components, ControlNets pinned for the run."""
         t0 = time.perf_counter()
         before = self.controlnets.disk_loads
-        model_unet = dict((getattr(pipes.main, "unet", None) or pipes.main.transformer).config)  # [families] Flux: the transformer
+        model_unet = dict(denoiser_of(pipes.main).config)  # [families] Flux: the transformer
         nets = []
         for spec in plan.controlnets:
             entry = self.controlnets.load_spec(spec, dtype)
@@ -656,7 +656,7 @@ class GenerationInterface:
         offload = "none" if pipes.loaded.offloaded else plan.req.precision.cpu_offload
         with (
             precision.offloaded(pipe, offload, pipes.loaded.device, self.pipelines.memory, pipes.keys),
-            force_cancel_hooks(getattr(pipe, "unet", None) or getattr(pipe, "transformer", None), ctx),
+            force_cancel_hooks(denoiser_of(pipe), ctx),
             torch.inference_mode(),
         ):
             out = pipe(**kwargs, callback_on_step_end=callback)

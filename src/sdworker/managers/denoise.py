@@ -13,6 +13,12 @@ def generators(torch: Any, seed: int, count: int) -> list[Any]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
 
 
+def denoiser_of(pipe: Any) -> Any:
+    """The pipeline's denoiser: its UNet, else its transformer (Flux, HiDream; Wan's first expert)."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)
+
+
 def step_callback(
     ctx: JobContext, on_step: Callable[[], None] | None = None, drill: Callable[[int], None] | None = None
 ) -> Callable[..., dict]:
