@@ -21,7 +21,7 @@ from sdworker.managers.embeddings import EmbeddingManager, find_triggered, find_
 from sdworker.managers.lora import LoRAManager
 from sdworker.managers.memory import MemoryManager
 from sdworker.prompts.lora_tags import extract_lora_tags
-from sdworker.protocol.errors import ModelLoadFailed, ValidationFailed
+from sdworker.errors import ModelLoadFailed, ValidationFailed
 from sdworker.tiny.adapters import make_tiny_embedding, make_tiny_kohya_lora, make_tiny_peft_lora
 
 PROMPT = "a photo of a cat"

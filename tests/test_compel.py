@@ -15,7 +15,7 @@ from PIL import Image
 
 from sdworker.prompts.compel_syntax import check_compel, compel_prompt_kwargs
 from sdworker.prompts.encode import encode, pipeline_prompt_kwargs
-from sdworker.protocol.errors import ValidationFailed
+from sdworker.errors import ValidationFailed
 
 MODELS = ["tiny-sd15", "tiny-sdxl"]
 WEIGHTED = ("a (red)1.3 cube++, blue--", "ugly, blurry-")

@@ -26,7 +26,7 @@ from sdworker.managers import controlnet as cnm
 from sdworker.managers import modes, preprocessors
 from sdworker.managers.catalog import ModelCatalog
 from sdworker.managers.memory import MemoryManager
-from sdworker.protocol.errors import ModelNotFound, ValidationFailed
+from sdworker.errors import ModelNotFound, ValidationFailed
 from sdworker.tiny.controlnet import make_tiny_controlnet
 
 BASES = {"sd15": "sd_1_5", "sdxl": "sdxl"}

@@ -15,7 +15,7 @@ import pytest
 
 from sdworker import limits
 from sdworker.managers.images_in import decode_image
-from sdworker.protocol.errors import ValidationFailed
+from sdworker.errors import ValidationFailed
 from sdworker.settings import Settings, load_settings
 
 
@@ -61,7 +61,7 @@ def test_settings_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_prompt_length_under_at_over(configured) -> None:
     from pydantic import ValidationError
 
-    from sdworker.protocol.errors import from_validation
+    from sdworker.errors import from_validation
     from sdworker.schemas.generation import GenerationRequest, ParsePromptParams
 
     configured(max_prompt_chars=20)

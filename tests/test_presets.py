@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdworker.managers.locator import ModelRef
-from sdworker.protocol.errors import ValidationFailed
+from sdworker.errors import ValidationFailed
 from sdworker.schemas.generation import GenerationRequest
 from sdworker.store import builtin_presets as bp
 from sdworker.store.db import DB_FILE, MIGRATIONS, Database, DatabaseError, Migration

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sdworker.managers import schedulers as S
 from sdworker.managers.schedulers import SchedulerChoice, build, display_name, resolve
-from sdworker.protocol.errors import Unsupported, ValidationFailed
+from sdworker.errors import Unsupported, ValidationFailed
 
 # The scheduler config SDXL base ships (scheduler/scheduler_config.json).
 SDXL_CONFIG = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sdworker.managers import single_file as sf
-from sdworker.protocol.errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed
+from sdworker.errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed
 
 ARCHES = ("sd15", "sdxl")
 PREFIXES = {
@@ -366,7 +366,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from diffusers import DiffusionPipeline
     from sdworker.managers.single_file import load_single_file_pipeline, load_single_file_vae
-    from sdworker.protocol.errors import ModelLoadFailed
+    from sdworker.errors import ModelLoadFailed
 
     args = json.loads(sys.argv[1])
     report = {}

@@ -24,7 +24,7 @@ from sdworker.managers.catalog import ModelCatalog
 from sdworker.managers.locator import ModelLocator
 from sdworker.models.detect import detect_file
 from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
-from sdworker.protocol.errors import ValidationFailed
+from sdworker.errors import ValidationFailed
 from sdworker.tiny.flux import make_tiny_flux_lora
 from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
 from sdworker.tiny.wan_original import wan_to_original
@@ -271,7 +271,7 @@ def test_unrunnable_files_answer_clear_errors(worker, data, code, path):
 def test_a_file_that_does_not_fit_its_companion_is_a_load_error(models_dir, tmp_path):
     """Same keys, other widths: diffusers refuses the shapes, the worker answers model_load_failed."""
     from sdworker.managers.transformer_files import load
-    from sdworker.protocol.errors import ModelLoadFailed
+    from sdworker.errors import ModelLoadFailed
     from diffusers import FluxTransformer2DModel
 
     state = load_file(str(models_dir / f"{FLUX_ST}.safetensors"))

@@ -229,7 +229,7 @@ def test_apply_post_processing(upscalers_dir: Path, image: Image.Image) -> None:
     from sdworker.managers.catalog import ModelCatalog
     from sdworker.managers.memory import MemoryManager
     from sdworker.managers.upscale import UpscalerManager, apply_post_processing, check_post_processing
-    from sdworker.protocol.errors import ModelNotFound, ValidationFailed
+    from sdworker.errors import ModelNotFound, ValidationFailed
 
     memory = MemoryManager()
     ups = UpscalerManager(memory, ModelCatalog([upscalers_dir]))
@@ -256,7 +256,7 @@ def test_validate_helper(upscalers_dir: Path, image: Image.Image) -> None:
     """PostprocessInstructor.validate: what inference.validate_request answers for an upscale request."""
     from sdworker.app import App
     from sdworker.instructors.postprocess import PostprocessInstructor
-    from sdworker.protocol.errors import ModelNotFound
+    from sdworker.errors import ModelNotFound
     from sdworker.schemas.postprocess import UpscaleRequest
     from sdworker.settings import Settings
 
@@ -272,7 +272,7 @@ def test_without_spandrel_a_model_is_unsupported(upscalers_dir: Path, monkeypatc
     import sdworker.managers.upscale as up_mod
     from sdworker.managers.catalog import ModelCatalog
     from sdworker.managers.memory import MemoryManager
-    from sdworker.protocol.errors import Unsupported
+    from sdworker.errors import Unsupported
 
     monkeypatch.setattr(up_mod, "spandrel_installed", lambda: False)
     ups = up_mod.UpscalerManager(MemoryManager(), ModelCatalog([upscalers_dir]))

@@ -27,7 +27,7 @@ from sdworker.families.wan import WanFamily, read_model, sampler_choice, wan_bas
 from sdworker.managers import video_out
 from sdworker.managers.locator import ModelLocator, ModelRef
 from sdworker.models._folder import detect_diffusers_folder
-from sdworker.protocol.errors import ValidationFailed
+from sdworker.errors import ValidationFailed
 from sdworker.schemas.video import VideoRequest
 from sdworker.store.presets import detect_base_model
 from sdworker.tiny.wan import make_tiny_wan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .protocol.errors import UnsafePath
+from .errors import UnsafePath
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable
 
 from ..jobs.sessions import Session
-from ..protocol.errors import Cancelled, TimedOut
+from ..errors import Cancelled, TimedOut
 from ..protocol.events import EventEmitter
 
 

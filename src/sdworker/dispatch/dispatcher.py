@@ -22,7 +22,7 @@ from ..protocol.envelopes import (
     encode_success,
     guess_form,
 )
-from ..protocol.errors import InvalidRequest, WorkerError
+from ..errors import InvalidRequest, WorkerError
 from ..protocol.events import EventEmitter
 from ..protocol.framing import LineWriter, Oversize
 from .registry import MethodSpec, Registry

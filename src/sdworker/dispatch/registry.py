@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from ..protocol.errors import UnknownMethod, from_validation
+from ..errors import UnknownMethod, from_validation
 
 if TYPE_CHECKING:
     from pydantic import BaseModel

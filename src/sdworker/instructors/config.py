@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..dispatch.registry import method
 from ..paths import resolve_in_roots
 from ..protocol.envelopes import Call
-from ..protocol.errors import UnsafePath, ValidationFailed, WorkerError
+from ..errors import UnsafePath, ValidationFailed, WorkerError
 
 if TYPE_CHECKING:
     from ..schemas.presets import Preset, PresetCreateParams, PresetDeleteResult, PresetExportParams, PresetExportResult, PresetIdParams, PresetImportParams, PresetImportResult, PresetListParams, PresetListResult, PresetPopulateParams, PresetPopulateResult, PresetResolveParams, PresetUpdateParams

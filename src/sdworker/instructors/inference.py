@@ -11,7 +11,7 @@ from ..managers import schedulers
 from ..managers.modes import MODES
 from ..jobs.sessions import Session, iso
 from ..protocol.envelopes import Call, map_inference_type
-from ..protocol.errors import ValidationFailed, WorkerError
+from ..errors import ValidationFailed, WorkerError
 
 from .postprocess import PostprocessInstructor
 

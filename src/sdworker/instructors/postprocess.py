@@ -15,7 +15,7 @@ from ..dispatch.work import Work
 from ..managers.images_in import decode_image
 from ..managers.output import OutputWriter, b64, encode
 from ..protocol.envelopes import Call
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 
 if TYPE_CHECKING:
     from ..managers.upscale import UpscalerManager

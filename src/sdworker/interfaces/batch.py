@@ -46,7 +46,7 @@ from ..managers.adapters import AdapterManager
 from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
 from ..managers.runtime import RssSampler
 from ..protocol.envelopes import map_inference_type
-from ..protocol.errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
+from ..errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
 from ..schemas.batch import BatchRequest
 from ..schemas.generation import GenerationRequest
 

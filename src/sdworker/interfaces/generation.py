@@ -30,7 +30,7 @@ from ..managers.runtime import Runtime, RssSampler
 from ..managers.vae import VAEManager, folder_is_fp16_safe, fp16_safe
 from ..prompts.encode import pipeline_prompt_kwargs
 from ..prompts.lora_tags import extract_lora_tags
-from ..protocol.errors import ModelNotFound, OutOfMemory, ValidationFailed, WorkerError
+from ..errors import ModelNotFound, OutOfMemory, ValidationFailed, WorkerError
 from ..schemas.generation import GenerationRequest
 from ..settings import Settings
 

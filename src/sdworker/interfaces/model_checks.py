@@ -13,7 +13,7 @@ from ..dispatch.context import JobContext
 from ..families import Family, for_base_model
 from ..managers import transformer_files
 from ..managers.memory import MB
-from ..protocol.errors import WorkerError
+from ..errors import WorkerError
 
 if TYPE_CHECKING:
     from .models import ModelInterface

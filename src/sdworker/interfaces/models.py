@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..managers.catalog import CatalogItem
 from ..managers.locator import ModelRef, pickle_refused
 from ..managers.memory import MB, CacheEntry, collect
-from ..protocol.errors import ModelLoadFailed, Unsupported, ValidationFailed
+from ..errors import ModelLoadFailed, Unsupported, ValidationFailed
 
 if TYPE_CHECKING:
     from ..app import App

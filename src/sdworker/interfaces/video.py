@@ -34,7 +34,7 @@ from ..managers.output import OutputWriter, b64
 from ..managers.pipelines import LoadedPipeline
 from ..managers.runtime import RssSampler
 from ..managers import video_out
-from ..protocol.errors import OutOfMemory, ValidationFailed
+from ..errors import OutOfMemory, ValidationFailed
 from ..schemas.video import VideoRequest
 from .generation import blame_preset, finish_job, limit_problems, start_job
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..dispatch.context import JobContext
-from ..protocol.errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError
+from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError
 from ..protocol.events import EventEmitter
 from .executor import DeviceExecutor
 from .queue import JobQueue

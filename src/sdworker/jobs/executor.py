@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..dispatch.context import JobContext
-from ..protocol.errors import Cancelled, InternalError, OutOfMemory, WorkerError
+from ..errors import Cancelled, InternalError, OutOfMemory, WorkerError
 
 if TYPE_CHECKING:
     from .engine import Job, JobEngine

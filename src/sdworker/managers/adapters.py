@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
-from ..protocol.errors import ModelLoadFailed, ValidationFailed
+from ..errors import ModelLoadFailed, ValidationFailed
 from .memory import CacheEntry
 
 if TYPE_CHECKING:

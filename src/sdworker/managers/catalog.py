@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import inside
-from ..protocol.errors import ModelNotFound, UnsafePath, ValidationFailed
+from ..errors import ModelNotFound, UnsafePath, ValidationFailed
 
 log = logging.getLogger(__name__)
 

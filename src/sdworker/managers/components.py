@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..protocol.errors import ModelLoadFailed
+from ..errors import ModelLoadFailed
 from . import fingerprint, transformer_files
 from . import weights as weights_mod
 from .memory import CacheEntry, MemoryManager, module_bytes

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..protocol.errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
 from . import fingerprint, modes, preprocessors
 from .components import ComponentManager
 from .images_in import decode_image

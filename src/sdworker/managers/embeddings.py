@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
-from ..protocol.errors import ModelLoadFailed, ValidationFailed
+from ..errors import ModelLoadFailed, ValidationFailed
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem

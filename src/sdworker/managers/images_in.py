@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import limits
 from ..paths import resolve_in_roots
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 
 MAX_PIXELS = limits.DEFAULT_MAX_IMAGE_PIXELS  # the default; --max-image-pixels (limits.current()) rules
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..paths import resolve_in_roots
-from ..protocol.errors import ModelNotFound, UnsafePath, ValidationFailed
-from ..protocol.errors import WorkerError as WorkerErrorBase
+from ..errors import ModelNotFound, UnsafePath, ValidationFailed
+from ..errors import WorkerError as WorkerErrorBase
 from . import transformer_files
 
 if TYPE_CHECKING:

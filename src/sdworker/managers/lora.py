@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..protocol.errors import ModelLoadFailed
+from ..errors import ModelLoadFailed
 from . import fingerprint
 from .memory import CacheEntry, MemoryManager, module_bytes
 

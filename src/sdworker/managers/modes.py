@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 from .images_in import decode_image
 
 MODES = ("text2img", "img2img", "inpainting")

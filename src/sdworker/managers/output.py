@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import resolve_in_roots, safe_file_name
-from ..protocol.errors import ValidationFailed, WorkerError
+from ..errors import ValidationFailed, WorkerError
 
 _EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from ..protocol.errors import ModelLoadFailed
+from ..errors import ModelLoadFailed
 from . import fingerprint, modes, schedulers
 from .components import ComponentManager, UNetManager, component_class
 from .locator import ModelRef
@@ -297,7 +297,7 @@ class PipelineManager:
             applied: list[str] = []
             if mode in ("model_cpu_offload", "sequential_cpu_offload"):
                 if not loaded.device.startswith("cuda"):
-                    from ..protocol.errors import Unsupported
+                    from ..errors import Unsupported
 
                     raise Unsupported(f"{mode} needs a CUDA device; {loaded.ref.model_id} runs on {loaded.device}")
                 getattr(loaded.pipe, f"enable_{mode}")(device=loaded.device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterable, Iterator
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 from . import weights
 from .memory import MemoryManager
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 
 CANNY_LOW = 100
 CANNY_HIGH = 200

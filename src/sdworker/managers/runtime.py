@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from ..protocol.errors import InternalError, ValidationFailed
+from ..errors import InternalError, ValidationFailed
 from ..settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ API
 ``resolve(scheduler, sampler) -> SchedulerChoice | None``
     Parse the two request fields (rules below). ``None`` means "keep the model's own scheduler"
     (both fields empty, or only ``"default"``/``"normal"``/``"automatic"``). Raises
-    :class:`~sdworker.protocol.errors.ValidationFailed` (code ``validation_error``) with
+    :class:`~sdworker.errors.ValidationFailed` (code ``validation_error``) with
     ``details=[{"path": "data.scheduler" | "data.sampler", "message": ...}]`` for anything it
     cannot accept; the message lists the accepted names. It never raises anything else.
 ``build(choice, base_config) -> scheduler``
@@ -21,7 +21,7 @@ API
     ``scheduler/scheduler_config.json``), never the config of a scheduler built for an earlier
     request: ``choice.flags`` always states every schedule flag the class has, so nothing from
     the base config's schedule or an earlier request leaks in. ``base_config`` is not modified.
-    Raises :class:`~sdworker.protocol.errors.Unsupported` (code ``unsupported``) when the
+    Raises :class:`~sdworker.errors.Unsupported` (code ``unsupported``) when the
     choice needs a package this environment lacks (LMS and the beta schedule need ``scipy``;
     ``DPMSolverSDEScheduler`` needs ``torchsde``), when the base config is a flow-matching one
     (Flux, SD3, Wan: these samplers are for epsilon/v-prediction models), or when diffusers
@@ -140,7 +140,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from ..protocol.errors import Unsupported, ValidationFailed
+from ..errors import Unsupported, ValidationFailed
 
 __all__ = [
     "SchedulerChoice",

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..protocol.errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
 
 CONFIG_SETS: tuple[str, ...] = ("sd15", "sdxl", "tiny-sd15", "tiny-sdxl")
 CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "model_configs"

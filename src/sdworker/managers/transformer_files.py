@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..protocol.errors import ModelLoadFailed, ModelNotFound, ValidationFailed
+from ..errors import ModelLoadFailed, ModelNotFound, ValidationFailed
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem

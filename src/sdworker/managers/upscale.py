@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from ..protocol.errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed
+from ..errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed
 from ..schemas.postprocess import PostProcessStep
 from . import fingerprint
 from .lowmem import is_oom
@@ -328,7 +328,7 @@ def check_post_processing(
     """Validate a post_processing list before the job is queued (models exist, are upscalers, fit)."""
     from pydantic import ValidationError
 
-    from ..protocol.errors import from_validation
+    from ..errors import from_validation
 
     steps: list[PostProcessStep] = []
     w, h = size or (0, 0)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..protocol.errors import ModelLoadFailed
+from ..errors import ModelLoadFailed
 from . import fingerprint
 from .components import ComponentManager
 from .memory import CacheEntry, module_bytes

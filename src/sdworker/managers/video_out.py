@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..protocol.errors import WorkerError
+from ..errors import WorkerError
 from . import output
 
 EXT = ".mp4"

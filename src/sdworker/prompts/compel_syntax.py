@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 
 __all__ = ["check_compel", "compel_clip_skip_problem", "compel_prompt_kwargs"]
 

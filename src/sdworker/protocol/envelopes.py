@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
+from ..errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
 from .keys import normalize_keys
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol.envelopes import INFERENCE_TYPES, LEGACY_ACTIONS
-from ..protocol.errors import ERROR_CODES, JSONRPC_CODES
+from ..errors import ERROR_CODES, JSONRPC_CODES
 from .generation import GenerationRequest
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

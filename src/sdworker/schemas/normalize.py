@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 
 # alias -> canonical field
 ALIASES: dict[str, str] = {

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 from .base import Params, Result
 
 MIN_TILE = 32

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..protocol.errors import ValidationFailed
+from ..errors import ValidationFailed
 from .base import Result
 from .generation import GenerationRequest, OutputOptions, Performance
 from .normalize import normalize_generation

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
 
-from ..protocol.errors import WorkerError
+from ..errors import WorkerError
 
 log = logging.getLogger(__name__)
 

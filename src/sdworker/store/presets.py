@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from ..protocol.errors import ModelNotFound, ValidationFailed, WorkerError
+from ..errors import ModelNotFound, ValidationFailed, WorkerError
 from .builtin_presets import BUILTIN_PRESETS, CONFIGURATION_TYPES, BuiltinPreset, builtin, builtin_by_id
 from .db import Database
 

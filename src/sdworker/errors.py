@@ -20,6 +20,7 @@ JSONRPC_CODES: dict[str, int] = {
     "unsafe_path": -32007,
     "unsupported": -32008,
     "shutting_down": -32009,
+    "worker_lost": -32010,
 }
 
 ERROR_CODES: tuple[str, ...] = tuple(JSONRPC_CODES)
@@ -104,6 +105,12 @@ class Unsupported(WorkerError):
 
 class ShuttingDown(WorkerError):
     code = "shutting_down"
+
+
+class WorkerLost(WorkerError):
+    """Cluster mode: the replica (or its node) running the job died before answering."""
+
+    code = "worker_lost"
 
 
 class InternalError(WorkerError):
