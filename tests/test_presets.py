@@ -233,13 +233,17 @@ def test_list_pages_and_builtins(store: PresetStore) -> None:
 # ---- built-ins --------------------------------------------------------------------------------------------
 
 NINE = ("sdxl", "pony", "sd_1_5", "flux_dev", "flux_schnell", "flux_krea", "hidream", "wan_2_1", "wan_2_2")
+#: the base models with built-in presets: the nine above, and SD 3.5 (its family package keeps its own)
+WITH_PRESETS = NINE + ("sd3",)
 
 
-def test_builtins_cover_nine_architectures_and_follow_the_recommendations() -> None:
-    assert set(bp.BASE_MODELS) == set(NINE)
-    cited = bp.__doc__ or ""
+def test_builtins_cover_every_architecture_and_follow_the_recommendations() -> None:
+    from sdworker.families.sd3 import presets as sd3_presets
+
+    assert set(bp.BASE_MODELS) == set(WITH_PRESETS)
+    cited = (bp.__doc__ or "") + (sd3_presets.__doc__ or "")
     ids = set()
-    for base in NINE:
+    for base in WITH_PRESETS:
         q, s = bp.builtin(base, "quality"), bp.builtin(base, "speed")
         assert q is not None and s is not None, base
         ids |= {q.id, s.id}
@@ -256,7 +260,9 @@ def test_builtins_cover_nine_architectures_and_follow_the_recommendations() -> N
     assert schnell.steps == 4 and schnell.cfg_scale == 1.0 and schnell.model_specific_params["guidance"] == 0.0
     assert bp.builtin("flux_dev", "quality").model_specific_params["guidance"] == 3.5
     assert bp.builtin("wan_2_2", "quality").model_specific_params["guidance_scale_2"] == 3.0
-    assert len(ids) == 18 and bp.builtin_id("sdxl", "quality") == bp.builtin("sdxl", "quality").id  # stable uuid5 ids
+    q3 = bp.builtin("sd3", "quality")
+    assert (q3.steps, q3.cfg_scale, q3.sampler) == (28, 3.5, "euler")  # the SD 3.5 Large card
+    assert len(ids) == 20 and bp.builtin_id("sdxl", "quality") == bp.builtin("sdxl", "quality").id  # stable uuid5 ids
 
 
 # ---- detection, resolve, populate -------------------------------------------------------------------------

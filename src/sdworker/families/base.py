@@ -20,6 +20,7 @@ A family holds no state; the registry (families.registry) has one instance of ea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -88,6 +89,16 @@ class Family:
     #: and mask lists, one generator per image); an item in another mode runs there alone, in one call
     #: made as its own request's
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
+    #: model_index.json `_class_name`s of this family's diffusers folders (the locator asks the registry)
+    model_index_classes: ClassVar[tuple[str, ...]] = ()
+    #: make_tiny_model arch names -> the module (under sdworker) whose make_tiny(arch, out_dir) writes them
+    tiny_arches: ClassVar[dict[str, str]] = {}
+    #: built-in quality/speed presets (store.builtin_presets.BuiltinPreset fields), for families that keep their own
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
+        """The base model of one of this family's diffusers folders (its model_index.json as read)."""
+        return self.base_models[0]
 
     def defaults(self, base_model: str) -> Defaults:
         """Steps and guidance when the request (and its preset) sets none: the schema's defaults."""

@@ -49,6 +49,7 @@ How a request maps onto FluxPipeline (diffusers 0.42):
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import flow_samplers
@@ -138,12 +139,32 @@ class FluxFamily(Family):
     name: ClassVar[str] = "flux"
     base_models: ClassVar[tuple[str, ...]] = ("flux_dev", "flux_schnell", "flux_krea", "flux")
     pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpainting": "FluxInpaintPipeline"}
+    #: FLUX.1 Fill is a dev fine-tune: its guidance embedder makes it flux_dev
+    model_index_classes: ClassVar[tuple[str, ...]] = (*pipelines.values(), "FluxFillPipeline", "FluxControlNetPipeline")
+    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.flux" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
     sd_schedulers: ClassVar[bool] = False
     #: every mode, Fill included: the Flux pipelines take prompt, image and mask lists per image (module docstring)
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
 
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS.get(base_model, _DEV)
+
+    def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
+        """dev vs schnell from the transformer's guidance embedder; krea (a dev fine-tune) by name only."""
+        from ..models._hints import base_from_text
+
+        try:
+            embeds = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")
+        except (OSError, ValueError, AttributeError):
+            embeds = None
+        named = base_from_text(folder.name)
+        if embeds is False:
+            return "flux_schnell"
+        if named == "flux_krea":
+            return named
+        if embeds is True:
+            return "flux_dev"
+        return named if named in ("flux_dev", "flux_schnell") else "flux"
 
     def preset_keeps(self, ref: "ModelRef") -> tuple[str, ...]:
         """A Fill model's presets are flux_dev's (its base model), made for the base transformer: at

@@ -144,6 +144,8 @@ class HiDreamFamily(Family):
     name: ClassVar[str] = "hidream"
     base_models: ClassVar[tuple[str, ...]] = ("hidream",)
     pipelines: ClassVar[dict[str, str]] = {"text2img": "HiDreamImagePipeline"}
+    model_index_classes: ClassVar[tuple[str, ...]] = ("HiDreamImagePipeline",)
+    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.hidream" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)  # HiDreamImagePipeline takes prompt lists and generator lists
 

@@ -8,6 +8,8 @@ embeddings, standalone VAEs) is planned by the generation interface itself.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .base import Checked, Family, RunPlan
@@ -25,6 +27,25 @@ class SDFamily(Family):
         "img2img": "AutoPipelineForImage2Image",
         "inpainting": "AutoPipelineForInpainting",
     }
+    model_index_classes: ClassVar[tuple[str, ...]] = (
+        "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
+        "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+    )
+
+    def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
+        """sdxl (sdxl_refiner without a first text encoder or with aesthetic scores), else sd_1_5
+        (sd_2 when the UNet reads 1024-wide OpenCLIP states)."""
+        if str(index.get("_class_name", "")).startswith("StableDiffusionXL"):
+            if index.get("text_encoder") in (None, [None, None]) or index.get("requires_aesthetics_score"):
+                return "sdxl_refiner"
+            return "sdxl"
+        try:
+            unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
+            if unet_cfg.get("cross_attention_dim") == 1024:
+                return "sd_2"
+        except (OSError, ValueError, AttributeError):
+            pass
+        return "sd_1_5"
 
     def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
         checked = super().check(req, mode, ref)

@@ -186,6 +186,11 @@ class WanFamily(Family):
     name: ClassVar[str] = "wan"
     base_models: ClassVar[tuple[str, ...]] = ("wan_2_1", "wan_2_2")
     pipelines: ClassVar[dict[str, str]] = {"text2video": "WanPipeline", "img2video": "WanImageToVideoPipeline"}
+    model_index_classes: ClassVar[tuple[str, ...]] = ("WanPipeline", "WanImageToVideoPipeline")
+    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.wan" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
+
+    def folder_base_model(self, folder: "Path", index: dict[str, Any]) -> str:
+        return wan_base(index, folder.name)
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ()  # video: not part of inference.batch_process
 

@@ -245,8 +245,9 @@ class AdapterManager:
             for component, module in targets:
                 if component in ("unet", "transformer"):  # Flux: the transformer takes the denoiser's LoRA
                     load = pipe.load_lora_into_unet if component == "unet" else pipe.load_lora_into_transformer
+                    alpha_kw = {} if alphas is None and component == "transformer" else {"network_alphas": alphas}  # SD3 takes none
                     load(
-                        state, network_alphas=alphas, **{component: module}, adapter_name=name, metadata=metadata,
+                        state, **alpha_kw, **{component: module}, adapter_name=name, metadata=metadata,
                         _pipeline=pipe, low_cpu_mem_usage=False,
                     )
                 elif any(k.startswith(f"{component}.") for k in state):
@@ -276,7 +277,9 @@ class AdapterManager:
             kwargs["unet_config"] = pipe.unet.config  # SGM (input_blocks_*) names need the block layout
         if isinstance(pipe, FluxLoraLoaderMixin):
             kwargs["return_alphas"] = True  # Flux's lora_state_dict returns alphas only when asked
-        state, alphas, metadata = pipe.lora_state_dict(dict(use.entry.obj), **kwargs)
+        read = pipe.lora_state_dict(dict(use.entry.obj), **kwargs)
+        # SD3's loader returns (state, metadata): its LoRAs carry no network alphas
+        state, alphas, metadata = read if len(read) == 3 else (read[0], None, read[1])
         if not state or not all("lora" in key for key in state):
             raise ValueError("its tensors are not LoRA layers (no lora_down/lora_up, lora_A/lora_B or lora.down/lora.up)")
         if isinstance(pipe, FluxLoraLoaderMixin):

@@ -15,25 +15,6 @@ from . import transformer_files
 if TYPE_CHECKING:
     from .catalog import CatalogItem, ModelCatalog
 
-# model_index.json _class_name -> base_model (contract section 7 ids)
-_PIPELINE_ARCH = {
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusionXLInpaintPipeline": "sdxl",
-    "StableDiffusionPipeline": "sd_1_5",
-    "StableDiffusionImg2ImgPipeline": "sd_1_5",
-    "StableDiffusionInpaintPipeline": "sd_1_5",
-    "FluxPipeline": "flux",
-    "FluxImg2ImgPipeline": "flux",
-    "FluxInpaintPipeline": "flux",
-    "FluxFillPipeline": "flux",  # FLUX.1 Fill is a dev fine-tune: its guidance embedder makes it flux_dev
-    "FluxControlNetPipeline": "flux",
-    "WanPipeline": "wan",
-    "WanImageToVideoPipeline": "wan",
-    "HiDreamImagePipeline": "hidream",
-}
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """A runnable model. With `transformer_file` set (managers.transformer_files), `path` is the
@@ -74,47 +55,10 @@ def _read_index(folder: Path) -> dict:
 
 
 def _base_model(folder: Path, index: dict) -> str:
-    cls = index.get("_class_name", "")
-    base = _PIPELINE_ARCH.get(cls, "unknown")
-    if base == "sdxl" and (index.get("text_encoder") in (None, [None, None]) or index.get("requires_aesthetics_score")):
-        return "sdxl_refiner"
-    if base == "flux":
-        return _flux_base(folder)
-    if base == "wan":
-        return _wan_base(folder, index)
-    if base == "sd_1_5":
-        try:
-            unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
-            if unet_cfg.get("cross_attention_dim") == 1024:
-                return "sd_2"
-        except (OSError, ValueError):
-            pass
-    return base
+    """The family that runs the folder's pipeline class tells its base model (families.registry)."""
+    from ..families.registry import folder_base_model
 
-
-def _flux_base(folder: Path) -> str:
-    """dev vs schnell from the transformer's guidance embedder; krea (a dev fine-tune) by name only."""
-    from ..models._hints import base_from_text
-
-    try:
-        embeds = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")
-    except (OSError, ValueError, AttributeError):
-        embeds = None
-    named = base_from_text(folder.name)
-    if embeds is False:
-        return "flux_schnell"
-    if named == "flux_krea":
-        return named
-    if embeds is True:
-        return "flux_dev"
-    return named if named in ("flux_dev", "flux_schnell") else "flux"
-
-
-def _wan_base(folder: Path, index: dict) -> str:
-    """wan_2_2 for Wan 2.2's marks (transformer_2, boundary_ratio, TI2V's expand_timesteps) or a 2.2 name, else wan_2_1."""
-    from ..families.wan import wan_base
-
-    return wan_base(index, folder.name)
+    return folder_base_model(folder, index)
 
 
 _SINGLE_FILE_PIPELINES = {

@@ -1,4 +1,4 @@
-"""The built-in quality and speed presets of the nine base architectures, as data, with their sources.
+"""The built-in quality and speed presets of the base architectures, as data, with their sources.
 
 They live in code, not in the database: `config.resolve` falls back to them when a model has no
 preset of its own, and `config.populate` copies them into the database for every discovered model.
@@ -48,6 +48,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..families.registry import FAMILIES
 
 # The namespace of the built-ins' ids: uuid5(NAMESPACE, "builtin:<base_model>:<configuration_type>"),
 # so a built-in keeps its id across versions and machines.
@@ -137,6 +139,9 @@ BUILTIN_PRESETS: tuple[BuiltinPreset, ...] = (
         "[wan22-comfy]",
     ),
 )
+
+# the families that keep their presets in their own package (families/<name>/presets.py)
+BUILTIN_PRESETS += tuple(BuiltinPreset(**row) for fam in FAMILIES for row in fam.builtin_presets)
 
 BASE_MODELS: tuple[str, ...] = tuple(dict.fromkeys(p.base_model for p in BUILTIN_PRESETS))
 

@@ -30,16 +30,15 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from ..families.registry import tiny_arches
 from . import tokenizer as tok
 
 ARCHES: tuple[str, ...] = ("sdxl", "sd15")
 #: Tiny Flux pipelines (tiny/flux.py); folders only, and not in ARCHES, whose users are SD-only.
 FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
-#: The other families' tiny models: arch -> the tiny/ module whose make_tiny(arch, out_dir) writes
-#: it as a diffusers folder ("flux" is FLUX.1-dev, the issue's name for it).
-FAMILY_ARCHES: dict[str, str] = {"flux": "flux", "flux-dev": "flux", "flux-schnell": "flux", "flux-fill": "flux",
-                                  "wan21": "wan", "wan22": "wan", "wan22-i2v": "wan", "wan21-i2v": "wan", "wan22-ti2v": "wan",
-                                  "hidream": "hidream", "hidream-full": "hidream", "hidream-dev": "hidream", "hidream-fast": "hidream"}
+#: The other families' tiny models: arch -> the module (under sdworker) whose make_tiny(arch, out_dir)
+#: writes it as a diffusers folder; each family names its own (families.base.Family.tiny_arches).
+FAMILY_ARCHES: dict[str, str] = tiny_arches()
 #: Everything make_tiny_model writes.
 MODEL_ARCHES: tuple[str, ...] = ARCHES + tuple(FAMILY_ARCHES)
 
@@ -233,7 +232,7 @@ def make_tiny_model(arch: str, out_dir: str | Path, single_file: bool = False) -
             raise ValueError(f"{arch}: this tiny model is written as a diffusers folder only")
         import importlib
 
-        module = importlib.import_module(f"{__package__}.{FAMILY_ARCHES[arch]}")
+        module = importlib.import_module(f"sdworker.{FAMILY_ARCHES[arch]}")
         return module.make_tiny(arch, out_dir)
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}; expected one of {MODEL_ARCHES}")

@@ -1,0 +1,159 @@
+"""Stable Diffusion 3 / 3.5 (Medium, Large, Large Turbo) through diffusers' StableDiffusion3 pipelines.
+
+How a request maps onto StableDiffusion3Pipeline (diffusers 0.42):
+
+* Prompt: plain text to the three encoders (CLIP-L, CLIP-G and T5; ``prompt_2``/``prompt_3`` default
+  to ``prompt``). The pipeline takes no A1111 weighting: with ``prompt_syntax`` "a1111" a prompt with
+  weights, brackets or BREAK is sent as its plain text and the result warns; "compel" is refused.
+* Guidance: ``guidance_scale`` is classifier-free guidance with the negative prompt, as on SD 1.5/SDXL
+  (guidance 1 or less: no second pass, the negative prompt is not used). ``clip_skip`` is passed on.
+* ``max_sequence_length``: T5 tokens, at most 512 (the schema's limit, the pipeline's too), default 256.
+* Sampler: the model's own FlowMatchEulerDiscreteScheduler (ComfyUI "euler" + "simple"/"normal").
+* Defaults (no preset): 28 steps at guidance 3.5 (the SD 3.5 Large card); Medium (told by its
+  MMDiT-X dual-attention layers) 40 steps at 4.5 (its card).
+* Sizes: multiples of the VAE factor x SD3's 2x2 patches (16 for the real models); native side
+  sample_size x VAE factor (1024).
+* LoRAs: diffusers/PEFT SD3 LoRAs on the transformer (managers.adapters); a LoRA of another base
+  is refused there.
+* A transformer alone in one file (SAI's sd3.5_*.safetensors, ComfyUI's diffusion_models, GGUF)
+  runs with a companion diffusers folder's encoders and VAE (managers.transformer_files).
+* Not supported: hires fix, refiners, textual inversions, standalone VAEs, ControlNets: each is a
+  validation_error naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
+
+if TYPE_CHECKING:
+    from ...managers.locator import ModelRef
+    from ...schemas.generation import GenerationRequest
+
+DEFAULT_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline.__call__'s default
+_LARGE = Defaults(steps=28, guidance_scale=3.5)  # [sd35-large-card]
+_MEDIUM = Defaults(steps=40, guidance_scale=4.5)  # [sd35-medium-card]
+ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler, with schedule simple or normal (or none)"
+_SAMPLERS = (flow_samplers.EULER,)
+
+
+def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
+    try:
+        cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def vae_scale_factor(ref: "ModelRef") -> int:
+    blocks = _config(ref, "vae").get("block_out_channels")
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+
+
+def is_medium(ref: "ModelRef") -> bool:
+    """SD 3.5 Medium's MMDiT-X: dual-attention layers in its transformer config."""
+    return bool(_config(ref, "transformer").get("dual_attention_layers"))
+
+
+def size_multiple(ref: "ModelRef") -> int:
+    patch = _config(ref, "transformer").get("patch_size", 2)
+    return vae_scale_factor(ref) * (patch if isinstance(patch, int) and patch > 0 else 2)
+
+
+class SD3Family(Family):
+    name: ClassVar[str] = "sd3"
+    base_models: ClassVar[tuple[str, ...]] = ("sd3",)
+    pipelines: ClassVar[dict[str, str]] = {
+        "text2img": "StableDiffusion3Pipeline",
+        "img2img": "StableDiffusion3Img2ImgPipeline",
+        "inpainting": "StableDiffusion3InpaintPipeline",
+    }
+    model_index_classes: ClassVar[tuple[str, ...]] = tuple(pipelines.values())
+    sd_schedulers: ClassVar[bool] = False
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.sd3.tiny" for a in ("sd3", "sd35-large", "sd35-medium")}
+
+    def defaults(self, base_model: str) -> Defaults:
+        return _LARGE
+
+    def with_defaults(self, req: "GenerationRequest", base_model: str, medium: bool = False) -> "GenerationRequest":
+        d = _MEDIUM if medium else _LARGE
+        update = {k: v for k, v in (("steps", d.steps), ("guidance_scale", d.guidance_scale)) if k not in req.model_fields_set and getattr(req, k) != v}
+        return req.model_copy(update=update) if update else req
+
+    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+        req = self.with_defaults(req, ref.base_model, is_medium(ref))
+        model = f"{ref.model_id} is a {ref.base_model} model"
+        if mode not in self.pipelines:
+            return Checked(req, [problem("data.model_id", f"{model}, which runs {', '.join(self.pipelines)}, not {mode}")])
+        problems = self.refusals(req, ref)
+        if problems:
+            return Checked(req, problems)
+        update, warnings = plain_text_prompts(req, "SD3")
+        if req.negative_prompt and req.guidance_scale <= 1.0:
+            warnings.append(f"negative_prompt not used: guidance_scale {req.guidance_scale:g} runs no classifier-free guidance")
+        return Checked(req.model_copy(update=update) if update else req, [], warnings)
+
+    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+        """The request's options SD3 does not take (yet), each a problem at its field."""
+        model = f"{ref.model_id} is a {ref.base_model} model"
+        out: list[dict[str, str]] = []
+        if ref.format != "diffusers":
+            out.append(problem("data.model_id", f"{model} in one {ref.format} file; SD3 runs from diffusers folders, or from a transformer file with a folder's encoders and VAE"))
+        not_yet = {
+            "hires": ("hires fix", req.hires is not None),
+            "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
+            "vae": ("a standalone VAE", req.vae not in (None, "model")),
+            "controlnets": ("ControlNets", bool(req.controlnets)),
+        }
+        for fld, (what, used) in not_yet.items():
+            if used:
+                out.append(problem(f"data.{fld}", f"{what} on SD3 models is not supported yet ({model})"))
+        if req.refiner is not None:
+            out.append(problem("data.refiner", f"a refiner needs an SDXL base model; {model}"))
+        if req.prompt_syntax == "compel":
+            out.append(problem("data.prompt_syntax", "compel does not support SD3; use a1111 (weights are dropped) or none"))
+        if req.true_cfg_scale is not None:
+            out.append(problem("data.true_cfg_scale", f"true_cfg_scale is a Flux option; SD3's guidance_scale is classifier-free guidance already ({model})"))
+        out.extend(self.scheduler_problems(req))
+        multiple = size_multiple(ref)
+        for fld in ("width", "height"):
+            side = getattr(req, fld)
+            if side is not None and side % multiple:
+                out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x 2x2 patches)"))
+        return out
+
+    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+        return flow_samplers.problems(req, _SAMPLERS, "SD3", ACCEPTED_SAMPLERS)
+
+    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt": req.prompt}
+        if req.negative_prompt:
+            out["negative_prompt"] = req.negative_prompt
+        return out
+
+    @staticmethod
+    def sequence_length(req: "GenerationRequest") -> int:
+        return int(req.max_sequence_length) if req.max_sequence_length is not None else DEFAULT_SEQUENCE_LENGTH
+
+    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        out: dict[str, Any] = {"guidance_scale": req.guidance_scale, "max_sequence_length": self.sequence_length(req)}
+        if req.clip_skip is not None:
+            out["clip_skip"] = req.clip_skip
+        return out
+
+    def fit_size(self, ref: "ModelRef", width: int, height: int) -> tuple[int, int]:
+        """Sides taken from an init image rounded down to the patch multiple (sides the request sets were checked)."""
+        m = size_multiple(ref)
+        return max(m, width - width % m), max(m, height - height % m)
+
+    def native_size(self, ref: "ModelRef") -> int | None:
+        sample = _config(ref, "transformer").get("sample_size", 128)
+        return (sample if isinstance(sample, int) else 128) * vae_scale_factor(ref)
+
+    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+        return {"max_sequence_length": self.sequence_length(req)}
