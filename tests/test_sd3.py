@@ -184,3 +184,39 @@ def test_presets_and_refusals_on_the_wire(worker):
     assert r["data"]["parameters"]["preset_origin"] == "builtin" and r["data"]["parameters"]["guidance_scale"] == 3.5
     bad = worker.call("inference.text2img", {"model_id": LARGE, "prompt": PROMPT, "hires": {"scale": 2}})
     assert bad["error_code"] == "validation_error" and bad["error_details"][0]["path"] == "data.hires", bad
+
+
+def test_transformer_file_runs_with_a_companion_folder(models_dir, tmp_path_factory):
+    """A fine-tuned SD3 transformer kept alone in one .safetensors file (ComfyUI's diffusion_models/)
+    runs with the tiny Large folder's encoders and VAE, equal to diffusers' from_single_file."""
+    from safetensors.torch import load_file, save_file
+
+    from diffusers import SD3Transformer2DModel
+
+    root = tiny_models_dir(tmp_path_factory, "sd3-file", {LARGE: "sd35-large"})
+    weights = load_file(str(root / LARGE / "transformer" / "diffusion_pytorch_model.safetensors"))
+    changed = {k: (v * 1.05 if k.endswith("proj_out.weight") else v) for k, v in weights.items()}
+    (root / "diffusion_models").mkdir()
+    save_file(changed, str(root / "diffusion_models" / "sd35-finetune.safetensors"))
+    w = family_worker(root, tmp_path_factory, "sd3-file")
+    try:
+        items = {i["model_id"]: i for i in w.call("model.list_models", {"refresh": True})["data"]["items"]}
+        assert items["diffusion_models/sd35-finetune"]["base_model"] == "sd3"
+        req = {"model_id": "diffusion_models/sd35-finetune", "prompt": PROMPT, "width": 64, "height": 64, "steps": 2, "guidance_scale": 3.0, "seed": 3}
+        r = w.call("inference.text2img", req, timeout=180)
+        assert r["success"], r
+        assert r["data"]["parameters"]["components_from"] == LARGE
+    finally:
+        w.kill()
+    transformer = SD3Transformer2DModel.from_single_file(
+        str(root / "diffusion_models" / "sd35-finetune.safetensors"), config=str(root / LARGE), subfolder="transformer", local_files_only=True
+    )
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(root / LARGE), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=3.0, generator=cpu_gens(3)).images[0]
+    got = decode_png(r["data"]["images"][0]["base64"])
+    assert np.array_equal(got, np.asarray(want.convert("RGB")))
+    plain = StableDiffusion3Pipeline.from_pretrained(str(root / LARGE))
+    plain.set_progress_bar_config(disable=True)
+    own = plain(prompt=PROMPT, width=64, height=64, num_inference_steps=2, guidance_scale=3.0, generator=cpu_gens(3)).images[0]
+    assert not np.array_equal(got, np.asarray(own.convert("RGB")))  # the file's weights ran, not the folder's

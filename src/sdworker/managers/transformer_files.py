@@ -1,4 +1,4 @@
-"""A Flux / HiDream / Wan transformer in one file (.safetensors or .gguf), run with a diffusers folder.
+"""A Flux / HiDream / Wan / SD3 transformer in one file (.safetensors or .gguf), run with a diffusers folder.
 
 These models are shared as the transformer alone (FLUX.1's 23 GB `flux1-dev.safetensors`,
 city96's `flux1-dev-Q4_K_S.gguf`, ComfyUI's `wan2.1_t2v_1.3B_fp16.safetensors`): the text
@@ -42,6 +42,7 @@ COMPANION_BASES: dict[str, tuple[str, ...]] = {
     "flux_schnell": ("flux_schnell", "flux", "flux_dev", "flux_krea"),
     "flux": ("flux", "flux_dev", "flux_schnell", "flux_krea"),
     "hidream": ("hidream",),
+    "sd3": ("sd3",),
     "wan_2_1": ("wan_2_1",),
     "wan_2_2": ("wan_2_2",),
 }
