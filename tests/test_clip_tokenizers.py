@@ -77,6 +77,21 @@ def test_packaged_file_and_licence() -> None:
     assert '"data/**/*"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # shipped as package data
 
 
+def test_a_damaged_vocabulary_is_a_load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdworker.errors import ModelLoadFailed
+
+    for junk in (b"not gzip", gzip.compress(b"#version: 0.2\ni n\n")):
+        bad = tmp_path / "bpe.txt.gz"
+        bad.write_bytes(junk)
+        monkeypatch.setattr(ct, "VOCAB_FILE", bad)
+        ct.clip_merges.cache_clear()
+        try:
+            with pytest.raises(ModelLoadFailed, match="reinstall sdworker"):
+                ct.clip_merges()
+        finally:
+            ct.clip_merges.cache_clear()
+
+
 # --------------------------------------------------------------------------- a reference CLIP BPE
 
 

@@ -18,6 +18,7 @@ downloaded. The tiny config sets carry their own tiny tokenizer folder and use o
 from __future__ import annotations
 
 import gzip
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def clip_merges() -> tuple[tuple[str, str], ...]:
     """The merges CLIP uses, in priority order (line 0 of the file is a header)."""
     try:
         lines = gzip.decompress(VOCAB_FILE.read_bytes()).decode("utf-8").split("\n")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise ModelLoadFailed(f"the packaged CLIP vocabulary {VOCAB_FILE} is unreadable ({exc}); reinstall sdworker") from exc
     pairs = [tuple(line.split()) for line in lines[1 : 1 + NUM_MERGES]]
     if len(pairs) != NUM_MERGES or any(len(p) != 2 for p in pairs):
