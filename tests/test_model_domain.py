@@ -197,6 +197,26 @@ def test_ram_load_is_promoted_by_the_next_run(mw: Worker):
     assert r["success"] and r["data"]["performance"]["loaded_from"] == "cache", r
 
 
+def test_vram_model_status_lists_the_cpu_too(mw: Worker):
+    """A CPU worker lists its resident models under device "cpu", in the row shape a GPU has."""
+    mw.call("model.clear_cache")
+    assert mw.call("model.load_model", {"model_id": "tiny-sd15", "device": "cpu"}, timeout=120)["success"]
+    d = mw.call("model.get_vram_model_status")["data"]
+    rows = {r["device_id"]: r for r in d["devices"]}
+    assert d["devices"][-1]["device_id"] == "cpu" and all(r["device_id"].startswith("cuda:") for r in d["devices"][:-1])
+    assert d["cuda_available"] or len(d["devices"]) == 1
+    keys = {"device_id", "total_mb", "free_mb", "allocated_mb", "reserved_mb", "budget_mb", "cached_mb", "models", "entries"}
+    assert all(set(r) == keys for r in d["devices"])
+    cpu = rows["cpu"]
+    assert "tiny-sd15" in cpu["models"]
+    assert {"unet", "vae", "text_encoder"} <= {e["component"] for e in cpu["entries"] if "tiny-sd15" in e["model_ids"]}
+    assert all(e["device"] == "cpu" for e in cpu["entries"])
+    assert 0 < cpu["cached_mb"] <= cpu["budget_mb"] == 15.0 and 0 < cpu["allocated_mb"] and 0 < cpu["free_mb"] <= cpu["total_mb"]
+    mw.call("model.unload_model", {"model_id": "tiny-sd15"})
+    mw.call("model.clear_cache")
+    assert "tiny-sd15" not in mw.call("model.get_vram_model_status")["data"]["devices"][-1]["models"]
+
+
 def test_unload_keep_in_ram_then_reload_from_the_cache(mw: Worker):
     assert mw.call("model.load_model", {"model_id": "tiny-sdxl"}, timeout=120)["success"]
     u = mw.call("model.unload_model", {"model_id": "tiny-sdxl", "keep_in_ram": True})

@@ -217,3 +217,17 @@ def test_parse_prompt(worker):
     assert other["model_loaded"] is False  # not loaded, and parse_prompt never loads a model
     status = worker.call("inference.get_status")["data"]
     assert "tiny-sdxl" in status["loaded_models"] and "tiny-sd15" not in status["loaded_models"]
+
+
+def test_a1111_weight_spacing_and_weighted_break(worker):
+    """`(red scarf: 1.1)` weighs as `(red scarf:1.1)`; a BREAK in brackets is the word, as in A1111."""
+    d = worker.call("inference.parse_prompt", {"prompt": "a (red scarf: 1.1), (cat BREAK dog)"})["data"]
+    assert d["chunks"] == [["a ", 1.0], ["red scarf", 1.1], [", ", 1.0], ["cat", 1.1], ["BREAK", -1.1], ["dog", 1.1]]
+    spaced = _image(worker, model_id="tiny-sdxl", prompt="a (red scarf: 1.1 ) on a cat")
+    assert np.array_equal(spaced, _image(worker, model_id="tiny-sdxl", prompt="a (red scarf:1.1) on a cat"))
+    assert not np.array_equal(spaced, _image(worker, model_id="tiny-sdxl", prompt="a (red scarf:1.2) on a cat"))
+    counts = {
+        text: worker.call("inference.parse_prompt", {"prompt": text, "model_id": "tiny-sdxl"})["data"]["chunks_per_encoder"]
+        for text in ("(cat BREAK dog)", "cat BREAK dog")
+    }
+    assert counts == {"(cat BREAK dog)": {"tokenizer": 1, "tokenizer_2": 1}, "cat BREAK dog": {"tokenizer": 2, "tokenizer_2": 2}}

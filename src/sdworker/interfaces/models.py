@@ -214,29 +214,38 @@ class ModelInterface:
         return out
 
     def vram_status(self) -> dict[str, Any]:
+        """Models resident per compute device: every CUDA device, then "cpu" (the RAM cache), one row shape."""
+        import psutil
+
         runtime = self.app.runtime
         runtime.wait()
         torch = runtime.torch
+        entries = self.memory.entries()
+
+        def row(dev: str, total: int, free: int, allocated: int, reserved: int, budget: int | None) -> dict[str, Any]:
+            mine = [e.describe() for e in entries if e.device == dev]
+            return {
+                "device_id": dev,
+                "total_mb": round(total / MB, 1),
+                "free_mb": round(free / MB, 1),
+                "allocated_mb": round(allocated / MB, 1),
+                "reserved_mb": round(reserved / MB, 1),
+                "budget_mb": round(budget / MB, 1) if budget is not None else None,
+                "cached_mb": round(sum(e["bytes"] for e in mine) / MB, 2),
+                "models": sorted({m for e in mine for m in e["model_ids"]}),
+                "entries": mine,
+            }
+
         devices = []
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 dev = f"cuda:{i}"
                 free, total = torch.cuda.mem_get_info(i)
-                entries = [e.describe() for e in self.memory.entries() if e.device == dev]
-                budget = self.memory.vram_budget_for(dev)
-                devices.append(
-                    {
-                        "device_id": dev,
-                        "total_mb": round(total / MB, 1),
-                        "free_mb": round(free / MB, 1),
-                        "allocated_mb": round(torch.cuda.memory_allocated(i) / MB, 1),
-                        "reserved_mb": round(torch.cuda.memory_reserved(i) / MB, 1),
-                        "budget_mb": round(budget / MB, 1) if budget is not None else None,
-                        "cached_mb": round(sum(e["bytes"] for e in entries) / MB, 2),
-                        "models": sorted({m for e in entries for m in e["model_ids"]}),
-                        "entries": entries,
-                    }
-                )
+                alloc, reserved = torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i)
+                devices.append(row(dev, total, free, alloc, reserved, self.memory.vram_budget_for(dev)))
+        ram, rss = psutil.virtual_memory(), psutil.Process().memory_info().rss
+        # on "cpu", allocated and reserved are the worker's resident set; the budget is the RAM cache's
+        devices.append(row("cpu", ram.total, ram.available, rss, rss, self.memory.ram_budget))
         return {"cuda_available": bool(torch.cuda.is_available()), "devices": devices}
 
     def clear_cache(self, model_id: str | None, component: str | None) -> dict[str, Any]:

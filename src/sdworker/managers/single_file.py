@@ -8,10 +8,10 @@ from the checkpoint's tensor shapes (read from the safetensors header only: no w
 is touched before we know what the file is) and hand it to ``from_single_file`` with
 ``local_files_only=True``.
 
-Tokenizers are not weights and are not in the checkpoint. The real CLIP vocabularies
-are not ours to ship, so for the real sets we look for them locally (next to the
-checkpoint, in ``tokenizers_dir``, in the HF cache) and fail with a message that says
-which files to put where. The tiny sets carry their own tiny tokenizer.
+Tokenizers are not weights and are not in the checkpoint: the real sets get theirs from
+the packaged CLIP vocabulary, with files on disk as overrides (see ``clip_tokenizers``).
+The tiny sets carry their own tiny tokenizer; the ``tiny-*-clip`` sets are tiny models
+with the real CLIP vocabulary, so tests can load a small file the way a real one loads.
 
 torch/diffusers/transformers are imported inside functions: detection stays cheap.
 """
@@ -19,15 +19,16 @@ torch/diffusers/transformers are imported inside functions: detection stays chea
 from __future__ import annotations
 
 import json
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from ..models.safetensors_header import HeaderError, read_header
+from .clip_tokenizers import CLIP_VOCAB_SIZE, find_tokenizer
 
-CONFIG_SETS: tuple[str, ...] = ("sd15", "sdxl", "tiny-sd15", "tiny-sdxl")
+CONFIG_SETS: tuple[str, ...] = ("sd15", "sdxl", "tiny-sd15", "tiny-sdxl", "tiny-sd15-clip", "tiny-sdxl-clip")
 CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "model_configs"
 
 _UNET = "model.diffusion_model."
@@ -37,7 +38,9 @@ _OPEN_CLIP_XL = "conditioner.embedders.1.model."
 _CLIP_L_XL = "conditioner.embedders.0.transformer."
 _CLIP_L_SD15 = "cond_stage_model.transformer."
 _VAE_CONV_IN = ("encoder.conv_in.weight", "first_stage_model.encoder.conv_in.weight", "vae.encoder.conv_in.weight")
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+_TOKEN_EMBEDDING = re.compile(
+    r"^(cond_stage_model|conditioner\.embedders\.0)\.transformer\.(text_model\.)?embeddings\.token_embedding\.weight$"
+)
 
 _PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 
@@ -46,37 +49,24 @@ _PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipelin
 
 
 def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, from the safetensors header alone (8-byte LE length + JSON).
+    """Tensor name -> shape, from the safetensors header alone (models.safetensors_header).
 
     Reads a few hundred KB at most, whatever the checkpoint size; no torch import.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            head = fh.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if length <= 1 or length > min(_MAX_HEADER, size - 8):
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-        return {
-            name: tuple(int(d) for d in info["shape"])
-            for name, info in header.items()
-            if name != "__metadata__"
-        }
+        return read_header(path).shapes()
     except FileNotFoundError as exc:
         raise ModelNotFound(f"checkpoint {str(path)!r} does not exist") from exc
     except IsADirectoryError as exc:
         raise ValidationFailed(f"{str(path)!r} is a folder, not a single-file checkpoint") from exc
-    except OSError as exc:
-        raise ModelLoadFailed(f"checkpoint {str(path)!r} could not be read: {exc}") from exc
-    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+    except HeaderError as exc:
         raise ModelLoadFailed(
             f"{str(path)!r} is not a valid .safetensors file ({exc}); pickle checkpoints "
             "(.ckpt/.pt) are not loaded because they can run code: convert them to .safetensors"
         ) from exc
+    except OSError as exc:
+        raise ModelLoadFailed(f"checkpoint {str(path)!r} could not be read: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- detection
@@ -96,15 +86,20 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def family_of(config_set: str) -> str:
+    """"sd15" or "sdxl": the pipeline family of a packaged config set."""
+    return _PIPELINE_FAMILY[_read_json(config_set_dir(config_set) / "model_index.json")["_class_name"]]
+
+
 @lru_cache(maxsize=1)
-def _fingerprints() -> dict[tuple[str, int, int], str]:
-    """(family, UNet base width, cross-attention dim) -> config set, from the packaged configs."""
-    table: dict[tuple[str, int, int], str] = {}
+def _fingerprints() -> dict[tuple[str, int, int, int], str]:
+    """(family, UNet base width, cross-attention dim, CLIP vocab size) -> config set."""
+    table: dict[tuple[str, int, int, int], str] = {}
     for name in CONFIG_SETS:
         folder = config_set_dir(name)
-        family = _PIPELINE_FAMILY[_read_json(folder / "model_index.json")["_class_name"]]
         unet = _read_json(folder / "unet" / "config.json")
-        table[(family, int(unet["block_out_channels"][0]), int(unet["cross_attention_dim"]))] = name
+        vocab = int(_read_json(folder / "text_encoder" / "config.json")["vocab_size"])
+        table[(family_of(name), int(unet["block_out_channels"][0]), int(unet["cross_attention_dim"]), vocab)] = name
     return table
 
 
@@ -168,68 +163,23 @@ def pick_config_set(shapes: dict[str, tuple[int, ...]]) -> str:
     context = shapes[ctx_key][-1]
     if family == "sd15" and context == 1024:
         raise Unsupported("SD 2.x checkpoints are not supported yet; only SD 1.5 and SDXL")
-    found = _fingerprints().get((family, width, context))
+    # real checkpoints all use CLIP's vocabulary; the tiny test sets come with and without it
+    vocab = next((shapes[k][0] for k in keys if _TOKEN_EMBEDDING.match(k) and shapes[k]), CLIP_VOCAB_SIZE)
+    found = _fingerprints().get((family, width, context, vocab))
     if found is None:
-        known = ", ".join(f"{n} (width {w}, context {c})" for (f, w, c), n in _fingerprints().items() if f == family)
+        known = ", ".join(
+            f"{n} (width {w}, context {c}, vocab {v})" for (f, w, c, v), n in _fingerprints().items() if f == family
+        )
         raise ModelLoadFailed(
-            f"unknown {family} variant: UNet width {width}, cross-attention context {context}; known: {known}"
+            f"unknown {family} variant: UNet width {width}, cross-attention context {context}, "
+            f"text vocabulary {vocab}; known: {known}"
         )
     return found
 
 
 # --------------------------------------------------------------------------- tokenizers
 
-#: Where the real tokenizers live on the Hub: looked up in the local HF cache only.
-_HUB_TOKENIZERS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
-    ("sd15", "tokenizer"): (
-        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
-        ("runwayml/stable-diffusion-v1-5", "tokenizer"),
-        ("openai/clip-vit-large-patch14", ""),
-    ),
-    ("sdxl", "tokenizer"): (
-        ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
-        ("openai/clip-vit-large-patch14", ""),
-    ),
-    ("sdxl", "tokenizer_2"): (
-        ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer_2"),
-        ("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", ""),
-    ),
-}
-#: SDXL's OpenCLIP tokenizer pads with "!" (id 0); the laion repo's config says otherwise.
-_PAD_OVERRIDE = {("sdxl", "tokenizer_2"): "!"}
 _ENCODER_OF = {"tokenizer": "text_encoder", "tokenizer_2": "text_encoder_2"}
-
-
-_VOCAB_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
-
-
-def _has_vocab(folder: Path) -> bool:
-    return any(all((folder / f).is_file() for f in group) for group in _VOCAB_FILES)
-
-
-def _hub_cache_folder(repo: str, sub: str) -> Path | None:
-    """The cached snapshot folder holding ``repo``'s tokenizer, or None; never downloads."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for group in _VOCAB_FILES:
-        hits = [try_to_load_from_cache(repo, f"{sub}/{f}" if sub else f) for f in group]
-        if all(isinstance(h, str) for h in hits):
-            return Path(hits[0]).parent
-    return None
-
-
-def _try_tokenizer(folder: Path, notes: list[str], expected_vocab: int, extra: dict[str, Any]) -> Any:
-    from transformers import CLIPTokenizer
-
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, **extra)
-    except Exception as exc:  # corrupt files: try the next place
-        notes.append(f"{folder}: {type(exc).__name__}: {exc}")
-        return None
-    if len(tokenizer) != expected_vocab:
-        notes.append(f"{folder}: vocab of {len(tokenizer)} tokens, the text encoder has {expected_vocab}")
-        return None
-    return tokenizer
 
 
 def load_tokenizer(
@@ -237,39 +187,14 @@ def load_tokenizer(
 ) -> Any:
     """The CLIP tokenizer ``name`` ("tokenizer" / "tokenizer_2") for ``config_set``, offline.
 
-    Tiny sets use their packaged tiny tokenizer (nothing else fits their vocab). Real
-    sets look, in order: ``<checkpoint dir>/<name>``, ``<tokenizers_dir>/<name>``, then
-    the local HF cache; a candidate whose vocab size differs from the text encoder's is
-    skipped. Only concrete local folders are ever opened.
+    A set with its own tokenizer folder (the tiny ones) uses that alone. The others look in
+    ``<checkpoint dir>/<name>``, ``<tokenizers_dir>/<name>``, the local HF cache, and then
+    build it from the packaged CLIP vocabulary, so it is always found (clip_tokenizers).
     """
     cfg = config_set_dir(config_set)
     vocab = int(_read_json(cfg / _ENCODER_OF[name] / "config.json")["vocab_size"])
-    extra = {"pad_token": _PAD_OVERRIDE[(config_set, name)]} if (config_set, name) in _PAD_OVERRIDE else {}
-    if (cfg / name).is_dir():
-        folders = [cfg / name]
-    else:
-        folders = [checkpoint.parent / name] + ([Path(tokenizers_dir) / name] if tokenizers_dir else [])
-    notes: list[str] = []
-    for folder in folders:
-        if not _has_vocab(folder):
-            notes.append(f"{folder}: no vocab.json + merges.txt (or tokenizer.json)")
-        elif (tokenizer := _try_tokenizer(folder, notes, vocab, extra)) is not None:
-            return tokenizer
-    for repo, sub in _HUB_TOKENIZERS.get((config_set, name), ()):
-        cached = _hub_cache_folder(repo, sub)
-        if cached is None:
-            notes.append(f"{repo}{'/' + sub if sub else ''}: not in the local Hugging Face cache")
-        elif (tokenizer := _try_tokenizer(cached, notes, vocab, extra)) is not None:
-            return tokenizer
-    repo, sub = _HUB_TOKENIZERS[(config_set, name)][0]
-    places = " or ".join(str(f) for f in folders)
-    raise ModelLoadFailed(
-        f"no {name} found for this {config_set} checkpoint (tokenizers are not part of single-file "
-        f"checkpoints and are never downloaded). Put the files of the '{sub}' folder of the Hugging Face "
-        f"repo {repo} (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json) into "
-        f"{places}, or have {repo} in the local Hugging Face cache. Tried: {'; '.join(notes)}",
-        details=[{"path": str(f), "message": f"expected a {name} folder"} for f in folders],
-    )
+    own = cfg / name if (cfg / name).is_dir() else None
+    return find_tokenizer(family_of(config_set), name, vocab, own, checkpoint, tokenizers_dir)
 
 
 # --------------------------------------------------------------------------- loading
@@ -341,7 +266,7 @@ def load_single_file_pipeline(
     checkpoint = _checked_file(path)
     name = config_set or pick_config_set(checkpoint_shapes(checkpoint))
     cfg = config_set_dir(name)
-    family = _PIPELINE_FAMILY[_read_json(cfg / "model_index.json")["_class_name"]]
+    family = family_of(name)
     dtype = torch_dtype if torch_dtype is not None else torch.float32
     kwargs: dict[str, Any] = {"tokenizer": load_tokenizer(name, "tokenizer", checkpoint, tokenizers_dir)}
     try:

@@ -6,7 +6,7 @@ API
 ===
 ``parse_prompt_attention(text) -> list[tuple[str, float]]``
     Split a prompt into ``(text, weight)`` pieces with the semantics of A1111's
-    ``modules/prompt_parser.py::parse_prompt_attention`` (the two deliberate differences are listed
+    ``modules/prompt_parser.py::parse_prompt_attention`` (the one deliberate difference is listed
     below). ``BREAK`` (a whole word, in capitals) becomes the marker :data:`BREAK` ``("BREAK", -1.0)``.
     Never raises on any ``str``.
 ``is_break(item) -> bool``
@@ -28,8 +28,8 @@ API
 Syntax (A1111)
 ==============
 * ``(x)`` multiplies the weight of ``x`` by 1.1; ``[x]`` by 1/1.1; ``(x:w)`` by ``w`` (``w``
-  matches ``[+-]?[.0-9]+``; it may be 0 or negative, and stays so: A1111 passes it on).
-  Brackets nest; multipliers compose.
+  matches ``[+-]?[.0-9]+``, with optional whitespace on both sides: ``(red scarf: 1.1 )``; it
+  may be 0 or negative, and stays so: A1111 passes it on). Brackets nest; multipliers compose.
 * A bracket never closed applies to everything after it (all unclosed ``(`` first, then all
   unclosed ``[``, outermost first); a closer with nothing open is literal text. ``[x:2]`` is
   ``[``, ``x:2``, ``]`` (the ``:w)`` form only closes a round bracket).
@@ -37,19 +37,16 @@ Syntax (A1111)
   anything else is dropped (``a\b`` -> ``ab``), as in A1111.
 * ``BREAK`` as a whole word (``\bBREAK\b``) is cut out together with the whitespace around it
   and leaves the marker; a prompt that is nothing but syntax yields ``[("", 1.0)]``.
-* Adjacent pieces with exactly equal weights (float ``==``) are merged; weights are multiplied
-  in the same order as A1111, so the floats are bit-identical (``house`` in A1111's own example
-  is ``1.5730000000000004``).
+* The marker is a piece like any other, as in A1111: brackets around it multiply its weight,
+  so inside a weighted group (``(a BREAK b)`` -> ``("BREAK", -1.1)``) it is no longer the
+  marker but the word "BREAK" with that weight, which is what A1111's encoder then makes of it.
+* Adjacent pieces with exactly equal weights (float ``==``) are merged, marker included;
+  weights are multiplied in the same order as A1111, so the floats are bit-identical
+  (``house`` in A1111's own example is ``1.5730000000000004``).
 
-Differences from A1111, on inputs where A1111 misbehaves:
-
-1. A weight that is not a number (``(x:.)``, ``(x:1.2.3)``) raises ``ValueError`` in A1111.
-   Here the ``:`` is literal text and the ``)`` closes the bracket with 1.1:
-   ``(x:.)`` -> ``[("x:.", 1.1)]``.
-2. A1111 multiplies the BREAK marker by the brackets around it, so ``(a BREAK b)`` gives
-   ``("BREAK", -1.1)``, which its encoder then tokenizes as the word "BREAK" with a negative
-   weight. Here the marker is never reweighted nor merged: it is always exactly
-   ``("BREAK", -1.0)`` and always a chunk break.
+The one difference from A1111, on input where A1111 fails: a weight that is not a number
+(``(x:.)``, ``(x:1.2.3)``) raises ``ValueError`` there. Here the ``:`` is literal text and
+the ``)`` closes the bracket with 1.1: ``(x:.)`` -> ``[("x:.", 1.1)]``.
 
 Huge weights are ``float()``'d as A1111 does (``(x:1` + 400 digits + ``)`` is ``inf``); validate
 weights downstream if that matters.
@@ -99,7 +96,8 @@ BREAK: tuple[str, float] = ("BREAK", -1.0)
 _BREAK_RE = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _ESCAPABLE = "()[]\\"
 _SPECIAL = "\\()[]:"
-_WEIGHT_RE = re.compile(r"[+-]?[.\d]+\)")
+#: What follows the ":" of a weight, as in A1111's re_attention: ``:\s*([+-]?[.\d]+)\s*\)``.
+_WEIGHT_RE = re.compile(r"\s*([+-]?[.\d]+)\s*\)")
 
 
 def is_break(item: Sequence[object]) -> bool:
@@ -135,7 +133,7 @@ def _scan(text: str) -> Iterable[tuple[str, str, float | None]]:
             i += 1
         elif c == ":":
             m = _WEIGHT_RE.match(text, i + 1)
-            weight = _number(m.group()[:-1]) if m is not None else None
+            weight = _number(m.group(1)) if m is not None else None
             if m is not None and weight is not None:
                 yield "w)", text[i : m.end()], weight
                 i = m.end()
@@ -154,7 +152,6 @@ def _scan(text: str) -> Iterable[tuple[str, str, float | None]]:
 class _Piece:
     text: str
     weight: float
-    marker: bool = False
 
 
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
@@ -165,8 +162,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
     def scale(start: int, factor: float) -> None:
         for p in pieces[start:]:
-            if not p.marker:
-                p.weight *= factor
+            p.weight *= factor
 
     for kind, lex, weight in _scan(text):
         if kind == "lit":
@@ -185,7 +181,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         else:  # text, or a closer with nothing to close: literal text
             for k, part in enumerate(_BREAK_RE.split(lex)):
                 if k:
-                    pieces.append(_Piece(BREAK[0], BREAK[1], marker=True))
+                    pieces.append(_Piece(*BREAK))
                 pieces.append(_Piece(part, 1.0))
 
     for start in rounds:
@@ -199,7 +195,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     merged: list[_Piece] = [pieces[0]]
     for p in pieces[1:]:
         last = merged[-1]
-        if not p.marker and not last.marker and p.weight == last.weight:
+        if p.weight == last.weight:
             last.text += p.text
         else:
             merged.append(p)

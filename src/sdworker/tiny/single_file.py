@@ -11,6 +11,10 @@ know raises instead of being dropped, so a silent partial checkpoint cannot happ
 
 The tiny *config sets* (``sdworker/model_configs/tiny-*``) are generated from the same
 builder with :func:`write_config_set`; a test keeps the packaged copies in sync.
+
+The ``*-clip`` arches are the same tiny models with text encoders sized to the real CLIP
+vocabulary (49408 tokens, CLIP's special-token ids) and no tokenizer of their own: a
+small file that needs the real tokenizers exactly as a civitai checkpoint does.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Any, Mapping
 import torch
 
 from . import tokenizer as tok
-from .builder import _TOKENIZER_PADS, ARCHES, build_pipeline
+from ..managers.clip_tokenizers import CLIP_VOCAB_SIZE
+from .builder import _TOKENIZER_PADS, ARCHES, SEEDS, build_pipeline
 
 #: Prefixes of the original checkpoint formats (SD 1.x: ldm, SDXL: sgm).
 UNET_PREFIX = "model.diffusion_model."
@@ -39,6 +44,9 @@ Tensors = dict[str, torch.Tensor]
 #: One key only: safetensors writes metadata from a hash map, so several keys come out in
 #: random order and two builds would differ byte-wise.
 _METADATA = {"format": "pt"}
+#: Tiny models with the real CLIP vocabulary (see the module doc).
+CLIP_VOCAB_ARCHES: tuple[str, ...] = tuple(f"{a}-clip" for a in ARCHES)
+_CLIP_IDS = {"bos_token_id": CLIP_VOCAB_SIZE - 2, "eos_token_id": CLIP_VOCAB_SIZE - 1}
 
 # --------------------------------------------------------------------------- UNet
 
@@ -286,17 +294,34 @@ def save_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[
     return path
 
 
+def _with_clip_vocab(pipe: Any) -> Any:
+    """Swap the text encoders for ones of the same tiny size over CLIP's 49408-token vocabulary."""
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None:
+            continue
+        config = type(encoder.config).from_dict(
+            {**encoder.config.to_dict(), "vocab_size": CLIP_VOCAB_SIZE, **_CLIP_IDS, "pad_token_id": 0 if name == "text_encoder_2" else CLIP_VOCAB_SIZE - 1}
+        )
+        torch.manual_seed(SEEDS[name])
+        pipe.register_modules(**{name: type(encoder)(config).eval()})
+    return pipe
+
+
 def _build(arch: str) -> Any:
-    if arch not in ARCHES:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHES}")
+    base = arch.removesuffix("-clip") if arch in CLIP_VOCAB_ARCHES else arch
+    if base not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHES + CLIP_VOCAB_ARCHES}")
     with tempfile.TemporaryDirectory(prefix="sdworker-tiny-") as scratch, torch.random.fork_rng(devices=[]):
-        return build_pipeline(arch, scratch)
+        pipe = build_pipeline(base, scratch)
+        return _with_clip_vocab(pipe) if base != arch else pipe
 
 
 def make_tiny_single_file(arch: str, out: str | Path) -> Path:
     """Write the tiny ``arch`` model as one original-layout checkpoint; returns its path.
 
     Same weights as ``make_tiny_model(arch, folder)``: both come from build_pipeline.
+    ``arch`` may also be one of :data:`CLIP_VOCAB_ARCHES` (single files only).
     """
     path = single_file_path(out)
     ckpt = pipeline_to_original(_build(arch))
@@ -321,6 +346,7 @@ def write_config_set(arch: str, dest: str | Path) -> Path:
     """Write the tiny ``arch`` config set (configs + tiny tokenizer, no weights) to ``dest``.
 
     This is what ``sdworker/model_configs/tiny-<arch>`` holds; ``dest`` is replaced whole.
+    The ``*-clip`` sets hold no tokenizer: theirs is the packaged CLIP one.
     """
     pipe = _build(arch)
     dest = Path(dest)
@@ -333,6 +359,6 @@ def write_config_set(arch: str, dest: str | Path) -> Path:
         if (encoder := getattr(pipe, name, None)) is not None:
             encoder.config.architectures = [type(encoder).__name__]  # as save_pretrained writes it
             encoder.config.save_pretrained(dest / name)
-    for sub, pad in _TOKENIZER_PADS[arch].items():
+    for sub, pad in _TOKENIZER_PADS.get(arch, {}).items():
         tok.write_tokenizer_files(dest / sub, pad)
     return dest

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-END_OF_WORD = "</w>"
-MODEL_MAX_LENGTH = 77
+# CLIP's byte table and special tokens: one definition, shared with the real CLIP tokenizers.
+from ..managers.clip_tokenizers import BOS_TOKEN, END_OF_WORD, EOS_TOKEN, MODEL_MAX_LENGTH, bytes_to_unicode
+
 NUM_MERGES = 256
 
 #: SD 1.5 (and SDXL's first tokenizer) pad with the end-of-text token.
@@ -50,24 +49,6 @@ walking flying wearing holding looking table chair window room inside outside un
 over near next front behind space stars moon sun planet robot car ship boat bird horse
 fish water fire stone wood glass metal street road bridge tower building buildings
 """.split()
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible byte -> printable unicode table, in CLIP's vocab order."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def _learn_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]:
