@@ -5,7 +5,7 @@ Civitai read it: the prompt, ``Negative prompt: …`` when there is one, then on
 ``Key: value`` pairs joined by ", ", each value quoted as A1111's ``quote()`` quotes it (a value
 holding a comma, a colon or a newline becomes a JSON string). The prompt is the user's as sent:
 their own words for textual-inversion triggers (never the worker's private tokens), their own
-``<lora:…>`` tags, plus one ``<lora:id:weight>`` tag for each LoRA of ``data.loras`` (A1111 knows
+``<lora:…>`` tags, after one ``<lora:id:weight>`` tag for each LoRA of ``data.loras`` (A1111 knows
 LoRAs only as prompt tags). Hashes are A1111's: ``Model hash`` and ``VAE hash`` the first 10 hex
 digits of the file's SHA-256, ``Lora hashes`` the first 12 of the kohya "addnet" hash of a
 .safetensors LoRA (SHA-256 for other files), ``TI hashes`` the first 12 of the embedding file's
@@ -53,9 +53,13 @@ def _alias(name: str) -> str:
 
 
 def prompt_with_loras(prompt: str, loras: Sequence[dict[str, Any]]) -> str:
-    """The prompt plus a ``<lora:id:weight>`` tag for each LoRA the request gave in ``data.loras``."""
+    """A ``<lora:id:weight>`` tag for each LoRA the request gave in ``data.loras``, then the prompt.
+
+    In front: the worker applies data.loras before the prompt's own tags, so the infotext's prompt
+    sent back alone applies them in the same order (the same image, to the last bit).
+    """
     tags = [f"<lora:{lr['model_id']}:{fmt(float(lr['weight']))}>" for lr in loras if lr.get("source") == "request"]
-    return " ".join(t for t in (prompt, *tags) if t)
+    return " ".join(t for t in (*tags, prompt) if t)
 
 
 def build(p: dict[str, Any]) -> str:
