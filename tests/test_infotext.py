@@ -152,6 +152,12 @@ def test_parameters_and_infotext_prompts_round_trip(w: Worker, full: dict):
     assert _pixels(alone["data"]) == _pixels(full)
 
 
+def test_validate_request_shows_the_users_words(w: Worker):
+    checked = w.call("inference.validate_request", FULL)["data"]
+    assert checked["valid"], checked
+    assert (checked["normalized"]["prompt"], checked["normalized"]["negative_prompt"]) == (PROMPT, NEGATIVE)
+
+
 def test_lora_tags_in_the_negative_prompt_are_dropped_with_a_warning(w: Worker):
     r = w.call("inference.text2img", {**BASE, "steps": 1, "prompt": "a cat", "negative_prompt": "blurry <lora:detail:1>"}, timeout=600)
     assert r["success"], r
