@@ -132,6 +132,9 @@ class InferenceInstructor:
             errors = exc.details or [{"path": "data", "message": exc.message}]
             return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
         normalized = plan.req.model_dump(mode="json")
+        for key, sent in (("prompt", getattr(plan, "prompt_as_sent", None)), ("negative_prompt", getattr(plan, "negative_as_sent", None))):
+            if sent is not None:  # the user's words, not the encoders' copy (TI tokens in, LoRA tags out)
+                normalized[key] = sent
         for key in ("init_image", "mask_image"):
             if normalized.get(key):
                 normalized[key] = f"<{len(normalized[key])} chars>"

@@ -13,7 +13,7 @@ from ..dispatch.context import JobContext
 from ..dispatch.registry import method
 from ..dispatch.work import Work
 from ..managers.images_in import decode_image
-from ..managers.output import OutputWriter, b64, encode
+from ..managers.output import OutputWriter, b64, encode, unique_names
 from ..protocol.envelopes import Call
 from ..errors import ValidationFailed
 
@@ -172,10 +172,10 @@ class PostprocessInstructor:
         save_s = 0.0
         if plan.path is not None:
             t1 = time.perf_counter()
-            self.output.write_atomic(plan.path, data, replace=not plan.exclusive)
+            path = self.output.write_atomic(plan.path, data, replace=not plan.exclusive, unique=unique_names(opts.save_path))
             save_s = time.perf_counter() - t1
-            entry["path"] = str(plan.path)
-            ctx.session.outputs.append(str(plan.path))
+            entry["path"] = str(path)
+            ctx.session.outputs.append(str(path))
         rss.sample()
         perf.update(
             inference_ms=round(inference_s * 1000, 2),

@@ -14,7 +14,7 @@ from .. import __version__
 from ..dispatch.context import JobContext
 from ..families import Family, for_base_model, supported_base_models
 from ..families.sd import SDFamily
-from ..managers import hires, modes, precision, schedulers, weights
+from ..managers import hires, infotext, modes, precision, schedulers, weights
 from ..managers.controlnet import ControlNetManager, ControlSpec, check_against_unet, controlnet_call_kwargs, pipeline_for, plan_controlnets, unet_config
 from ..managers.adapters import AdapterManager, PlannedLoRA
 from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
@@ -23,7 +23,7 @@ from ..managers.locator import ModelLocator, ModelRef, pickle_refused
 from ..managers.lora import LoRAManager
 from ..managers.lowmem import OomInjector, is_oom, low_memory_mode
 from ..managers.memory import collect
-from ..managers.output import OutputWriter, b64, encode, infotext
+from ..managers.output import OutputWriter, b64, encode, unique_names
 from ..managers.preview import preview_extra, preview_maker
 from ..managers.pipelines import LoadedPipeline, PipelineManager
 from ..managers.runtime import Runtime, RssSampler
@@ -77,7 +77,8 @@ class Plan:
     controlnets: list[ControlSpec] = field(default_factory=list)  # checked, control images ready
     loras: list[PlannedLoRA] = field(default_factory=list)  # data.loras + the prompt's <lora:...> tags
     embeddings: list[Triggered] = field(default_factory=list)  # textual inversions the prompts trigger
-    prompt_as_sent: str | None = None  # the prompt with its LoRA tags (infotext); req.prompt has them cut out
+    prompt_as_sent: str | None = None  # the user's prompt (LoRA tags, TI words); req.prompt is the encoders' copy
+    negative_as_sent: str | None = None  # the user's negative prompt (TI words), without the LoRA tags it cannot use
     family: Family = field(default_factory=SDFamily)  # [families] what differs per model family (families/)
 
     @property
@@ -105,6 +106,8 @@ class RunPipes:
     load_ms: float = 0.0
     fresh: bool = False  # something was read from disk
     steps_done: int = 0  # denoising steps run so far, over every stage
+    vae_path: Path | None = None  # the standalone VAE's file or folder (its infotext hash)
+    hashing: infotext.Hashing | None = None  # the infotext's file hashes, computed while the job runs
 
     def all(self) -> list[Any]:
         return [p for p in (self.main, self.refiner, self.second) if p is not None]
@@ -282,6 +285,7 @@ class GenerationInterface:
         warnings.extend(kept_from_preset(req, preset, ref.model_id))
         sent = req.prompt
         req, loras = self._plan_loras(req, ref, warnings)
+        sent_negative = req.negative_prompt  # LoRA tags cut out (not applied, with a warning), TI words as written
         req, embeds = self._plan_embeddings(req, ref, warnings)
         if req.prompt_syntax == "compel":  # what compel rejects: validation_error before loading
             from ..prompts.compel_syntax import check_compel
@@ -289,7 +293,7 @@ class GenerationInterface:
             check_compel(req.prompt, req.negative_prompt, req.clip_skip, ref.base_model in ("sdxl", "pony"))
         vae = self._plan_vae(req, ref, warnings)
         refiner = self._plan_refiner(req, mode, ref)
-        hp = self._plan_hires(req, mode, width, height)
+        hp = hires.checked_plan(req, mode, width, height, self.settings.max_resolution, self.settings.max_steps)
         if req.post_processing:
             from .. import limits
             from ..managers.upscale import check_post_processing
@@ -302,7 +306,8 @@ class GenerationInterface:
         exclusive = req.output.save_path is not None and not req.output.overwrite
         return Plan(
             req, mode, ref, device, width, height, seed, paths, preset, choice, inputs, vae, refiner, hp, dtype, exclusive, warnings,
-            controlnets=cns, loras=loras, embeddings=embeds, prompt_as_sent=sent if sent != req.prompt else None, family=family,
+            controlnets=cns, loras=loras, embeddings=embeds, prompt_as_sent=sent if sent != req.prompt else None,
+            negative_as_sent=sent_negative if sent_negative != req.negative_prompt else None, family=family,
         )
 
     def _peek_ref(self, req: GenerationRequest) -> ModelRef | None:
@@ -398,31 +403,14 @@ class GenerationInterface:
         model_unet = unet_config(ref.path) if ref.format == "diffusers" else None
         return plan_controlnets(req.controlnets, ref.base_model, width, height, roots, self.locator.catalog, self.locator.allow_pickle, model_unet)
 
-    def _plan_hires(self, req: GenerationRequest, mode: str, width: int, height: int) -> hires.HiresPlan | None:
-        if req.hires is None:
-            return None
-        if mode != "text2img":
-            raise _invalid("data.hires", f"hires fix is for text2img, not {mode}")
-        if req.refiner is not None:
-            raise _invalid("data.hires", "hires fix and a refiner cannot be combined in one request")
-        hp = hires.plan(req.hires, width, height, req.steps)
-        s = self.settings
-        problems = []
-        if max(hp.width, hp.height) > s.max_resolution:
-            where = "data.hires.width" if req.hires.width or req.hires.height else "data.hires.scale"
-            problems.append({"path": where, "message": f"the hires size {hp.width}x{hp.height} is over the limit of {s.max_resolution}"})
-        if hp.steps > s.max_steps:
-            problems.append({"path": "data.hires.steps", "message": f"{hp.steps} is over the limit of {s.max_steps}"})
-        if problems:
-            raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
-        return hp
-
     # ---- the job ---------------------------------------------------------------------------------
 
     def run(self, ctx: JobContext, plan: Plan) -> dict[str, Any]:
         t_start, perf, rss, device, dtype, warnings = start_job(ctx, self.runtime, plan)
+        hashing = infotext.Hashing(self.hash_cache, self._resources(plan, plan.vae.path if plan.vae is not None else None))
         with contextlib.ExitStack() as stack:
             pipes = self._load(ctx, plan, device, dtype, stack, warnings)
+            pipes.hashing = hashing
             perf["load_ms"] = round(pipes.load_ms, 2)
             perf["loaded_from"] = "disk" if pipes.fresh else "cache"
             try:
@@ -456,7 +444,7 @@ class GenerationInterface:
             stack.enter_context(self.pipelines.memory.pinned([entry.key]))
             self.pipelines.memory.place([entry.key], loaded.device)
             pipes.load_ms += (time.perf_counter() - t0) * 1000
-            pipes.vae = item.model_id
+            pipes.vae, pipes.vae_path = item.model_id, item.path
             pipes.keys.append(entry.key)
             # Per-run pipelines with this VAE; the cached ones keep the model's own.
             pipes.main = modes.with_components(pipes.main, plan.mode, vae=entry.obj)
@@ -582,7 +570,7 @@ class GenerationInterface:
         req = plan.req
         first = req.steps if plan.mode == "text2img" else max(1, int(req.steps * req.strength))
         if plan.hires is not None:
-            return first + max(1, int(plan.hires.steps * plan.hires.denoise))
+            return first + plan.hires.steps
         return first
 
     def _denoise(self, ctx: JobContext, plan: Plan, pipes: RunPipes, rss: RssSampler) -> list[Any]:
@@ -626,7 +614,7 @@ class GenerationInterface:
             out = self._call(
                 ctx, plan, pipes, pipes.second, rss, True,
                 **self._prompt(pipes.second, req), **common,
-                image=image, strength=hp.denoise, num_inference_steps=hp.steps,
+                image=image, strength=hp.denoise, num_inference_steps=hp.scheduler_steps,
                 generator=generators(torch, plan.seed, req.num_images), output_type="pil",
             )
             return out.images
@@ -679,10 +667,11 @@ class GenerationInterface:
         if plan.embeddings:
             extra["textual_inversions"] = sorted({t.item.model_id for t in plan.embeddings})
         extra.update(plan.family.effective(req, plan))  # [families] e.g. Flux's max_sequence_length, true_cfg_scale
+        extra["hashes"] = self._hashes(plan, pipes)
         return {
             "mode": plan.mode,
-            "prompt": plan.prompt_as_sent or req.prompt,
-            "negative_prompt": req.negative_prompt,
+            "prompt": plan.prompt_as_sent if plan.prompt_as_sent is not None else req.prompt,
+            "negative_prompt": plan.negative_as_sent if plan.negative_as_sent is not None else req.negative_prompt,
             **plan.ref.describe(),
             "width": plan.width,
             "height": plan.height,
@@ -705,13 +694,31 @@ class GenerationInterface:
             **(plan.preset or {}),
         }
 
+    @property
+    def hash_cache(self) -> Any:
+        return infotext.hash_cache_for(self.settings.data_dir)
+
+    def _resources(self, plan: Plan, vae: Path | None) -> list[infotext.Resource]:
+        texts = (plan.prompt_as_sent or plan.req.prompt, plan.negative_as_sent or plan.req.negative_prompt)
+        return infotext.run_resources(plan.ref.source, vae, plan.loras, plan.embeddings, texts)
+
+    def _hashes(self, plan: Plan, pipes: RunPipes | None) -> dict[str, str]:
+        """The infotext's hashes (parameters.hashes): from the job's background hashing, plus an
+        fp16-safe VAE chosen at load time; computed here for a batch item (mostly cache hits)."""
+        if pipes is None or pipes.hashing is None:
+            return infotext.compute(self.hash_cache, self._resources(plan, None))
+        out = pipes.hashing.result()
+        if pipes.vae_path is not None and "vae" not in out:
+            out.update(infotext.compute(self.hash_cache, infotext.vae_resource(pipes.vae_path)))
+        return out
+
     def _deliver(self, pil_images: list[Any], plan: Plan, params: dict[str, Any], ctx: JobContext) -> tuple[list[dict[str, Any]], float, float]:
         fmt, opts = plan.req.output.format, plan.req.output
         images: list[dict[str, Any]] = []
         encode_s = save_s = 0.0
         for i, img in enumerate(pil_images):
             seed = plan.seed + i
-            text = infotext({**params, "seed": seed})
+            text = infotext.build({**params, "seed": seed})
             t0 = time.perf_counter()
             data = encode(img, fmt, opts.quality, text)
             encode_s += time.perf_counter() - t0
@@ -728,7 +735,7 @@ class GenerationInterface:
             path = plan.paths[i] if i < len(plan.paths) else None
             if path is not None:
                 t1 = time.perf_counter()
-                self.output.write_atomic(path, data, replace=not plan.exclusive)
+                path = self.output.write_atomic(path, data, replace=not plan.exclusive, unique=unique_names(opts.save_path))
                 save_s += time.perf_counter() - t1
                 entry["path"] = str(path)
                 ctx.session.outputs.append(str(path))

@@ -36,10 +36,9 @@ class ModelInterface:
     @property
     def hash_cache(self) -> Any:
         if self._hash_cache is None:
-            from ..models.hashes import HashCache
+            from ..managers.infotext import hash_cache_for  # the one the infotext's hashes use too
 
-            data = self.app.settings.data_dir
-            self._hash_cache = HashCache(data / "hashes.json" if data else None)
+            self._hash_cache = hash_cache_for(self.app.settings.data_dir)
         return self._hash_cache
 
     def item(self, model_id: str, kind: str | None = None, field: str = "data.model_id") -> CatalogItem:

@@ -30,7 +30,7 @@ from ..managers.images_in import decode_image
 from ..managers.locator import ModelRef
 from ..managers.lowmem import is_oom, low_memory_mode
 from ..managers.memory import collect
-from ..managers.output import OutputWriter, b64
+from ..managers.output import OutputWriter, b64, unique_names
 from ..managers.pipelines import LoadedPipeline
 from ..managers.runtime import RssSampler
 from ..managers import video_out
@@ -333,7 +333,7 @@ class VideoInterface:
             path = plan.paths[i] if i < len(plan.paths) else None
             if path is not None:
                 t1 = time.perf_counter()
-                OutputWriter.write_atomic(path, data, replace=not plan.exclusive)
+                path = OutputWriter.write_atomic(path, data, replace=not plan.exclusive, unique=unique_names(opts.save_path))
                 save_s += time.perf_counter() - t1
                 entry["path"] = str(path)
                 ctx.session.outputs.append(str(path))

@@ -13,7 +13,8 @@ Tokenizers and text encoders are shared cached objects (SD 1.5 and SDXL often sh
 and an added token stays in them for every later run. So the token is private to the file,
 ``<ti-name-1a2b3c4d>`` (multi-vector: ``..._1``, ``..._2``, expanded by diffusers'
 ``maybe_convert_prompt``), and :func:`rewrite` puts it in place of the trigger word, in the prompts
-of the runs that chose the embedding only. Another run's prompt keeps the plain word, which the
+of the runs that chose the embedding only (the encoders' copy of the prompts: the result's
+``parameters`` and the infotext keep the user's words). Another run's prompt keeps the plain word, which the
 tokenizer reads as before: what a run generates never depends on which embeddings earlier runs
 loaded. What was added is recorded per text encoder and per tokenizer: an embedding is added once
 per text encoder; a tokenizer that already holds the token (added for another text encoder that
@@ -129,6 +130,11 @@ def select(triggered: Sequence[Triggered], model_base: str) -> tuple[list[Trigge
         else:
             kept[t.trigger.lower()] = t
     return list(kept.values()), warnings
+
+
+def appears(word: str, texts: Iterable[str | None]) -> bool:
+    """Whether a trigger word is in one of the texts as the user wrote them (the infotext's TI hashes)."""
+    return any(t and _pattern(word).search(t) for t in texts)
 
 
 def rewrite(prompt: str | None, triggered: Sequence[Triggered]) -> str | None:

@@ -1,11 +1,26 @@
-"""Encoding images and writing them: atomic files with the A1111 'parameters' text chunk."""
+"""Encoding images and writing them: atomic files with the A1111 'parameters' text.
+
+- PNG: a ``parameters`` text chunk (tEXt; iTXt when the text is not Latin-1, as Pillow does).
+- JPEG and WebP: EXIF ``UserComment`` (UNICODE prefix + UTF-16BE) in the Exif sub-IFD, where
+  A1111 writes it with piexif and where A1111's PNG Info, sd-parsers and sd-prompt-reader look.
+- Files: written to a temp file in the same folder, fsynced, made readable as the umask says
+  (0o666 & ~umask, as ``open()`` would), then given their name. Paths are absolute.
+- Names: ``<session>-<i><ext>`` in the output dir. A session id that is not a safe file name as
+  it is (sanitized or cut to 80 characters) gets a short hash of the raw id, so two ids never
+  share a name; the worker's own names are created exclusively, and a name already taken (an
+  earlier job, another run) gets a ``.<n>`` before the extension: a reported file is never
+  overwritten.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
+import struct
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,41 +28,8 @@ from ..paths import resolve_in_roots, safe_file_name
 from ..errors import ValidationFailed, WorkerError
 
 _EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-
-
-def infotext(p: dict[str, Any]) -> str:
-    """A1111's 'parameters' text: prompt, negative prompt, then 'Key: value' pairs."""
-    lines = [p.get("prompt", "")]
-    if p.get("negative_prompt"):
-        lines.append(f"Negative prompt: {p['negative_prompt']}")
-    hires = p.get("hires") or {}
-    refiner = p.get("refiner") or {}
-    pairs = [
-        ("Steps", p.get("steps")),
-        ("Sampler", p.get("sampler_name")),
-        ("CFG scale", p.get("guidance_scale")),
-        ("Seed", p.get("seed")),
-        ("Size", f"{p.get('width')}x{p.get('height')}"),
-        ("Model", p.get("model_id")),
-        ("VAE", p.get("vae") if p.get("vae") not in (None, "model") else None),
-        ("Denoising strength", p.get("strength", hires.get("denoise"))),
-        ("Clip skip", p.get("clip_skip") if (p.get("clip_skip") or 1) > 1 else None),
-        ("Hires upscale", hires.get("scale") if hires and not hires.get("resize") else None),
-        ("Hires resize", hires.get("resize")),
-        ("Hires steps", hires.get("steps")),
-        ("Hires upscaler", hires.get("upscaler_name")),
-        ("Refiner", refiner.get("model")),
-        ("Refiner switch at", refiner.get("switch_at")),
-        ("Version", p.get("version")),
-    ]
-    lines.append(", ".join(f"{k}: {_fmt(v)}" for k, v in pairs if v is not None))
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
+_NAME_LIMIT = 80
+_MAX_SUFFIX = 10000  # .1 … .9999 before a name is given up on
 
 
 def encode(image: Any, fmt: str, quality: int, text: str) -> bytes:
@@ -59,31 +41,53 @@ def encode(image: Any, fmt: str, quality: int, text: str) -> bytes:
         meta.add_text("parameters", text)
         image.save(buf, format="PNG", pnginfo=meta)
     elif fmt == "jpeg":
-        image.convert("RGB").save(buf, format="JPEG", quality=quality, exif=_exif_comment(image, text))
+        image.convert("RGB").save(buf, format="JPEG", quality=quality, exif=exif_user_comment(text))
     else:
-        image.save(buf, format="WEBP", quality=quality, exif=_exif_comment(image, text))
+        image.save(buf, format="WEBP", quality=quality, exif=exif_user_comment(text))
     return buf.getvalue()
 
 
-def _exif_comment(image: Any, text: str) -> bytes:
-    """A1111 keeps infotext for JPEG/WebP in EXIF UserComment (UNICODE-prefixed)."""
-    exif = image.getexif()
-    exif[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
-    return exif.tobytes()
+def exif_user_comment(text: str) -> bytes:
+    """EXIF holding only ``UserComment`` in the Exif sub-IFD: what A1111 writes with piexif
+    (``{"Exif": {UserComment: UserComment.dump(text, encoding="unicode")}}``).
+
+    A little-endian TIFF: IFD0 with one entry (the Exif IFD pointer, 0x8769), the Exif IFD with one
+    entry (UserComment, 0x9286, type UNDEFINED), then the comment. Pillow's own Exif writer stores
+    the comment as BYTE, which piexif (A1111's reader) does not decode.
+    """
+    comment = b"UNICODE\x00" + text.encode("utf-16-be", "replace")
+    ifd_size = 2 + 12 + 4  # entry count, one entry, next-IFD offset
+    exif_ifd = 8 + ifd_size
+    data_at = exif_ifd + ifd_size
+    tiff = b"II*\x00" + struct.pack("<I", 8)
+    tiff += struct.pack("<HHHII", 1, 0x8769, 4, 1, exif_ifd) + struct.pack("<I", 0)
+    tiff += struct.pack("<HHHII", 1, 0x9286, 7, len(comment), data_at) + struct.pack("<I", 0)
+    return b"Exif\x00\x00" + tiff + comment
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def file_stem(session_id: str) -> str:
+    """The session's file-name stem: the id itself when it is a safe name of at most 80 characters,
+    else its safe form cut short plus 8 hex digits of the raw id's SHA-256 (``coll a`` and
+    ``coll/a`` both sanitize to ``coll_a``; their stems differ)."""
+    safe = safe_file_name(session_id, _NAME_LIMIT)
+    if safe == session_id:
+        return safe
+    digest = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe[: _NAME_LIMIT - 9]}-{digest}"
+
+
 def plan_paths(
     root: Path | None, save_path: str | None, session_id: str, count: int, ext: str, overwrite: bool = False, strict_ext: bool = False
 ) -> list[Path | None]:
-    """Where each of `count` outputs goes (None: not saved), inside `root` (the output dir).
+    """Where each of `count` outputs goes (None: not saved), inside `root` (the output dir); absolute.
 
     A `save_path` never replaces an existing file unless `overwrite`; the worker's own names
-    (`<session>-<i><ext>` in the output dir) are its files and are replaced. `strict_ext`: a
-    save_path with another extension is refused (a video is always an .mp4).
+    (`<session>-<i><ext>` in the output dir) are made unique when written (``unique_names``).
+    `strict_ext`: a save_path with another extension is refused (a video is always an .mp4).
     """
     if save_path is None and root is None:
         return [None] * count
@@ -92,12 +96,12 @@ def plan_paths(
             "output.save_path needs an output root: start the worker with --output-dir",
             [{"path": "data.output.save_path", "message": "no --output-dir configured"}],
         )
+    root = Path(os.path.abspath(root))
     if save_path is None:
-        stem = root / safe_file_name(session_id)
-        return [stem.with_name(f"{stem.name}-{i}{ext}") for i in range(count)]
+        return [root / f"{file_stem(session_id)}-{i}{ext}" for i in range(count)]
     target = resolve_in_roots(save_path, [root], "data.output.save_path")
     if save_path.endswith(("/", os.sep)) or target.is_dir():
-        paths = [target / f"{safe_file_name(session_id)}-{i}{ext}" for i in range(count)]
+        paths = [target / f"{file_stem(session_id)}-{i}{ext}" for i in range(count)]
     else:
         if not target.suffix:
             target = target.with_suffix(ext)
@@ -112,6 +116,11 @@ def plan_paths(
     return list(paths)
 
 
+def unique_names(save_path: str | None) -> bool:
+    """The worker named the files itself (no save_path): a taken name gets a suffix, never replaced."""
+    return save_path is None
+
+
 class OutputWriter:
     def __init__(self, output_dir: Path | None):
         self.root = output_dir
@@ -121,12 +130,14 @@ class OutputWriter:
         return plan_paths(self.root, save_path, session_id, count, _EXT[fmt], overwrite)
 
     @staticmethod
-    def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
-        """Temp file in the same folder, fsync, rename: a reader never sees half an image.
+    def write_atomic(path: Path, data: bytes, replace: bool = True, unique: bool = False) -> Path:
+        """Temp file in the same folder, fsync, chmod, then its name: a reader never sees half an image.
 
-        replace=False: the file must not exist yet. The temp file is hard-linked to its name,
-        which fails atomically when something else took the name meanwhile (on file systems
-        without hard links: checked, then renamed). No temp file is left behind either way.
+        Returns the path written. replace=False: the file must not exist yet. The temp file is
+        hard-linked to its name, which fails atomically when something else took the name
+        meanwhile (on file systems without hard links: the name is reserved with O_EXCL, then
+        the temp file renamed over it). unique=True: a taken name is no error, the next free
+        ``<stem>.<n><ext>`` is used. No temp file is left behind either way.
         """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,11 +148,16 @@ class OutputWriter:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
+                if hasattr(os, "fchmod"):  # POSIX (Windows has no modes to set)
+                    os.fchmod(fh.fileno(), 0o666 & ~current_umask())
                 os.fsync(fh.fileno())
+            if unique:
+                return _link_unique(tmp, path)
             if replace:
                 os.replace(tmp, path)
             else:
                 _link_new(tmp, path)
+            return path
         except OSError as exc:
             raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from exc
         finally:
@@ -158,13 +174,60 @@ def exists_error(path: Path) -> ValidationFailed:
 
 def _link_new(tmp: str, path: Path) -> None:
     """Give the finished temp file the name `path`, which must not exist (the temp is unlinked after)."""
+    if not _claim(tmp, path):
+        raise exists_error(path)
+
+
+def _link_unique(tmp: str, path: Path) -> Path:
+    """Give the temp file `path`, or `<stem>.<n><suffix>` for the first n whose name is free."""
+    for n in range(_MAX_SUFFIX):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
+        if os.path.isdir(candidate) and n == 0:
+            raise IsADirectoryError(21, "a folder has that name", str(candidate))
+        if _claim(tmp, candidate):
+            return candidate
+    raise FileExistsError(17, f"no free name left ({path.stem}.1 … .{_MAX_SUFFIX - 1})", str(path))
+
+
+def _claim(tmp: str, path: Path) -> bool:
+    """Make the finished temp file `path` if that name is free; False when it is taken."""
     try:
         os.link(tmp, path)
-        return
+        return True
     except FileExistsError:
-        raise exists_error(path) from None
+        return False
     except OSError:
         pass  # no hard links here (some network and FAT file systems)
-    if os.path.lexists(path):
-        raise exists_error(path)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # reserve the name
+    except FileExistsError:
+        return False
     os.replace(tmp, path)
+    return True
+
+
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read once: /proc/self/status where there is one (reading it with
+    os.umask means setting it, which would race with other threads creating files)."""
+    global _UMASK
+    with _UMASK_LOCK:
+        if _UMASK is None:
+            _UMASK = _read_umask()
+        return _UMASK
+
+
+def _read_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
