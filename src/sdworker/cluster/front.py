@@ -22,7 +22,6 @@ import orjson
 
 from .. import PROTOCOL_VERSION, __version__
 from ..errors import Busy, InternalError, InvalidRequest, WorkerError, WorkerLost
-from ..jobs.sessions import SessionRegistry
 from ..protocol.envelopes import Call, Form, Rejection, decode_line, encode_error, encode_success, guess_form, ready_event
 from ..protocol.framing import LineWriter, Oversize, read_lines
 from ..settings import Settings
@@ -68,7 +67,6 @@ class Front:
         self.lock = threading.RLock()
         self.pool = ReplicaPool(settings, self._started, self._lines, self._lost)
         self.router = Router(self.pool.replicas)
-        self.sessions = SessionRegistry()
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
         self.ledger = SessionLedger(self.db, settings.ledger_keep, settings.ledger_days)
         self.presets_holder = PresetsHolder(self)
@@ -142,6 +140,9 @@ class Front:
 
     def _lost(self, state: ReplicaState, token: str, reason: str) -> None:
         with self.lock:
+            if state.dead and self.all_dead():
+                for q in list(self.router.waiting):
+                    self.jobs.finish(q.job, None, WorkerLost("every replica is gone (Ray used up its restarts); this job never started"))
             if token != state.token:
                 return
             log.warning("replica %d (node %s) lost: %s", state.id, str(state.info.get("node"))[:12], reason)
@@ -212,7 +213,7 @@ class Front:
         m = call.method
         try:
             if m == "$/cancelRequest":
-                self._cancel_request(call)
+                sink(encode_success(call, {"cancelled": self._cancel_request(call)}))  # None for a notification
             elif m in self.local_names:
                 self._local(call, sink)
             elif m in sessions.SESSION_METHODS:
@@ -294,13 +295,15 @@ class Front:
             for r in targets:
                 self.ask(r, call, lambda d, e, r=r: gather.add(r, d, e))
 
-    def _cancel_request(self, call: Call) -> None:
-        """JSON-RPC `$/cancelRequest {"id": …}`: cancel the job of that request (a notification: no answer)."""
+    def _cancel_request(self, call: Call) -> bool:
+        """JSON-RPC `$/cancelRequest {"id": …}`: cancel the job of that request, if it is still on."""
         with self.lock:
             target = next((j for j in self.jobs.active.values() if j.call.form is Form.JSONRPC and j.call.raw_id == call.params.get("id")), None)
-        if target is not None:
-            cancel = Call("inference.cancel_session", {"session_id": target.session.session_id}, Form.NATIVE, self._rid(), None)
-            sessions.route(self, cancel, lambda _answer: None)
+        if target is None:
+            return False
+        cancel = Call("inference.cancel_session", {"session_id": target.session.session_id}, Form.NATIVE, self._rid(), None)
+        sessions.route(self, cancel, lambda _answer: None)
+        return True
 
     # ---- life --------------------------------------------------------------------------------------
 
@@ -339,7 +342,9 @@ class Front:
             signal.signal(signal.SIGINT, lambda *_: self.request_stop("sigint"))
         self.pool.start()
         self._wait_ready()
-        self.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.methods))
+        ready = ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.methods)
+        ready["data"]["replicas"] = [r.public() for r in self.router.up()]  # more come up later: system.get_info
+        self.write(ready)
         self.ledger.start()
         threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True).start()
         while not self._stop.wait(0.25):

@@ -30,6 +30,7 @@ Sink = Callable[["dict[str, Any] | None"], None]
 FINAL_OF = {"cancelled": "cancelled", "timeout": "timed_out"}
 ORDER = {s: i for i, s in enumerate(ACTIVE)}
 MAX_TRIES = 2  # `retry: true` runs a lost job once more
+KEEP_FINISHED = 1000  # finished jobs kept in memory for session queries (older ones: the ledger)
 
 
 @dataclass(eq=False)
@@ -94,7 +95,6 @@ class JobBook:
             spread = plan_spread(self, call, params, sink, session, retry or retry_flag)
             job: ClusterJob | Spread = spread if spread is not None else ClusterJob(call, params, sink, session, session.model_id, retry or retry_flag, call.timeout)
             self.active[sid] = self.records[sid] = job
-            f.sessions.add(session)
             session.log(f"queued {call.method} (priority {call.priority})")
             self.transition(job, "queued")
             for part in spread.parts if spread is not None else [job]:  # type: ignore[union-attr]
@@ -222,6 +222,9 @@ class JobBook:
             s.log(f"{FINAL_OF.get(err.code, 'failed')}: {err.message}", "warning" if err.code in FINAL_OF else "error")
         self.transition(job, "completed" if err is None else FINAL_OF.get(err.code, "failed"))
         self.active.pop(s.session_id, None)
+        if len(self.records) > KEEP_FINISHED + len(self.active):
+            for sid in [k for k in self.records if k not in self.active][: len(self.records) - len(self.active) - KEEP_FINISHED]:
+                del self.records[sid]
         job.sink(encode_error(job.call, err) if err is not None else encode_success(job.call, data))
 
     def transition(self, job: "ClusterJob | Spread", status: str) -> None:

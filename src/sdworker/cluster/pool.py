@@ -121,7 +121,9 @@ class ReplicaPool:
                     self._on_lost(state, token, f"its process or node died ({type(exc).__name__})")
                     token = None
                 failures += 1
-                state.dead = isinstance(exc, ActorDiedError) and failures > 3
+                if isinstance(exc, ActorDiedError) and failures > 3 and not state.dead:
+                    state.dead = True  # Ray gave up on it (restarts used up)
+                    self._on_lost(state, "", "Ray gave up restarting it")
                 time.sleep(min(5.0, 0.2 * failures))
                 continue
             except Exception:  # noqa: BLE001  (the loop must outlive any one bad call)
