@@ -3,9 +3,10 @@
 
     python bench/cluster.py [--jobs 16] [--steps 8] [--repeats 15] [--write docs/benchmarks.md]
 
-In one run: a plain worker, then `sdworker --ray-address local --replicas 1` and `--replicas 2`
-(a private Ray cluster each, one CPU per replica), all over one tiny SD 1.5 (random weights, 64x64).
-Throughput: the same N text2img jobs sent at once, first write to last answer, models warm.
+In one run: a plain worker, `sdworker --ray-address local --replicas 1` and `--replicas 2` (a
+private Ray cluster each, one CPU per replica), side by side, over one tiny SD 1.5 (random
+weights, 64x64). Throughput: the same N text2img jobs sent at once, first write to last answer,
+models warm, the three taking turns for a few rounds (medians).
 Latency: jobs of one step sent one at a time; each job's overhead is its round trip less the
 worker's own `performance.total_ms`, so the difference between the front (one replica) and the
 plain worker is what the front, Ray and the extra pipe add to a job, whatever the job costs.
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=16, help="jobs per throughput round (default 16)")
     p.add_argument("--steps", type=int, default=8, help="steps per throughput job (default 8)")
     p.add_argument("--repeats", type=int, default=15, help="one-step jobs for the latency figures (default 15)")
+    p.add_argument("--rounds", type=int, default=3, help="throughput rounds of each of the three (default 3; medians)")
     p.add_argument("--write", metavar="PATH", help="write the section into this markdown file (e.g. docs/benchmarks.md)")
     args = p.parse_args(argv)
     started = dt.datetime.now(dt.timezone.utc)
@@ -108,12 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             wait_replicas(f, n)
             for r in range(2):  # every replica loads the model
                 throughput(f, 2 * n, 1, f"warm{n}-{r}")
-            if n == 1:
-                lat = overheads({"worker": w, "front": f}, args.repeats)
-                res["worker_rt"], res["worker_extra"] = lat["worker"]
-                res["front_rt"], res["front_extra"] = lat["front"]
-                res["worker_jps"] = throughput(w, args.jobs, args.steps, "w")
-            res[f"jps{n}"] = throughput(f, args.jobs, args.steps, f"f{n}")
+        core.log("latency")
+        lat = overheads({"worker": w, "front": fronts[0]}, args.repeats)
+        res["worker_rt"], res["worker_extra"] = lat["worker"]
+        res["front_rt"], res["front_extra"] = lat["front"]
+        runs: dict[str, list[float]] = {"worker": [], "1": [], "2": []}
+        for r in range(args.rounds):  # the three take turns, so a change in the machine's load hits all
+            core.log(f"throughput round {r + 1}/{args.rounds}")
+            for name, child in (("worker", w), ("1", fronts[0]), ("2", fronts[1])):
+                runs[name].append(throughput(child, args.jobs, args.steps, f"t{name}-{r}"))
+        res["worker_jps"], res["jps1"], res["jps2"] = (statistics.median(runs[k]) for k in ("worker", "1", "2"))
+        res["runs"] = runs
+        for f in fronts:
             f.close(120)
         w.close(60)
     finally:
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     added_extra = med(res["front_extra"]) - med(res["worker_extra"])
     rows = [
         ("spawn -> ready event", f"{res['ready1']:.1f} s (1 replica), {res['ready2']:.1f} s (2)", f"{res['worker_ready']:.2f} s (plain worker)", "info (Ray's start, the replicas' and the first worker's)", "-"),
-        ("jobs/s, one plain worker (1 thread)", f"{res['worker_jps']:.2f}", "-", "info", "-"),
+        (f"jobs/s, one plain worker (1 thread), median of {args.rounds}", f"{res['worker_jps']:.2f}", "-", "info", "-"),
         ("jobs/s, front + 1 replica", f"{res['jps1']:.2f}", f"{res['worker_jps']:.2f} (plain worker)", f"info ({res['jps1'] / res['worker_jps']:.2f}x)", "-"),
         ("jobs/s, front + 2 replicas", f"{res['jps2']:.2f}", f"{res['jps1']:.2f} (1 replica)", f"info ({res['jps2'] / res['jps1']:.2f}x)", "-"),
         (f"one-step job round trip, median of {args.repeats}", f"{med(res['front_rt']):.1f} ms", f"{med(res['worker_rt']):.1f} ms (plain worker)", f"info (+{added:.1f} ms)", "-"),
@@ -136,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     how = "\n".join([
         "How each row is taken:",
+        "- jobs/s per round (worker / 1 replica / 2 replicas): " + "; ".join(
+            f"{a:.2f} / {b:.2f} / {c:.2f}" for a, b, c in zip(res["runs"]["worker"], res["runs"]["1"], res["runs"]["2"])) + ".",
         f"- jobs/s: {args.jobs} text2img jobs (tiny SD 1.5, 64x64, {args.steps} steps, distinct seeds) written back to back; N / (first write -> last answer). "
-        "Every replica has the model loaded first (warm-up rounds). The front starts a private Ray cluster (`--ray-address local`, "
+        "Every replica has the model loaded first (warm-up rounds); the plain worker and both fronts run side by side and take turns, round by round. A front starts a private Ray cluster (`--ray-address local`, "
         "one CPU per replica); all processes run with one torch thread (`OMP_NUM_THREADS=1`), so 2 replicas can use both cores.",
         "- spawn -> ready: `Popen` to the first stdout line; the front writes it when its first replica's worker is up.",
         "- latency: one-step jobs, one at a time, the plain worker and the front (1 replica) taking turns; round trip = write -> answer read. \"Outside total_ms\" subtracts the worker's own "

@@ -85,6 +85,7 @@ class Front(Worker):
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     pytest.importorskip("ray", reason="cluster mode needs the 'cluster' extra (ray)")
+    before = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray binds 127.0.0.1, not the machine's address
     from ray.cluster_utils import Cluster
 
@@ -94,6 +95,10 @@ def cluster() -> Iterator[Any]:
     c.wait_for_nodes()
     yield c
     c.shutdown()
+    if before is None:
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    else:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = before
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +212,7 @@ def _running(f: Front, sid: str, timeout: float = 120) -> None:
 
 
 def test_cancel_reaches_the_owner_and_the_front_queue(front: Front) -> None:
-    long = {"width": 128, "height": 128, "steps": 150}
+    long = {"width": 128, "height": 128, "steps": 150}  # cancelled long before its end
     for i, model in enumerate(MODELS):
         front.send({"type": "inference.text2img", "request_id": f"long-{i}", "data": _job(model, 1, **long)})
     front.send({"type": "inference.text2img", "request_id": "waits", "data": _job(MODELS[0], 2)})
@@ -265,7 +270,7 @@ def test_lost_replica_answers_worker_lost_or_retries(front: Front) -> None:
 
     reps = {r["id"]: r for r in _wait_replicas(front, 2)}  # Ray restarted it
     assert reps[owner]["restarts"] >= 1
-    front.send({"type": "inference.text2img", "request_id": "again", "retry": True, "data": _job(MODELS[1], 4, width=128, height=128, steps=40)})
+    front.send({"type": "inference.text2img", "request_id": "again", "retry": True, "data": _job(MODELS[1], 4, steps=150)})  # many cheap steps: killed mid-run, then run in full
     _running(front, "again")
     first = front.call("inference.get_session_status", {"session_id": "again"})["data"]["replica"]["id"]
     os.kill(reps[first]["child_pid"], signal.SIGKILL)  # a crash of the worker process itself (CUDA abort, ...)
