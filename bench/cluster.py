@@ -56,12 +56,13 @@ def wait_replicas(child: core.Child, n: int) -> None:
     raise core.BenchTimeout(f"{n} replicas not up")
 
 
-def throughput(child: core.Child, n: int, steps: int, tag: str) -> float:
-    """Jobs per second for n jobs sent at once."""
+def throughput(child: core.Child | list[core.Child], n: int, steps: int, tag: str) -> float:
+    """Jobs per second for n jobs sent at once (to several children: dealt in turn)."""
+    children = child if isinstance(child, list) else [child]
     waiters = []
     t0 = time.perf_counter()
     for i in range(n):
-        waiters.append(child.send(job(f"{tag}-{i}", steps, i)))
+        waiters.append(children[i % len(children)].send(job(f"{tag}-{i}", steps, i)))
     for w in waiters:
         if not w.event.wait(900) or not (w.msg or {}).get("success"):
             raise RuntimeError(f"{tag}: a job failed: {w.msg}")
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         w = spawn(["--device", "cpu"], tmp, "worker")
         res["worker_ready"] = w.first_at - w.t_spawn  # type: ignore[operator]
         throughput(w, 2, args.steps, "warm")
+        w2 = spawn(["--device", "cpu"], tmp, "worker2")  # the hand-made alternative: two workers, jobs dealt by the host
+        throughput(w2, 2, args.steps, "warm")
         for n in (1, 2):
             core.log(f"front, {n} replica(s)")
             f = spawn(["--ray-address", "local", "--replicas", str(n), "--replica-cpus", "1"], tmp, f"front{n}")
@@ -114,16 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         lat = overheads({"worker": w, "front": fronts[0]}, args.repeats)
         res["worker_rt"], res["worker_extra"] = lat["worker"]
         res["front_rt"], res["front_extra"] = lat["front"]
-        runs: dict[str, list[float]] = {"worker": [], "1": [], "2": []}
-        for r in range(args.rounds):  # the three take turns, so a change in the machine's load hits all
+        runs: dict[str, list[float]] = {"worker": [], "1": [], "workers2": [], "2": []}
+        for r in range(args.rounds):  # they take turns, so a change in the machine's load hits all
             core.log(f"throughput round {r + 1}/{args.rounds}")
-            for name, child in (("worker", w), ("1", fronts[0]), ("2", fronts[1])):
+            for name, child in (("worker", w), ("1", fronts[0]), ("workers2", [w, w2]), ("2", fronts[1])):
                 runs[name].append(throughput(child, args.jobs, args.steps, f"t{name}-{r}"))
-        res["worker_jps"], res["jps1"], res["jps2"] = (statistics.median(runs[k]) for k in ("worker", "1", "2"))
+        res["worker_jps"], res["jps1"], res["workers2_jps"], res["jps2"] = (statistics.median(runs[k]) for k in ("worker", "1", "workers2", "2"))
         res["runs"] = runs
         for f in fronts:
             f.close(120)
         w.close(60)
+        w2.close(60)
     finally:
         for f in fronts:  # SIGTERM, so a front stops its private Ray cluster (SIGKILL would orphan it)
             if f.proc.poll() is None:
@@ -139,15 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         (f"jobs/s, one plain worker (1 thread), median of {args.rounds}", f"{res['worker_jps']:.2f}", "-", "info", "-"),
         ("jobs/s, front + 1 replica", f"{res['jps1']:.2f}", f"{res['worker_jps']:.2f} (plain worker)", f"info ({res['jps1'] / res['worker_jps']:.2f}x)", "-"),
         ("jobs/s, front + 2 replicas", f"{res['jps2']:.2f}", f"{res['jps1']:.2f} (1 replica)", f"info ({res['jps2'] / res['jps1']:.2f}x)", "-"),
+        ("jobs/s, two plain workers, jobs dealt by the client", f"{res['workers2_jps']:.2f}", f"{res['jps2']:.2f} (front + 2 replicas)",
+         f"info (the front reaches {res['jps2'] / res['workers2_jps']:.2f} of it)", "-"),
         (f"one-step job round trip, median of {args.repeats}", f"{med(res['front_rt']):.1f} ms", f"{med(res['worker_rt']):.1f} ms (plain worker)", f"info (+{added:.1f} ms)", "-"),
         ("  of which outside the worker's total_ms (median)", f"{med(res['front_extra']):.1f} ms", f"{med(res['worker_extra']):.1f} ms", f"< 50 ms added (is {added_extra:.1f} ms)", "yes" if added_extra < 50 else "no"),
     ]
     how = "\n".join([
         "How each row is taken:",
-        "- jobs/s per round (worker / 1 replica / 2 replicas): " + "; ".join(
-            f"{a:.2f} / {b:.2f} / {c:.2f}" for a, b, c in zip(res["runs"]["worker"], res["runs"]["1"], res["runs"]["2"])) + ".",
+        "- jobs/s per round (worker / 1 replica / 2 workers / 2 replicas): " + "; ".join(
+            " / ".join(f"{v:.2f}" for v in vals) for vals in zip(*(res["runs"][k] for k in ("worker", "1", "workers2", "2")))) + ".",
         f"- jobs/s: {args.jobs} text2img jobs (tiny SD 1.5, 64x64, {args.steps} steps, distinct seeds) written back to back; N / (first write -> last answer). "
-        "Every replica has the model loaded first (warm-up rounds); the plain worker and both fronts run side by side and take turns, round by round. A front starts a private Ray cluster (`--ray-address local`, "
+        "Every replica has the model loaded first (warm-up rounds); the plain workers and both fronts run side by side and take turns, round by round. A front starts a private Ray cluster (`--ray-address local`, "
         "one CPU per replica); all processes run with one torch thread (`OMP_NUM_THREADS=1`), so 2 replicas can use both cores.",
         "- spawn -> ready: `Popen` to the first stdout line; the front writes it when its first replica's worker is up.",
         "- latency: one-step jobs, one at a time, the plain worker and the front (1 replica) taking turns; round trip = write -> answer read. \"Outside total_ms\" subtracts the worker's own "

@@ -312,3 +312,13 @@ def test_without_ray_one_line_and_exit_2() -> None:
     assert p.returncode == 2 and p.stdout == b""
     lines = p.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "cluster" in lines[0], lines
+
+
+def test_front_imports_no_ml() -> None:
+    """The front runs the worker only as the replicas' child: it never imports torch, diffusers or the ML layers."""
+    code = (
+        "import sys, sdworker.cluster.front, sdworker.cluster.replica; "
+        "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers') or m.startswith(('sdworker.managers', 'sdworker.families'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=True).stdout.decode().strip()
+    assert out == "[]", out

@@ -46,7 +46,9 @@ class _Batch:
     """The answers of one JSON-RPC batch, written as one array when the last one is in."""
 
     def __init__(self, front: "Front", expected: int):
-        self.front, self.pending, self.answers = front, expected, []  # type: ignore[var-annotated]
+        self.front = front
+        self.pending = expected
+        self.answers: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
     def add(self, answer: dict[str, Any] | None) -> None:
@@ -328,12 +330,19 @@ class Front:
             log.exception("input loop failed")
         self.request_stop("eof")
 
-    def _wait_ready(self) -> None:
-        waited = 0.0
-        while not self._ready.wait(START_WARN_S):
-            waited += START_WARN_S
-            log.warning("no replica is up after %.0f s; Ray may lack the resources asked (%g GPU, %g CPU each): %s",
-                        waited, self.pool.gpus, self.pool.cpus, self.pool.nodes())
+    def _wait_ready(self) -> bool:
+        """Until a replica is up (True), or a signal asks to stop first (False)."""
+        started = time.monotonic()
+        warned = 0
+        while not self._ready.wait(0.25):
+            if self._stop.is_set():
+                return False
+            waited = time.monotonic() - started
+            if waited >= (warned + 1) * START_WARN_S:
+                warned += 1
+                log.warning("no replica is up after %.0f s; Ray may lack the resources asked (%g GPU, %g CPU each): %s",
+                            waited, self.pool.gpus, self.pool.cpus, self.pool.nodes())
+        return True
 
     def serve(self, stdin: BinaryIO) -> int:
         self.pool.connect()
@@ -341,14 +350,14 @@ class Front:
             signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))
             signal.signal(signal.SIGINT, lambda *_: self.request_stop("sigint"))
         self.pool.start()
-        self._wait_ready()
-        ready = ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.methods)
-        ready["data"]["replicas"] = [r.public() for r in self.router.up()]  # more come up later: system.get_info
-        self.write(ready)
-        self.ledger.start()
-        threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True).start()
-        while not self._stop.wait(0.25):
-            pass
+        if self._wait_ready():
+            ready = ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.methods)
+            ready["data"]["replicas"] = [r.public() for r in self.router.up()]  # more come up later: system.get_info
+            self.write(ready)
+            self.ledger.start()
+            threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True).start()
+            while not self._stop.wait(0.25):
+                pass
         log.info("shutting down (%s)", self._stop_reason)
         self._drain()
         self.pool.stop()
