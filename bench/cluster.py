@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         "replica and its long poll; the difference between the two columns is the front's added latency per job.",
         f"- load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: this machine is shared, so the figures move with it.",
     ])
+    if res["workers2_jps"] < 1.2 * res["worker_jps"]:
+        how += ("\n- Reading: in this run a second process got no second core (two plain workers fed by hand were not faster than one), "
+                "so the 2-replica row is to be read against the two-workers row, not as the speed-up free cores or GPUs give.")
     section = core.doc_section(SECTION, "Measured by `python bench/cluster.py` on this machine (2 CPU cores): one plain worker against the cluster front.", rows, how, started)
     core.publish(section, args.write, SECTION)
     return 0
