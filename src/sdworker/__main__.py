@@ -21,9 +21,14 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings(argv)
     setup_logging(settings.log_level, settings.log_format)
-    from .app import run
+    if settings.ray_address:  # cluster mode: the same protocol, jobs run on Ray replicas
+        from .cluster import run as run_cluster
 
-    code = run(settings, out)
+        code = run_cluster(settings, out)
+    else:
+        from .app import run
+
+        code = run(settings, out)
     sys.stderr.flush()
     # Skip interpreter teardown: library threads (torch, tokenizers) can stall it, and all is answered.
     os._exit(code)

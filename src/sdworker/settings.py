@@ -38,6 +38,11 @@ class Settings:
     vram_budget_mb: float | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    # cluster mode (sdworker.cluster): a front over Ray actors, each running one worker
+    ray_address: str | None = None  # auto | local | host:port; None: a single worker
+    replicas: int | None = None  # None: one per GPU replica slot (GPUs / replica_gpus), else 1
+    replica_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    replica_cpus: float = 1.0
 
 
 def _env_list(name: str) -> list[str]:
@@ -76,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vram-budget-mb", type=float, default=None, help="VRAM cache budget (default: free VRAM less 1.5 GiB)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     p.add_argument("--log-format", default=None, choices=["text", "json"], help="stderr log format (default text)")
+    p.add_argument("--ray-address", default=None, help="cluster mode: auto, local or HOST:PORT of a Ray cluster; env SDWORKER_RAY_ADDRESS")
+    p.add_argument("--replicas", type=int, default=None, help="cluster mode: worker replicas (default: one per GPU); env SDWORKER_REPLICAS")
+    p.add_argument("--replica-gpus", type=float, default=None, help="cluster mode: GPUs per replica (default 1, 0 on a CPU-only cluster); env SDWORKER_REPLICA_GPUS")
+    p.add_argument("--replica-cpus", type=float, default=None, help="cluster mode: CPUs per replica (default 1); env SDWORKER_REPLICA_CPUS")
     return p
 
 
@@ -123,4 +132,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         vram_budget_mb=num(args.vram_budget_mb, "SDWORKER_VRAM_BUDGET_MB", None, float),  # type: ignore[arg-type]
         log_level=str(_pick(args.log_level, "SDWORKER_LOG_LEVEL", "INFO")).upper(),
         log_format=str(_pick(args.log_format, "SDWORKER_LOG_FORMAT", "text")),
+        ray_address=_pick(args.ray_address, "SDWORKER_RAY_ADDRESS"),  # type: ignore[arg-type]
+        replicas=num(args.replicas, "SDWORKER_REPLICAS", None, int),  # type: ignore[arg-type]
+        replica_gpus=num(args.replica_gpus, "SDWORKER_REPLICA_GPUS", None, float),  # type: ignore[arg-type]
+        replica_cpus=num(args.replica_cpus, "SDWORKER_REPLICA_CPUS", 1.0, float),  # type: ignore[arg-type]
     )
