@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -36,7 +35,8 @@ from .lazy import built_once
 from .settings import Settings
 from .store.db import DB_FILE, Database
 from .store.ledger import SessionLedger
-from . import limits
+from . import limits, stop_signals
+from .protocol import events
 
 if TYPE_CHECKING:
     from .interfaces.batch import BatchInterface
@@ -80,6 +80,7 @@ class App:
         # Opened on first use, never before the ready event.
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
         limits.configure(settings)  # prompt and input-image limits, read by schemas and the decoder
+        events.configure(settings.protocol)  # --protocol jsonrpc: every event a JSON-RPC notification
         self.ledger = SessionLedger(self.db, settings.ledger_keep, settings.ledger_days)  # every job, in sdworker.db
         self.engine.ledger = self.ledger
         self.registry = build_registry(self)
@@ -157,12 +158,12 @@ class App:
         self.request_stop("eof")
 
     def serve(self, stdin: BinaryIO) -> int:
-        self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names()))
+        stop_signals.route(self.request_stop)  # SIGTERM, SIGINT, SIGHUP: stop cleanly, as system.shutdown does
+        jsonrpc = self.settings.protocol == "jsonrpc"
+        self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names(), jsonrpc))
         self.runtime.start()
         threading.Thread(target=self.warm, name="warm-up", daemon=True).start()
         self.ledger.start()  # after ready, on its own thread: earlier runs' active sessions -> interrupted
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))
         reader = threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True)
         reader.start()
         while not self._stop.wait(0.25):

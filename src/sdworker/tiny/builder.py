@@ -32,16 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from . import tokenizer as tok
 
-ARCHES: tuple[str, ...] = ("sdxl", "sd15")
-#: Tiny Flux pipelines (tiny/flux.py); folders only, and not in ARCHES, whose users are SD-only.
-FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
-#: The other families' tiny models: arch -> the tiny/ module whose make_tiny(arch, out_dir) writes
-#: it as a diffusers folder ("flux" is FLUX.1-dev, the issue's name for it).
-FAMILY_ARCHES: dict[str, str] = {"flux": "flux", "flux-dev": "flux", "flux-schnell": "flux", "flux-fill": "flux",
-                                  "wan21": "wan", "wan22": "wan", "wan22-i2v": "wan", "wan21-i2v": "wan", "wan22-ti2v": "wan",
-                                  "hidream": "hidream", "hidream-full": "hidream", "hidream-dev": "hidream", "hidream-fast": "hidream"}
-#: Everything make_tiny_model writes.
-MODEL_ARCHES: tuple[str, ...] = ARCHES + tuple(FAMILY_ARCHES)
+from .arches import ARCHES, FAMILY_ARCHES, FLUX_ARCHES, MODEL_ARCHES  # noqa: F401  (the registry, without torch)
 
 #: One fixed seed per component, so changing one component's config never changes the
 #: weights of another.
