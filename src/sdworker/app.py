@@ -1,4 +1,4 @@
-"""Builds the services and the method table, then serves stdin until EOF, SIGTERM or system.shutdown."""
+"""Builds the services and the method table, then serves stdin until EOF, a stop signal or system.shutdown."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class App:
         self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers])
         self.loras = LoRAManager(self.memory, settings.allow_pickle)
         self.controlnets = ControlNetManager(self.memory, dtype_of)
-        # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.
+        # sdworker.db under --data-dir (presets, the session ledger; by default the per-user data folder); in memory with none.
         # Opened on first use, never before the ready event.
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
         limits.configure(settings)  # prompt and input-image limits, read by schemas and the decoder
@@ -173,7 +173,7 @@ class App:
         if reason == "method":
             reader.join(5)
         self.dispatcher.finish_deferred()
-        # EOF: the host sent these jobs and is waiting for them; SIGTERM/shutdown: answer queued ones now.
+        # EOF: the host sent these jobs and is waiting for them; a signal or shutdown: answer queued ones now.
         self.engine.close(drain=reason == "eof", cancel_running=self._cancel_running)
         self.engine.join()
         self.ledger.close()
