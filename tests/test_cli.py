@@ -158,7 +158,7 @@ def test_default_data_dir_is_the_per_user_folder_and_keeps_presets(tmp_path: Pat
         assert w.close() == 0
 
 
-@pytest.mark.parametrize("value", ["none", ":memory:", "NONE"])
+@pytest.mark.parametrize("value", ["none", ":memory:", "NONE", ""])
 def test_data_dir_none_keeps_the_database_in_memory(tmp_path: Path, value: str) -> None:
     w = Worker(["--data-dir", value], env={"XDG_DATA_HOME": str(tmp_path / "xdg")})
     try:

@@ -262,7 +262,7 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     data = values["data_dir"]
     if data is None:
         s.data_dir, s.data_dir_default = default_data_dir(), True
-    elif data.strip().lower() in IN_MEMORY:
+    elif not data.strip() or data.strip().lower() in IN_MEMORY:  # an empty flag too (an empty variable is unset)
         s.data_dir = None
     else:
         s.data_dir = Path(data).expanduser()
