@@ -20,7 +20,7 @@ VARIABLE = re.compile(r"SDWORKER_[A-Z][A-Z0-9_]*")
 
 def sdworker(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sdworker", *args], input=stdin, capture_output=True, text=True, env=full, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sdworker", *args], input=stdin, capture_output=True, text=True, env=full, timeout=300)
 
 
 def variables_in_source() -> set[str]:
@@ -178,3 +178,26 @@ def test_unusable_default_data_dir_falls_back_to_memory_with_a_warning(tmp_path:
     finally:
         assert w.close() == 0
     assert "cannot create the default data dir" in w.stderr()
+
+
+# ---- quiet starts ------------------------------------------------------------------------------------
+
+#: Lines optional packages (torchao with the test or quant extra) log at import: harmless, alarming.
+IMPORT_NOISE = ("Failed to load", "Detected no triton", "is an Enum subclass", "Unable to import `torchao`", "requires torchvision")
+
+
+def test_worker_and_make_tiny_model_start_quietly(models_dir: Path, tmp_path: Path) -> None:
+    """A model load imports diffusers (and torchao, when installed): nothing alarming on stderr at INFO."""
+    w = Worker(["--models-dir", str(models_dir), "--log-level", "INFO"])
+    try:
+        r = w.call("inference.text2img", {"model_id": "tiny-sd15", "prompt": "quiet", "steps": 2, "width": 64, "height": 64}, timeout=300)
+        assert r["success"], r
+    finally:
+        assert w.close() == 0
+    err = w.stderr()
+    assert "runtime ready" in err  # the log is there, only the noise is not
+    assert not [n for n in IMPORT_NOISE if n in err], err[-3000:]
+    made = sdworker("make-tiny-model", "--arch", "sd15", str(tmp_path / "m"))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == str(tmp_path / "m")
+    assert not [n for n in IMPORT_NOISE if n in made.stderr], made.stderr[-3000:]
