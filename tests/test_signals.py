@@ -8,6 +8,7 @@ SIGHUP. Before, either one killed the worker mid-job (KeyboardInterrupt, exit -6
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -50,3 +51,17 @@ def test_sigint_with_on_exit_cancel_cancels_running_job(spawn) -> None:
     answers = _stop_mid_job(w, signal.SIGINT, LONG)
     assert answers == {"j1": "cancelled", "j2": "shutting_down"}
 
+
+
+def test_sighup_ignored_at_start_stays_ignored(spawn) -> None:
+    """Started under nohup (SIGHUP ignored), a hangup does not stop the worker."""
+    import sys
+
+    code = "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); from sdworker.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    w = spawn(cmd=[sys.executable, "-c", code])
+    w.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)  # a handled SIGHUP would have stopped the worker by now (its main loop wakes every 0.25 s)
+    r = w.call("system.ping", request_id="after-hup")
+    assert r["success"] and w.proc.poll() is None
+    assert w.close() == 0
+    assert "shutting down (eof)" in w.stderr()

@@ -29,12 +29,19 @@ def _on_signal(signum: int, _frame: object) -> None:
         _target(reason)
 
 
+_ignored: set[int] | None = None  # ignored when the process started (nohup, `cmd &`): left ignored
+
+
 def hold() -> bool:
     """Install the handlers; signals are kept until route(). False off the main thread (nothing installed)."""
+    global _ignored
     if threading.current_thread() is not threading.main_thread():
         return False
+    if _ignored is None:
+        _ignored = {s for s in STOP_SIGNALS if signal.getsignal(s) == signal.SIG_IGN}
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_signal)
+        if signum not in _ignored:
+            signal.signal(signum, _on_signal)
     return True
 
 
