@@ -193,3 +193,26 @@ def test_vscode_jsonrpc_client_with_cancellation_token(models_dir: Path, tmp_pat
     """vscode-jsonrpc's CancellationToken sends $/cancelRequest; the request named its own session_id."""
     out = _node_client("vscode_jsonrpc.mjs", models_dir, tmp_path, _worker_cmd(models_dir, tmp_path), env={"SDWORKER_PROTOCOL": "jsonrpc"})
     _check_summary(out)
+
+
+# ---- decoding of $/cancelRequest (no worker) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("rid, session", [(7, "7"), ("a-b", "a-b"), (0, "0")])
+def test_cancel_request_decodes_to_cancel_session(rid: Any, session: str) -> None:
+    from sdworker.protocol.envelopes import Call, decode_line
+
+    line = json.dumps({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": rid}}).encode()
+    call = decode_line(line).items[0]
+    assert isinstance(call, Call)
+    assert (call.method, call.params, call.notification) == ("inference.cancel_session", {"session_id": session}, True)
+
+
+@pytest.mark.parametrize("params", [{}, {"id": None}, {"id": True}, {"id": [1]}])
+def test_cancel_request_without_a_usable_id_is_a_silent_notification(params: dict[str, Any]) -> None:
+    from sdworker.protocol.envelopes import Rejection, decode_line, encode_error
+
+    line = json.dumps({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": params}).encode()
+    item = decode_line(line).items[0]
+    assert isinstance(item, Rejection) and item.notification
+    assert encode_error(item, item.error) is None  # a notification is never answered
