@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models as mbench  # noqa: E402
 import run as core  # noqa: E402
 
-SECTION = "## Adapters and previews (issue 5)"
+SECTION = "## Adapters (LoRA switch) and previews"
 
 
 def make_kohya_lora(model: Path, path: Path, rank: int, seed: int) -> None:

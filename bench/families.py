@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as core  # noqa: E402
 
-SECTION = "## Model families (issue 8)"
+SECTION = "## Model families: step time per family"
 PROMPT = "a lighthouse at dusk"
 
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in specs:
             make_tiny_model(s.arch, models / f"tiny-{s.arch}")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        c = core.Child([core.PY, "-m", "sdworker", "--models-dir", str(models), "--device", "cpu"], env, tmp / "worker.log")
+        c = core.Child([core.PY, "-m", "sdworker", "--models-dir", str(models), "--device", "cpu", "--data-dir", "none"], env, tmp / "worker.log")
         c.wait_ready(60)
         n = 0
         for s in specs:

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as core  # noqa: E402  (the Child process driver and the doc writer of bench/run.py)
 
-SECTION = "## Models (issue 4)"
+SECTION = "## Models: load from disk vs RAM cache, switching"
 CONFIGS = core.ROOT / "src" / "sdworker" / "model_configs" / "sd15"
 
 
@@ -87,7 +87,7 @@ class Run:
 
     def worker(self, budget_mb: float) -> core.Child:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        argv = [core.PY, "-m", "sdworker", "--models-dir", str(self.models), "--device", "cpu", "--ram-budget-mb", str(budget_mb)]
+        argv = [core.PY, "-m", "sdworker", "--models-dir", str(self.models), "--device", "cpu", "--data-dir", "none", "--ram-budget-mb", str(budget_mb)]
         c = core.Child(argv, env, self.tmp / "worker.log")
         c.wait_ready(60)
         return c

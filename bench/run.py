@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Core benchmarks of the sdworker process, each side by side with a baseline.
 
-    python bench/run.py [--quick] [--threads N] [--section core|issue3|all] [--write docs/benchmarks.md]
+    python bench/run.py [--quick] [--threads N] [--section core|modes|all] [--write docs/benchmarks.md]
 
 (a) system.ping throughput, pipelined (one writer thread, one reader thread),
     vs a bare orjson echo loop subprocess driven the same way.     target: >= 1/4 of echo
@@ -12,7 +12,7 @@
 (d) end-to-end text2img through the worker (model warm) vs direct diffusers in a
     separate process on the same tiny model, plus the PNG encode.    target: ratio <= 1.05
 
-With --section issue3 (or all), in a section of its own:
+With --section modes (or all), in a section of its own:
 (e) mode switches text2img -> img2img -> inpainting on the loaded model: extra job
     overhead per switch, and the worker's RSS over the switches.   target: < 50 ms, RSS < +5 %
 (f) inference.batch_process of 8 compatible items vs the 8 sent one by one (wall time).
@@ -46,11 +46,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
-
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def require_environment() -> None:
+    """Say what is missing, in one line, instead of failing later inside a child process."""
+    import importlib.util
+
+    missing = [m for m in ("orjson", "torch", "diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        venv = ROOT / ".venv" / ("Scripts" if os.name == "nt" else "bin") / "python"
+        print(f"{Path(sys.argv[0]).name}: this Python ({sys.executable}) lacks {', '.join(missing)}; run the benchmarks "
+              f"with the Python that has sdworker installed (README, Install), e.g. {venv} {' '.join(sys.argv)}",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
+require_environment()
+import orjson  # noqa: E402
 PY = sys.executable
-SECTION = "## Core (issue 2)"
+SECTION = "## Core: ping throughput, startup, status latency, text2img"
 MEASURE_TIMEOUT = 120.0  # seconds per measurement (generations get more when the CPU is slow)
 
 
@@ -295,7 +310,7 @@ class Bench:
         self.repeats = 1 if q else 3
         self.status_seconds = 2.0 if q else 8.0
         self.warm_steps = 2
-        self.worker_argv = [PY, "-m", "sdworker", "--models-dir", str(self.models), "--device", "cpu"]
+        self.worker_argv = [PY, "-m", "sdworker", "--models-dir", str(self.models), "--device", "cpu", "--data-dir", "none"]
 
     def cleanup(self) -> None:
         _kill_children()
@@ -319,9 +334,12 @@ class Bench:
     def build_model(self) -> None:
         log("building the tiny sdxl model")
         t0 = time.perf_counter()
-        subprocess.run([PY, "-m", "sdworker", "make-tiny-model", "--arch", "sdxl", str(self.models / "tiny-sdxl")],
-                       env=self.env, cwd=str(ROOT), check=True, timeout=300,
-                       stdout=subprocess.DEVNULL, stderr=open(self.logs / "make-tiny-model.log", "ab"))
+        made = subprocess.run([PY, "-m", "sdworker", "make-tiny-model", "--arch", "sdxl", str(self.models / "tiny-sdxl")],
+                              env=self.env, cwd=str(ROOT), timeout=300,
+                              stdout=subprocess.DEVNULL, stderr=open(self.logs / "make-tiny-model.log", "ab"))
+        if made.returncode != 0:
+            tail = (self.logs / "make-tiny-model.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError("`sdworker make-tiny-model` failed (exit %d): %s" % (made.returncode, " | ".join(tail)))
         log(f"  built in {time.perf_counter() - t0:.1f}s")
 
     # ---- (b) spawn -> ready -------------------------------------------------------------------------------
@@ -613,9 +631,9 @@ class Bench:
         return "\n".join(parts) + "\n"
 
 
-# ---- Issue 3: mode switches, batch_process, validate_request ------------------------------------------------
+# ---- Modes: mode switches, batch_process, validate_request ------------------------------------------------
 
-SECTION3 = "## Issue 3: modes, batches, validation"
+SECTION3 = "## Mode switches, batches, validation"
 
 
 def _png_b64(size: int, mask: bool = False) -> str:
@@ -677,7 +695,7 @@ class Issue3:
             rt = info.msg["data"].get("runtime", {})  # type: ignore[index]
             self.b.versions.setdefault("torch", rt.get("torch"))
             self.b.versions.setdefault("diffusers", rt.get("diffusers"))
-            log("issue 3: warm-up text2img (loads the model)")
+            log("modes: warm-up text2img (loads the model)")
             for i in range(2):
                 worker.request({"type": "inference.text2img", "request_id": f"i3warm{i}", "data": self.gen()}, MEASURE_TIMEOUT * 3)
             self.guard("e", lambda: self.measure_modes(worker))
@@ -801,7 +819,7 @@ class Issue3:
         parts = [
             SECTION3,
             "",
-            "Measured by `python bench/run.py --section issue3` on the same tiny random-weight SDXL, "
+            "Measured by `python bench/run.py --section modes` on the same tiny random-weight SDXL, "
             f"{s}x{s}, {self.steps} steps, in one worker process (`--device cpu`).",
             "",
             self.b.machine(),
@@ -892,11 +910,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", metavar="PATH", help="write the measured sections of this markdown file (e.g. docs/benchmarks.md)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for both sides (default: all cores)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (model, child stderr logs)")
-    p.add_argument("--section", choices=("core", "issue3", "all"), default="core",
-                   help="core: (a)-(d); issue3: mode switches, batch_process, validate_request (e)-(g); all: both")
+    p.add_argument("--section", choices=("core", "modes", "issue3", "all"), default="core",
+                   help="core: (a)-(d); modes: mode switches, batch_process, validate_request (e)-(g); all: both "
+                   "(issue3: the old name of modes)")
     args = p.parse_args(argv)
+    if args.section == "issue3":
+        args.section = "modes"
     bench = Bench(args)
-    issue3 = Issue3(bench) if args.section in ("issue3", "all") else None
+    issue3 = Issue3(bench) if args.section in ("modes", "all") else None
     t0 = time.perf_counter()
     stage: Bench | Issue3 = bench  # where an abort is noted
     try:
@@ -904,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.run()
         if issue3 is not None:
             stage = issue3
-            if args.section == "issue3":
+            if args.section == "modes":
                 bench.build_model()
             issue3.run()
     except Exception as exc:

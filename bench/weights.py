@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as core  # noqa: E402
 
-SECTION = "## Weight formats at full size (issue 8)"
+SECTION = "## Weight formats at full size"
 #: diffusers' transformer/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers
 WAN_1_3B = {
     "_class_name": "WanTransformer3DModel", "added_kv_proj_dim": None, "attention_head_dim": 128, "cross_attn_norm": True,

@@ -17,6 +17,8 @@ Usage:
                                       [--worker CMD ...]
 
 Without --models-dir it writes a tiny random-weight SDXL model to a temporary folder first.
+It reads the native ready line too; with `--worker python -m sdworker --protocol jsonrpc` every
+line, the ready event included, is JSON-RPC (what a client library that takes every line needs).
 Exit status 0 when every request got exactly one well-formed answer, nothing else reached stdout,
 and the worker exited 0; 1 otherwise.
 """
@@ -108,10 +110,13 @@ class JsonRpcClient:
             self.problems.append(f"batch item is not an object: {msg!r}")
             return
         if msg.get("type") == "event" and msg.get("event") == "ready":
-            self.ready.put(msg)  # the worker's first line is always its native ready event
+            self.ready.put(msg)  # the first line: the native ready event (by default)
             return
         if msg.get("jsonrpc") != "2.0":
             self.problems.append(f"not a JSON-RPC message: {str(msg)[:200]}")
+            return
+        if msg.get("method") == "event.ready" and "id" not in msg:
+            self.ready.put(msg.get("params") or {})  # sdworker --protocol jsonrpc: a notification
             return
         if "method" in msg and "id" not in msg:
             self._on_notification(msg["method"], msg.get("params"))

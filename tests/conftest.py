@@ -6,6 +6,7 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,13 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A worker started without --data-dir keeps its database in the per-user data folder. Tests never
+# write into the real home: workers they start keep it in memory, as each test expects a fresh
+# worker to (tests of the default itself set SDWORKER_DATA_DIR / XDG_DATA_HOME for their worker),
+# and the data folder itself points into a temporary directory in case a test unsets that.
+os.environ["SDWORKER_DATA_DIR"] = ":memory:"
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="sdworker-test-xdg-")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 // It does what a real orchestrator does: spawns the worker as a child process with redirected
 // stdin/stdout/stderr, reads stdout lines on a reader task, matches responses to requests through
 // a request-id -> TaskCompletionSource map, and prints events as they arrive. Then it checks the
-// contract (docs: /work/shared/CONTRACT.md, docs/protocol.md) end to end:
+// contract (docs/protocol.md) end to end:
 //
 //   1. the first stdout line is the ready event (protocol 1, the methods used here listed);
 //   2. inference.text2img (64x64, a few steps, fixed seed) succeeds with one PNG image, seed echoed;

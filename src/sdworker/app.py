@@ -1,10 +1,9 @@
-"""Builds the services and the method table, then serves stdin until EOF, SIGTERM or system.shutdown."""
+"""Builds the services and the method table, then serves stdin until EOF, a stop signal or system.shutdown."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -36,7 +35,8 @@ from .lazy import built_once
 from .settings import Settings
 from .store.db import DB_FILE, Database
 from .store.ledger import SessionLedger
-from . import limits
+from . import limits, stop_signals
+from .protocol import events
 
 if TYPE_CHECKING:
     from .interfaces.batch import BatchInterface
@@ -76,10 +76,11 @@ class App:
         self.pipelines = PipelineManager(self.runtime, self.memory, [self.unets, self.vaes, self.encoders, self.tokenizers])
         self.loras = LoRAManager(self.memory, settings.allow_pickle)
         self.controlnets = ControlNetManager(self.memory, dtype_of)
-        # sdworker.db under --data-dir (presets, later the session ledger); in memory without one.
+        # sdworker.db under --data-dir (presets, the session ledger; by default the per-user data folder); in memory with none.
         # Opened on first use, never before the ready event.
         self.db = Database(settings.data_dir / DB_FILE if settings.data_dir else None)
         limits.configure(settings)  # prompt and input-image limits, read by schemas and the decoder
+        events.configure(settings.protocol)  # --protocol jsonrpc: every event a JSON-RPC notification
         self.ledger = SessionLedger(self.db, settings.ledger_keep, settings.ledger_days)  # every job, in sdworker.db
         self.engine.ledger = self.ledger
         self.registry = build_registry(self)
@@ -157,12 +158,12 @@ class App:
         self.request_stop("eof")
 
     def serve(self, stdin: BinaryIO) -> int:
-        self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names()))
+        stop_signals.route(self.request_stop)  # SIGTERM, SIGINT, SIGHUP: stop cleanly, as system.shutdown does
+        jsonrpc = self.settings.protocol == "jsonrpc"
+        self.writer.write(ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.registry.names(), jsonrpc))
         self.runtime.start()
         threading.Thread(target=self.warm, name="warm-up", daemon=True).start()
         self.ledger.start()  # after ready, on its own thread: earlier runs' active sessions -> interrupted
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))
         reader = threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True)
         reader.start()
         while not self._stop.wait(0.25):
@@ -172,7 +173,7 @@ class App:
         if reason == "method":
             reader.join(5)
         self.dispatcher.finish_deferred()
-        # EOF: the host sent these jobs and is waiting for them; SIGTERM/shutdown: answer queued ones now.
+        # EOF: the host sent these jobs and is waiting for them; a signal or shutdown: answer queued ones now.
         self.engine.close(drain=reason == "eof", cancel_running=self._cancel_running)
         self.engine.join()
         self.ledger.close()

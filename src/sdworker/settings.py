@@ -1,21 +1,40 @@
-"""Worker settings: flags first, SDWORKER_* environment variables as the fallback."""
+"""Worker settings: flags first, SDWORKER_* environment variables as the fallback.
+
+Every flag has its variable (SDWORKER_ and the flag's name in capitals), built from one table so
+`--help`, the parser and the variables can never disagree. A bad value, from a flag or from a
+variable, is a SettingsError: `__main__` prints it as one line on stderr and exits 2. Nothing here
+imports torch: `--help` and `--version` answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+from . import __version__
 from .limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_CHARS
 from .protocol.framing import DEFAULT_MAX_LINE
+
+#: --data-dir values that keep the database in memory (nothing survives the process).
+IN_MEMORY = ("none", ":memory:")
+PROTOCOLS = ("native", "jsonrpc")
+
+
+class SettingsError(Exception):
+    """A flag or SDWORKER_* value that cannot be used; the message is the whole line shown."""
 
 
 @dataclass
 class Settings:
     models_dirs: list[Path] = field(default_factory=list)
     output_dir: Path | None = None
-    data_dir: Path | None = None
+    data_dir: Path | None = None  # None: the database lives in memory (load_settings picks a per-user default)
+    data_dir_default: bool = False  # data_dir is the per-user default, not asked for
     input_dirs: list[Path] = field(default_factory=list)
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu
@@ -38,6 +57,7 @@ class Settings:
     vram_budget_mb: float | None = None
     log_level: str = "INFO"
     log_format: str = "text"
+    protocol: str = "native"  # jsonrpc: unsolicited messages (ready, events) are JSON-RPC notifications
     # cluster mode (sdworker.cluster): a front over Ray actors, each running one worker
     ray_address: str | None = None  # auto | local | host:port; None: a single worker
     replicas: int | None = None  # None: one per GPU replica slot (GPUs / replica_gpus), else 1
@@ -45,95 +65,226 @@ class Settings:
     replica_cpus: float = 1.0
 
 
-def _env_list(name: str) -> list[str]:
-    raw = os.environ.get(name, "")
-    return [p for p in raw.split(os.pathsep) if p]
+# ---- value parsers: each raises ValueError with the sentence a user reads -------------------------
+
+
+def _whole(minimum: int) -> Callable[[str], int]:
+    def cast(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise ValueError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return cast
+
+
+def _number(minimum: float, above: bool = False) -> Callable[[str], float]:
+    want = f"a number {'>' if above else '>='} {minimum:g}"
+
+    def cast(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected {want}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (above and value == minimum):
+            raise ValueError(f"expected {want}, got {text!r}")
+        return value
+
+    return cast
+
+
+def _choice(*values: str, fold: Callable[[str], str] = str.lower) -> Callable[[str], str]:
+    def cast(text: str) -> str:
+        value = fold(text.strip())
+        if value not in values:
+            raise ValueError(f"expected one of {', '.join(values)}, got {text!r}")
+        return value
+
+    return cast
+
+
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected 1/true/yes/on or 0/false/no/off, got {text!r}")
+
+
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _device(text: str) -> str:
+    value = text.strip().lower()
+    if not _DEVICE.match(value):
+        raise ValueError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return value
+
+
+def _text(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag, its SDWORKER_* variable and the Settings field it sets."""
+
+    flag: str
+    dest: str
+    cast: Callable[[str], Any]
+    help: str
+    repeat: bool = False  # the flag may repeat; the variable holds an os.pathsep-separated list
+    switch: bool = False  # a flag without a value
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "SDWORKER_" + self.flag[2:].upper().replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--models-dir", "models_dirs", _text, "folder of models (repeatable; the variable is a path list)", repeat=True, metavar="DIR"),
+    Option("--output-dir", "output_dir", _text, "where images are saved", metavar="DIR"),
+    Option("--data-dir", "data_dir", _text,
+           "presets database and session ledger (default: the per-user data folder, e.g. ~/.local/share/sdworker; "
+           "'none' keeps them in memory, lost at exit)", metavar="DIR"),
+    Option("--input-dir", "input_dirs", _text, "extra root input images may be read from (repeatable)", repeat=True, metavar="DIR"),
+    Option("--device", "device", _device, "cpu, cuda or cuda:N (default: cuda if available)", metavar="DEVICE"),
+    Option("--dtype", "dtype", _choice("auto", "fp32", "fp16", "bf16"), "weights dtype (default auto: fp16 on cuda, fp32 on cpu)", metavar="auto|fp32|fp16|bf16"),
+    Option("--default-model", "default_model", _text, "model_id used when a request names none", metavar="ID"),
+    Option("--max-queue", "max_queue", _whole(1), "jobs waiting before new ones get 'busy' (default 32)", metavar="N"),
+    Option("--max-line-bytes", "max_line_bytes", _whole(1), "longest accepted input line (default 64 MiB)", metavar="N"),
+    Option("--max-json-depth", "max_json_depth", _whole(1), "deepest accepted JSON nesting (default 64)", metavar="N"),
+    Option("--max-batch-size", "max_batch_size", _whole(1), "most images per request (default 8)", metavar="N"),
+    Option("--max-resolution", "max_resolution", _whole(1), "largest width or height (default 2048)", metavar="PX"),
+    Option("--max-steps", "max_steps", _whole(1), "most denoising steps per request (default 150)", metavar="N"),
+    Option("--max-prompt-chars", "max_prompt_chars", _whole(1), "longest prompt or negative_prompt (default 10000)", metavar="N"),
+    Option("--max-image-bytes", "max_image_bytes", _whole(1), "largest input image, decoded bytes (default 50 MiB)", metavar="N"),
+    Option("--max-image-pixels", "max_image_pixels", _whole(1), "most pixels in an input image (default 64 Mpx)", metavar="N"),
+    Option("--ledger-keep", "ledger_keep", _whole(0), "finished sessions kept in the ledger (default 10000; 0: none)", metavar="N"),
+    Option("--ledger-days", "ledger_days", _number(0, above=True), "also drop finished sessions older than this many days", metavar="DAYS"),
+    Option("--events-per-second", "events_per_second", _number(0), "progress events per session per second (default 10; 0: no limit)", metavar="N"),
+    Option("--on-exit", "on_exit", _choice("finish", "cancel"), "at shutdown, let the running job finish (default) or cancel it", metavar="finish|cancel"),
+    Option("--allow-pickle", "allow_pickle", _switch, "also load .ckpt/.pt/.bin files (torch.load weights_only); variable: 1 or 0", switch=True),
+    Option("--ram-budget-mb", "ram_budget_mb", _number(0), "RAM cache budget (default: total RAM less 4 GiB)", metavar="MB"),
+    Option("--vram-budget-mb", "vram_budget_mb", _number(0), "VRAM cache budget (default: free VRAM less 1.5 GiB)", metavar="MB"),
+    Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=str.upper), "DEBUG, INFO, WARNING, ERROR (default INFO)", metavar="LEVEL"),
+    Option("--log-format", "log_format", _choice("text", "json"), "stderr log format: text or json lines (default text)", metavar="text|json"),
+    Option("--protocol", "protocol", _choice(*PROTOCOLS),
+           "native (default) or jsonrpc: ready and every event are JSON-RPC notifications, and "
+           "$/cancelRequest cancels a request's job, so a stock JSON-RPC client reads every line", metavar="native|jsonrpc"),
+    Option("--ray-address", "ray_address", _text, "cluster mode: auto, local or HOST:PORT of a Ray cluster", metavar="ADDR"),
+    Option("--replicas", "replicas", _whole(1), "cluster mode: worker replicas (default: one per GPU)", metavar="N"),
+    Option("--replica-gpus", "replica_gpus", _number(0), "cluster mode: GPUs per replica (default 1, 0 on a CPU-only cluster)", metavar="G"),
+    Option("--replica-cpus", "replica_cpus", _number(0, above=True), "cluster mode: CPUs per replica (default 1)", metavar="C"),
+)
+
+#: Variables that are not flags (fault drills for tests); listed in --help and the README too.
+OTHER_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("SDWORKER_FAULT_OOM_AT_STEP", "N[:K] - tests only: raise a CUDA-style out-of-memory error at denoising step N (K times)"),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse prints usage and exits; we raise one line instead
+        raise SettingsError(f"{message} (sdworker --help lists the flags)")
+
+
+def _typed(opt: Option) -> Callable[[str], Any]:
+    def cast(text: str) -> Any:
+        try:
+            return opt.cast(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    cast.__name__ = opt.dest
+    return cast
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    env_lines = "\n".join(f"  {o.env:<28} {o.flag}" for o in OPTIONS)
+    other = "\n".join(f"  {name:<28} {text}" for name, text in OTHER_VARIABLES)
+    p = _Parser(
         prog="sdworker",
         description="Headless diffusion worker: JSON lines on stdin, JSON lines on stdout, logs on stderr.",
-        epilog="Subcommand: 'sdworker make-tiny-model --arch sdxl|sd15 DIR' writes a tiny random model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Every flag falls back to its environment variable when not given:\n"
+            f"{env_lines}\n{other}\n\n"
+            "Subcommand: 'sdworker make-tiny-model --arch ARCH DIR' writes a tiny random-weight model\n"
+            "('sdworker make-tiny-model --help' lists the arches)."
+        ),
     )
-    p.add_argument("--models-dir", action="append", default=None, help="folder of models (repeatable); env SDWORKER_MODELS_DIR")
-    p.add_argument("--output-dir", default=None, help="where images are saved; env SDWORKER_OUTPUT_DIR")
-    p.add_argument("--data-dir", default=None, help="presets database and session ledger; env SDWORKER_DATA_DIR")
-    p.add_argument("--input-dir", action="append", default=None, help="extra root images may be read from; env SDWORKER_INPUT_DIR")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (default auto)")
-    p.add_argument("--default-model", default=None, help="model_id used when a request names none")
-    p.add_argument("--max-queue", type=int, default=None, help="jobs waiting before new ones get 'busy' (default 32)")
-    p.add_argument("--max-line-bytes", type=int, default=None, help="longest accepted input line (default 64 MiB)")
-    p.add_argument("--max-json-depth", type=int, default=None, help="deepest accepted JSON nesting (default 64)")
-    p.add_argument("--max-batch-size", type=int, default=None, help="most images per request (default 8)")
-    p.add_argument("--max-resolution", type=int, default=None, help="largest width or height (default 2048)")
-    p.add_argument("--max-steps", type=int, default=None, help="most denoising steps per request (default 150)")
-    p.add_argument("--max-prompt-chars", type=int, default=None, help="longest prompt or negative_prompt (default 10000)")
-    p.add_argument("--max-image-bytes", type=int, default=None, help="largest input image, decoded bytes (default 50 MiB)")
-    p.add_argument("--max-image-pixels", type=int, default=None, help="most pixels in an input image (default 64 Mpx)")
-    p.add_argument("--ledger-keep", type=int, default=None, help="finished sessions kept in the ledger (default 10000); env SDWORKER_LEDGER_KEEP")
-    p.add_argument("--ledger-days", type=float, default=None, help="also drop finished sessions older than this many days; env SDWORKER_LEDGER_DAYS")
-    p.add_argument("--events-per-second", type=float, default=None, help="progress events per session per second (default 10)")
-    p.add_argument("--on-exit", default=None, choices=["finish", "cancel"], help="at shutdown, let the running job finish (default) or cancel it")
-    p.add_argument("--allow-pickle", action="store_true", default=None, help="also load .ckpt/.pt/.bin files (weights_only); env SDWORKER_ALLOW_PICKLE=1")
-    p.add_argument("--ram-budget-mb", type=float, default=None, help="RAM cache budget (default: total RAM less 4 GiB)")
-    p.add_argument("--vram-budget-mb", type=float, default=None, help="VRAM cache budget (default: free VRAM less 1.5 GiB)")
-    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (default INFO)")
-    p.add_argument("--log-format", default=None, choices=["text", "json"], help="stderr log format (default text)")
-    p.add_argument("--ray-address", default=None, help="cluster mode: auto, local or HOST:PORT of a Ray cluster; env SDWORKER_RAY_ADDRESS")
-    p.add_argument("--replicas", type=int, default=None, help="cluster mode: worker replicas (default: one per GPU); env SDWORKER_REPLICAS")
-    p.add_argument("--replica-gpus", type=float, default=None, help="cluster mode: GPUs per replica (default 1, 0 on a CPU-only cluster); env SDWORKER_REPLICA_GPUS")
-    p.add_argument("--replica-cpus", type=float, default=None, help="cluster mode: CPUs per replica (default 1); env SDWORKER_REPLICA_CPUS")
+    p.add_argument("--version", action="version", version=f"sdworker {__version__}")
+    for o in OPTIONS:
+        text = f"{o.help}; env {o.env}"
+        if o.switch:
+            p.add_argument(o.flag, dest=o.dest, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(o.flag, dest=o.dest, type=_typed(o), default=None, metavar=o.metavar,
+                           action="append" if o.repeat else "store", help=text)
     return p
 
 
-def _pick(flag: object, env: str, default: object = None) -> object:
-    if flag is not None:
-        return flag
-    value = os.environ.get(env)
-    return value if value not in (None, "") else default
+def default_data_dir() -> Path | None:
+    """The per-user data folder a user expects (XDG on Linux, LOCALAPPDATA, Application Support)."""
+    try:
+        if sys.platform == "win32":
+            base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+            return Path(base) / "sdworker"
+        if sys.platform == "darwin":
+            return Path.home() / "Library" / "Application Support" / "sdworker"
+        xdg = os.environ.get("XDG_DATA_HOME", "")
+        base_dir = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+        return base_dir / "sdworker"
+    except RuntimeError:  # no home directory can be determined
+        return None
+
+
+def _from_env(o: Option) -> Any:
+    raw = os.environ.get(o.env)
+    if raw is None or raw == "":
+        return None
+    try:
+        if o.repeat:
+            return [o.cast(part) for part in raw.split(os.pathsep) if part] or None
+        return o.cast(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{o.env}={raw!r}: {exc} (sdworker --help lists the variables)") from None
 
 
 def load_settings(argv: list[str] | None = None) -> Settings:
+    """Settings from flags, then SDWORKER_* variables, then the defaults; SettingsError when a value is bad."""
     args = build_parser().parse_args(argv)
-    models = args.models_dir if args.models_dir else _env_list("SDWORKER_MODELS_DIR")
-    inputs = args.input_dir if args.input_dir else _env_list("SDWORKER_INPUT_DIR")
-    out = _pick(args.output_dir, "SDWORKER_OUTPUT_DIR")
-    data = _pick(args.data_dir, "SDWORKER_DATA_DIR")
+    values: dict[str, Any] = {}
+    for o in OPTIONS:
+        value = getattr(args, o.dest)
+        values[o.dest] = value if value is not None else _from_env(o)
+    s = Settings(**{k: v for k, v in values.items() if v is not None and k != "data_dir"})
+    s.models_dirs = [Path(m).expanduser() for m in values["models_dirs"] or []]
+    s.input_dirs = [Path(m).expanduser() for m in values["input_dirs"] or []]
+    s.output_dir = Path(values["output_dir"]).expanduser() if values["output_dir"] else None
+    data = values["data_dir"]
+    if data is None:
+        s.data_dir, s.data_dir_default = default_data_dir(), True
+    elif not data.strip() or data.strip().lower() in IN_MEMORY:  # an empty flag too (an empty variable is unset)
+        s.data_dir = None
+    else:
+        s.data_dir = Path(data).expanduser()
+    return s
 
-    def num(flag: object, env: str, default: object, cast: type) -> object:
-        value = _pick(flag, env, default)
-        return None if value is None else cast(value)
 
-    return Settings(
-        models_dirs=[Path(m).expanduser() for m in models],
-        output_dir=Path(str(out)).expanduser() if out else None,
-        data_dir=Path(str(data)).expanduser() if data else None,
-        input_dirs=[Path(m).expanduser() for m in inputs],
-        device=_pick(args.device, "SDWORKER_DEVICE"),  # type: ignore[arg-type]
-        dtype=str(_pick(args.dtype, "SDWORKER_DTYPE", "auto")),
-        default_model=_pick(args.default_model, "SDWORKER_DEFAULT_MODEL"),  # type: ignore[arg-type]
-        max_queue=num(args.max_queue, "SDWORKER_MAX_QUEUE", 32, int),  # type: ignore[arg-type]
-        max_line_bytes=num(args.max_line_bytes, "SDWORKER_MAX_LINE_BYTES", DEFAULT_MAX_LINE, int),  # type: ignore[arg-type]
-        max_json_depth=num(args.max_json_depth, "SDWORKER_MAX_JSON_DEPTH", 64, int),  # type: ignore[arg-type]
-        max_batch_size=num(args.max_batch_size, "SDWORKER_MAX_BATCH_SIZE", 8, int),  # type: ignore[arg-type]
-        max_resolution=num(args.max_resolution, "SDWORKER_MAX_RESOLUTION", 2048, int),  # type: ignore[arg-type]
-        max_steps=num(args.max_steps, "SDWORKER_MAX_STEPS", 150, int),  # type: ignore[arg-type]
-        max_prompt_chars=num(args.max_prompt_chars, "SDWORKER_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, int),  # type: ignore[arg-type]
-        max_image_bytes=num(args.max_image_bytes, "SDWORKER_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, int),  # type: ignore[arg-type]
-        max_image_pixels=num(args.max_image_pixels, "SDWORKER_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, int),  # type: ignore[arg-type]
-        ledger_keep=num(args.ledger_keep, "SDWORKER_LEDGER_KEEP", 10000, int),  # type: ignore[arg-type]
-        ledger_days=num(args.ledger_days, "SDWORKER_LEDGER_DAYS", None, float),  # type: ignore[arg-type]
-        events_per_second=num(args.events_per_second, "SDWORKER_EVENTS_PER_SECOND", 10.0, float),  # type: ignore[arg-type]
-        on_exit=str(_pick(args.on_exit, "SDWORKER_ON_EXIT", "finish")),
-        allow_pickle=str(_pick(args.allow_pickle, "SDWORKER_ALLOW_PICKLE", False)).lower() in ("1", "true", "yes"),
-        ram_budget_mb=num(args.ram_budget_mb, "SDWORKER_RAM_BUDGET_MB", None, float),  # type: ignore[arg-type]
-        vram_budget_mb=num(args.vram_budget_mb, "SDWORKER_VRAM_BUDGET_MB", None, float),  # type: ignore[arg-type]
-        log_level=str(_pick(args.log_level, "SDWORKER_LOG_LEVEL", "INFO")).upper(),
-        log_format=str(_pick(args.log_format, "SDWORKER_LOG_FORMAT", "text")),
-        ray_address=_pick(args.ray_address, "SDWORKER_RAY_ADDRESS"),  # type: ignore[arg-type]
-        replicas=num(args.replicas, "SDWORKER_REPLICAS", None, int),  # type: ignore[arg-type]
-        replica_gpus=num(args.replica_gpus, "SDWORKER_REPLICA_GPUS", None, float),  # type: ignore[arg-type]
-        replica_cpus=num(args.replica_cpus, "SDWORKER_REPLICA_CPUS", 1.0, float),  # type: ignore[arg-type]
-    )
+def prepare_default_data_dir(s: Settings) -> str | None:
+    """Create the per-user data folder; when that fails, keep the database in memory and say why."""
+    if not s.data_dir_default or s.data_dir is None:
+        return None
+    try:
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    except OSError as exc:
+        where, s.data_dir = s.data_dir, None
+        return f"cannot create the default data dir {where} ({exc}); presets and the session ledger stay in memory: pass --data-dir DIR"

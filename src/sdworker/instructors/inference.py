@@ -182,6 +182,14 @@ class InferenceInstructor:
             [{"path": "data.session_id", "message": "unknown session"}],
         )
 
+    def _job_key(self, key: str) -> str:
+        """A session id, or the request id of an active job (JSON-RPC's $/cancelRequest names requests)."""
+        if self.app.sessions.get(key) is None:
+            for s in self.app.sessions.active():
+                if s.request_id == key:
+                    return s.session_id
+        return key
+
     def _recorded(self, session_id: str) -> dict[str, Any] | None:
         """A session this run does not hold (an earlier run's, or one trimmed from memory), from the ledger."""
         if self.app.sessions.get(session_id) is not None:
@@ -227,10 +235,11 @@ class InferenceInstructor:
     @method("inference.cancel_session", "sessions:CancelParams", "sessions:CancelResult")
     def cancel_session(self, params: CancelParams, call: Call) -> dict:
         """Drop a queued job or stop a running one at its next step (force: inside the step)."""
-        rec = self._recorded(params.session_id)
+        key = self._job_key(params.session_id)
+        rec = self._recorded(key)
         if rec is not None:  # an earlier run's session: nothing left to stop
             return {"session_id": rec["session_id"], "cancelled": False, "status": rec["status"], "action": "not_active", "step": rec["progress"]["step"]}
-        s = self._session(params.session_id)
+        s = self._session(key)
         action = self.app.engine.cancel(s.session_id, force=params.force_cancel, preserve=params.preserve_results)
         return {"session_id": s.session_id, "cancelled": action != "not_active", "status": s.status, "action": action, "step": s.step}
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
+from .cancel_request import CANCEL_REQUEST, cancel_request_call
 from .keys import normalize_keys
 
 
@@ -279,6 +280,8 @@ def _decode_jsonrpc(doc: Any) -> Call | Rejection:
                 "params must be an object of named parameters", [{"path": "params", "message": "expected an object"}]
             )
         params = _params(doc.get("params"), "params")
+        if method == CANCEL_REQUEST:  # vscode-jsonrpc's cancellation: cancel the job of request params.id
+            method, params = cancel_request_call(params)
         request_id = str(raw_id) if has_id and raw_id is not None else new_request_id()
         return Call(
             method=method,
@@ -409,16 +412,15 @@ def encode_error(target: Call | Rejection, error: WorkerError) -> dict[str, Any]
     return out
 
 
-def encode_event(call: Call, event: str, data: dict[str, Any]) -> dict[str, Any]:
+def encode_event(call: Call, event: str, data: dict[str, Any], notification: bool = False) -> dict[str, Any]:
     body = {"event": event, "request_id": call.request_id, "session_id": call.session_id or call.request_id, "data": data}
-    if call.form is Form.JSONRPC:
+    if notification or call.form is Form.JSONRPC:  # notification: --protocol jsonrpc, whatever the request's form
         return {"jsonrpc": "2.0", "method": f"event.{event}", "params": body}
     return {"type": "event", **body}
 
 
-def ready_event(version: str, protocol: int, pid: int, methods: list[str]) -> dict[str, Any]:
-    return {
-        "type": "event",
-        "event": "ready",
-        "data": {"version": version, "protocol": protocol, "pid": pid, "methods": methods},
-    }
+def ready_event(version: str, protocol: int, pid: int, methods: list[str], jsonrpc: bool = False) -> dict[str, Any]:
+    data = {"version": version, "protocol": protocol, "pid": pid, "methods": methods}
+    if jsonrpc:  # --protocol jsonrpc: a notification, so a stock client can read the first line too
+        return {"jsonrpc": "2.0", "method": "event.ready", "params": {"event": "ready", "data": data}}
+    return {"type": "event", "event": "ready", "data": data}

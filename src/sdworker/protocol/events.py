@@ -1,4 +1,9 @@
-"""Unsolicited events to the host, rate-limited per session so they never flood the pipe."""
+"""Unsolicited events to the host, rate-limited per session so they never flood the pipe.
+
+An event goes out in the form of its request (a JSON-RPC request's events are notifications),
+except under `--protocol jsonrpc`, where every event is a JSON-RPC notification so a stock client
+can read every line. The App sets that once with configure(); one worker process has one App.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,18 @@ import time
 from typing import Any, Callable
 
 from .envelopes import Call, encode_event
+
+_all_jsonrpc = False
+
+
+def configure(protocol: str) -> None:
+    """"jsonrpc": every event is a JSON-RPC notification, whatever form its request came in."""
+    global _all_jsonrpc
+    _all_jsonrpc = protocol == "jsonrpc"
+
+
+def all_jsonrpc() -> bool:
+    return _all_jsonrpc
 
 
 class EventEmitter:
@@ -30,4 +47,4 @@ class EventEmitter:
                     return False
                 self._last = now
             self.sent += 1
-        return self._write(encode_event(self._call, event, data))
+        return self._write(encode_event(self._call, event, data, notification=_all_jsonrpc))

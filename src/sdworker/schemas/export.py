@@ -120,7 +120,7 @@ _SESSION_STATES = ["queued", "loading", "running", "postprocessing", "completed"
 
 
 def envelopes_schema() -> dict[str, Any]:
-    """JSON Schema of every line on the wire (CONTRACT.md sections 2 and 3, protocol/envelopes.py)."""
+    """JSON Schema of every line on the wire (docs/protocol.md, protocol/envelopes.py)."""
     legacy_actions = sorted({"execute_inference", *LEGACY_ACTIONS})
     defs: dict[str, Any] = {
         # -- shared pieces
@@ -398,10 +398,20 @@ def envelopes_schema() -> dict[str, Any]:
             "required": ["type", "event", "data"],
             "additionalProperties": False,
         },
+        "jsonrpc_ready_event": {
+            "title": "the first stdout line under --protocol jsonrpc (a notification)",
+            "type": "object",
+            "properties": {"jsonrpc": {"const": "2.0"}, "method": {"const": "event.ready"}, "params": {
+                "type": "object", "required": ["event", "data"],
+                "properties": {"event": {"const": "ready"}, "data": {"$ref": "#/$defs/ready_event/properties/data"}}}},
+            "required": ["jsonrpc", "method", "params"],
+            "additionalProperties": False,
+        },
         "response_line": {
             "title": "one stdout line",
             "oneOf": [
                 {"$ref": "#/$defs/ready_event"},
+                {"$ref": "#/$defs/jsonrpc_ready_event"},
                 {"$ref": "#/$defs/native_event"},
                 {"$ref": "#/$defs/jsonrpc_event"},
                 {"$ref": "#/$defs/native_success"},
@@ -419,7 +429,7 @@ def envelopes_schema() -> dict[str, Any]:
         "title": "sdworker wire envelopes",
         "description": "Every line on sdworker's stdin (#/$defs/request_line) and stdout (#/$defs/response_line). "
         "Each request is answered in its own form, exactly once (JSON-RPC notifications: never). Request data keys "
-        "may be snake_case, camelCase or PascalCase; responses are snake_case. See CONTRACT.md sections 2 and 3.",
+        "may be snake_case, camelCase or PascalCase; responses are snake_case. See docs/protocol.md.",
         "anyOf": [{"$ref": "#/$defs/request_line"}, {"$ref": "#/$defs/response_line"}],
         "$defs": defs,
     }

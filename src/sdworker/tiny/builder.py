@@ -30,17 +30,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from ..families.registry import tiny_arches
 from . import tokenizer as tok
 
-ARCHES: tuple[str, ...] = ("sdxl", "sd15")
-#: Tiny Flux pipelines (tiny/flux.py); folders only, and not in ARCHES, whose users are SD-only.
-FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
-#: The other families' tiny models: arch -> the module (under sdworker) whose make_tiny(arch, out_dir)
-#: writes it as a diffusers folder; each family names its own (families.base.Family.tiny_arches).
-FAMILY_ARCHES: dict[str, str] = tiny_arches()
-#: Everything make_tiny_model writes.
-MODEL_ARCHES: tuple[str, ...] = ARCHES + tuple(FAMILY_ARCHES)
+from .arches import ARCHES, FAMILY_ARCHES, FLUX_ARCHES, MODEL_ARCHES  # noqa: F401  (the registry, without torch)
 
 #: One fixed seed per component, so changing one component's config never changes the
 #: weights of another.
