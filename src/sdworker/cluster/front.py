@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import re
-import signal
 import threading
 import time
 from typing import Any, BinaryIO, Callable
@@ -23,6 +22,8 @@ import orjson
 from .. import PROTOCOL_VERSION, __version__
 from ..errors import Busy, InternalError, InvalidRequest, WorkerError, WorkerLost
 from ..protocol.envelopes import Call, Form, Rejection, decode_line, encode_error, encode_success, guess_form, ready_event
+from .. import stop_signals
+from ..protocol import events
 from ..protocol.framing import LineWriter, Oversize, read_lines
 from ..settings import Settings
 from ..store.db import DB_FILE, Database
@@ -64,6 +65,7 @@ class _Batch:
 class Front:
     def __init__(self, settings: Settings, out: BinaryIO):
         self.settings = settings
+        events.configure(settings.protocol)  # --protocol jsonrpc: every event a JSON-RPC notification
         self.started = time.monotonic()
         self.writer = LineWriter(out)
         self.lock = threading.RLock()
@@ -346,13 +348,13 @@ class Front:
 
     def serve(self, stdin: BinaryIO) -> int:
         self.pool.connect()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.request_stop("sigterm"))
-            signal.signal(signal.SIGINT, lambda *_: self.request_stop("sigint"))
+        stop_signals.route(self.request_stop)  # SIGTERM, SIGINT, SIGHUP (held since start): stop cleanly
         self.pool.start()
         if self._wait_ready():
-            ready = ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.methods)
-            ready["data"]["replicas"] = [r.public() for r in self.router.up()]  # more come up later: system.get_info
+            jsonrpc = self.settings.protocol == "jsonrpc"  # --protocol jsonrpc: the ready line is a notification too
+            ready = ready_event(__version__, PROTOCOL_VERSION, os.getpid(), self.methods, jsonrpc)
+            data = ready["params"]["data"] if jsonrpc else ready["data"]
+            data["replicas"] = [r.public() for r in self.router.up()]  # more come up later: system.get_info
             self.write(ready)
             self.ledger.start()
             threading.Thread(target=self._read, args=(stdin,), name="stdin-reader", daemon=True).start()

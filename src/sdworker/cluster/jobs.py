@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError, WorkerLost
 from ..jobs.sessions import ACTIVE, FINAL, Session
+from ..protocol.events import all_jsonrpc
 from ..protocol.envelopes import Call, encode_error, encode_event, encode_success
 from .router import ReplicaState
 from .wire import answer_of, child_line, model_of, strip_front_keys
@@ -146,13 +147,13 @@ class JobBook:
             if job.parent is not None:
                 job.parent.progress(job, data)
             else:
-                self.front.write(encode_event(job.call, "progress", data))
+                self.front.write(encode_event(job.call, "progress", data, notification=all_jsonrpc()))
         elif name == "session_status":
             status = data.get("status")
             if status in ACTIVE and status != "queued":
                 self.transition(job.parent or job, str(status))
         elif job.parent is None and isinstance(name, str):
-            self.front.write(encode_event(job.call, name, data))
+            self.front.write(encode_event(job.call, name, data, notification=all_jsonrpc()))
 
     def answered(self, replica: ReplicaState, doc: dict[str, Any]) -> bool:
         """A child's response to a job; False when it is no job's (a control call's, or stale)."""
@@ -245,7 +246,7 @@ class JobBook:
         data: dict[str, Any] = {"status": status, "session_id": s.session_id, "progress": s.progress()}
         if s.error_code and status in FINAL:
             data["error_code"] = s.error_code
-        f.write(encode_event(job.call, "session_status", data))
+        f.write(encode_event(job.call, "session_status", data, notification=all_jsonrpc()))
 
     # ---- control -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkerError
 from ..jobs.sessions import Session
+from ..protocol.events import all_jsonrpc
 from ..protocol.envelopes import Call, Form, encode_event
 from .jobs import ClusterJob, Sink
 from .wire import model_of
@@ -97,7 +98,7 @@ class Spread:
         if isinstance(data.get("item_indices"), list):
             out["item_indices"] = [idx[i] for i in data["item_indices"] if isinstance(i, int) and 0 <= i < len(idx)]
         out["part"] = part.part
-        self.book.front.write(encode_event(self.call, "progress", out))
+        self.book.front.write(encode_event(self.call, "progress", out, notification=all_jsonrpc()))
 
     def part_done(self, part: ClusterJob, data: Any, err: WorkerError | None) -> None:
         self.results[part.part] = (data, err)
