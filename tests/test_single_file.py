@@ -290,7 +290,9 @@ def test_checkpoint_shapes_reads_only_a_valid_header(tmp_path: Path) -> None:
     ok = tmp_path / "ok.safetensors"
     ok.write_bytes(len(header).to_bytes(8, "little") + header.encode() + bytes(12))
     assert sf.checkpoint_shapes(ok) == {"w": (2, 3)}
-    with pytest.raises(ValidationFailed, match="only .safetensors"):
+    with pytest.raises(ValidationFailed, match="single files are .safetensors"):
+        sf.load_single_file_pipeline(tmp_path / "model.txt")
+    with pytest.raises(ModelNotFound):  # a .ckpt is tried (weights-only) when planning allowed it: --allow-pickle
         sf.load_single_file_pipeline(tmp_path / "model.ckpt")
     with pytest.raises(ValidationFailed, match="unknown config set"):
         sf.config_set_dir("sd3")
