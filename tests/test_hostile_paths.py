@@ -109,7 +109,7 @@ def library(models_dir: Path, outside: Path, tmp_path_factory: pytest.TempPathFa
     os.symlink("../tiny-sd15/unet", inside / "unet")
     side = _copy(models_dir, root / "escape-sidecar")
     os.symlink(outside / "secret.json", side / "sdworker.json")
-    _lora_file(root / "lora" / "style.safetensors")
+    torch.save(load_file(str(_lora_file(root / "lora" / "style.safetensors"))), str(root / "lora" / "style-old.pt"))
     os.symlink(outside / "secret.json", root / "lora" / "style.json")
     make_tiny_model("sd15", root / "checkpoints" / "peek.safetensors", single_file=True)
     os.symlink(outside / "secret.json", root / "checkpoints" / "peek.json")
@@ -275,6 +275,7 @@ def test_without_allow_pickle_pickles_are_refused_naming_the_flag(hostile: Worke
         _error(hostile.call(method, data, timeout=60), "unsafe_path", "--allow-pickle")
     listed = {i["model_id"]: i for i in hostile.call("model.list_models")["data"]["items"]}
     assert listed[model_id]["pickle"] is True
+    _error(hostile.call("model.load_lora", {"model_id": "lora/style-old"}, timeout=60), "unsafe_path", "--allow-pickle")
 
 
 def test_with_allow_pickle_a_ckpt_and_bin_weights_load_weights_only(pickles: Worker, library: Path) -> None:
@@ -287,6 +288,8 @@ def test_with_allow_pickle_a_ckpt_and_bin_weights_load_weights_only(pickles: Wor
     assert (image("checkpoints/tiny-sd15") == single).all()  # the .ckpt holds the same weights
     assert (image("mystery") == single).all()  # no name to go by: its tensors say sd_1_5
     assert (image("bin-folder") == image("tiny-sd15")).all()
+    lora = pickles.call("model.load_lora", {"model_id": "lora/style-old"}, timeout=60)
+    assert lora["success"] and lora["data"]["tensors"] == 3, lora
     _error(pickles.call("model.load_model", {"model_id": "checkpoints/garbage"}, timeout=60), "model_load_failed", "weights-only")
     r = pickles.call("model.load_model", {"model_id": "checkpoints/runs-code"}, timeout=60)
     _error(r, "model_load_failed", "weights-only")

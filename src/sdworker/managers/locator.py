@@ -213,7 +213,10 @@ class ModelLocator:
 
     def _ref(self, model_id: str, folder: Path, field: str = "data.model_id") -> ModelRef:
         """A diffusers folder as a ModelRef, after checking every file a load would read."""
-        refused = folder_refused(model_id, field, survey(folder, self._root_of(real(folder) or folder)), self.allow_pickle)
+        where = real(folder)
+        if where is None:  # gone (resolve says model_not_found), or a link to nowhere
+            raise FileNotFoundError(f"{folder} does not exist")
+        refused = folder_refused(model_id, field, survey(folder, self._root_of(where)), self.allow_pickle)
         if refused is not None:
             raise refused
         index = _read_index(folder, model_id)
