@@ -67,8 +67,11 @@ class _RunsCode:
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    return build_outside(tmp_path_factory.mktemp("outside"), models_dir)
+
+
+def build_outside(out: Path, models_dir: Path) -> Path:
     """Files out of every models dir that links try to reach."""
-    out = tmp_path_factory.mktemp("outside")
     shutil.copytree(models_dir / "tiny-sd15" / "unet", out / "unet")
     (out / "secret.json").write_text('{"secret": "outside-the-models-dir"}', encoding="utf-8")
     return out
@@ -76,9 +79,13 @@ def outside(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def library(models_dir: Path, outside: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_library(tmp_path_factory.mktemp("hostile-models"), models_dir, outside)
+
+
+def build_library(root: Path, models_dir: Path, outside: Path) -> Path:
+    """The hostile models dir: good tiny SD 1.5 models next to every case of this module."""
     from sdworker.tiny import make_tiny_model
 
-    root = tmp_path_factory.mktemp("hostile-models")
     _copy(models_dir, root / "tiny-sd15")
     single = make_tiny_model("sd15", root / "checkpoints" / "single-sd15.safetensors", single_file=True)
     state = load_file(str(single))
