@@ -7,6 +7,11 @@ is (models.detect). Detection is cached per file version (size + mtime), so a re
 and a stat per entry; the listing itself is rescanned when older than `ttl` seconds or on
 request, so files added or removed show up without a restart.
 
+Symlinks are followed only inside the models dir, and each real folder is walked once, so a
+loop, a dangling link or a link back up is a warning, never an error or a second id. A model
+folder is surveyed as a loader would read it (paths.survey): one whose files link out of the
+models dir is listed but refused (`unsafe_path`), one holding a FIFO or a device is unreadable.
+
 An id is the path relative to its models dir, POSIX style, without the file suffix:
 `tiny-sdxl` (a folder), `checkpoints/juggernaut` (checkpoints/juggernaut.safetensors). A bare
 file name also finds a file when it is unique.
