@@ -175,12 +175,12 @@ def _error(r: dict[str, Any], code: str, *words: str) -> None:
 
 
 def test_a_fifo_named_like_an_image_is_refused_at_once(hostile: Worker) -> None:
-    for field, data in (
-        ("init_image", {"init_image": "fifo.png"}),
-        ("mask_image", {"init_image": _png((64, 64)), "mask_image": "fifo.png"}),
+    for method, field, data in (
+        ("inference.img2img", "init_image", {**JOB, "model_id": "tiny-sd15", "init_image": "fifo.png"}),
+        ("inference.inpainting", "mask_image", {**JOB, "model_id": "tiny-sd15", "init_image": _png((64, 64)), "mask_image": "fifo.png"}),
+        ("inference.upscale", "image", {"image": "fifo.png", "factor": 2}),
     ):
-        method = "inference.img2img" if field == "init_image" else "inference.inpainting"
-        r = hostile.call(method, {**JOB, "model_id": "tiny-sd15", **data}, timeout=30)
+        r = hostile.call(method, data, timeout=30)
         _error(r, "validation_error", "fifo.png", "FIFO")
         assert r["error_details"][0]["path"] == f"data.{field}", r
         _still_serving(hostile)
@@ -213,16 +213,34 @@ def test_a_size_taken_from_the_init_image_obeys_max_resolution(hostile: Worker) 
         assert (ok["data"]["images"][0]["width"], ok["data"]["images"][0]["height"]) == (64, 64)
 
 
-def test_an_8192_init_image_is_refused_from_its_header(pickles: Worker) -> None:
+def _header_only_png(size: tuple[int, int]) -> str:
+    """A PNG whose header and chunk CRCs are right but whose pixel data is garbage: reading its header
+    works, decoding its pixels fails. A size check that answers for it ran before any decoding."""
+    import struct
+    import zlib
+
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("1", (8192, 8192)).save(buf, format="PNG")  # 8 KB of PNG, 64 Mpx of pixels
-    huge = base64.b64encode(buf.getvalue()).decode()
-    r = pickles.call("inference.img2img", {"model_id": "tiny-sd15", "prompt": "x", "steps": 1, "init_image": huge}, timeout=60)
-    _error(r, "validation_error", "8192", "--max-resolution")
-    rss = pickles.call("model.get_cache_status", timeout=30)["data"]["rss_mb"]
-    assert rss < 2000, rss  # nothing near the 200 MB of decoded pixels per copy, let alone 22 GB of latents
+    Image.new("1", size).save(buf, format="PNG")  # 8 KB for 8192x8192
+    data, out, i = buf.getvalue(), bytearray(buf.getvalue()[:8]), 8
+    while i < len(data):
+        n = struct.unpack(">I", data[i : i + 4])[0]
+        kind, body = data[i + 4 : i + 8], data[i + 8 : i + 8 + n]
+        if kind == b"IDAT":
+            body = b"\xab" * len(body)
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        i += 12 + n
+    return base64.b64encode(bytes(out)).decode()
+
+
+def test_an_8192_init_image_is_refused_from_its_header(pickles: Worker) -> None:
+    huge = _header_only_png((8192, 8192))
+    data = {"model_id": "tiny-sd15", "prompt": "x", "steps": 2, "init_image": huge}
+    r = pickles.call("inference.img2img", data, timeout=60)
+    _error(r, "validation_error", "8192", "--max-resolution")  # not "not a readable image": no pixel was decoded
+    r = pickles.call("inference.img2img", {**data, "width": 64, "height": 64}, timeout=60)
+    _error(r, "validation_error", "not a readable image")  # with a size sent, the pixels are decoded (and fail here)
     _still_serving(pickles)
 
 
