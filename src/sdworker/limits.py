@@ -13,6 +13,7 @@ from typing import Any
 DEFAULT_MAX_PROMPT_CHARS = 10_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024  # decoded size of one input image
 DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # decompression-bomb guard, checked from the header
+DEFAULT_MAX_RESOLUTION = 2048  # an output side; also one taken from an init image
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Limits:
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_resolution: int = DEFAULT_MAX_RESOLUTION
 
 
 _current = Limits()
@@ -36,6 +38,7 @@ def configure(settings: Any) -> Limits:
         max_prompt_chars=int(getattr(settings, "max_prompt_chars", DEFAULT_MAX_PROMPT_CHARS)),
         max_image_bytes=int(getattr(settings, "max_image_bytes", DEFAULT_MAX_IMAGE_BYTES)),
         max_image_pixels=int(getattr(settings, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)),
+        max_resolution=int(getattr(settings, "max_resolution", DEFAULT_MAX_RESOLUTION)),
     )
     return _current
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..managers.catalog import CatalogItem
 from ..managers.locator import ModelRef, pickle_refused
 from ..managers.memory import MB, CacheEntry, collect
-from ..errors import ModelLoadFailed, Unsupported, ValidationFailed
+from ..errors import ModelLoadFailed, Unsupported, ValidationFailed, WorkerError
 
 if TYPE_CHECKING:
     from ..app import App
@@ -44,10 +44,17 @@ class ModelInterface:
     def item(self, model_id: str, kind: str | None = None, field: str = "data.model_id") -> CatalogItem:
         return self.catalog.find(model_id, kind, field)
 
+    @staticmethod
+    def readable(item: CatalogItem, field: str = "data.model_id") -> CatalogItem:
+        """The item, unless its file could not even be inspected: then model_load_failed with why."""
+        if item.kind == "unknown" and item.details.get("error"):
+            raise ModelLoadFailed(f"{field}: {item.model_id!r} was found at {item.path} but cannot be read: {item.details['error']}", [{"path": field, "message": "found, but unreadable"}])
+        return item
+
     def loadable(self, item: CatalogItem, field: str = "data.model_id") -> CatalogItem:
         if item.pickle and not self.app.settings.allow_pickle:
             raise pickle_refused(item.model_id, field)
-        return item
+        return self.readable(item, field)
 
     def info(self, model_id: str, kind: str | None) -> dict[str, Any]:
         item = self.item(model_id, kind)
@@ -59,7 +66,9 @@ class ModelInterface:
         from ..models import sidecar
 
         try:
-            out["user_metadata"] = sidecar.read(item.path)
+            out["user_metadata"] = sidecar.read(item.path, item.root)
+        except WorkerError:
+            raise  # unsafe_path: a sidecar linking out of the models dir is not read
         except Exception as exc:  # noqa: BLE001
             out["user_metadata"], out["user_metadata_error"] = {}, str(exc)
         return out
@@ -69,7 +78,9 @@ class ModelInterface:
 
         item = self.item(model_id, kind)
         try:
-            out = inspect_path(item.path, self.hash_cache, with_hashes=hashes)
+            out = inspect_path(item.path, self.hash_cache, with_hashes=hashes, root=item.root)
+        except WorkerError:
+            raise
         except Exception as exc:  # noqa: BLE001  (a corrupt header is the host's problem to see, not ours)
             raise ModelLoadFailed(f"{item.model_id}: cannot read its metadata: {exc}") from exc
         out["model_id"] = item.model_id
@@ -80,7 +91,7 @@ class ModelInterface:
 
         item = self.item(model_id, kind)
         try:
-            merged = sidecar.update(item.path, metadata, replace=replace)
+            merged = sidecar.update(item.path, metadata, replace=replace, root=item.root)
         except sidecar.SidecarError as exc:
             raise ValidationFailed(f"data.metadata: {exc}", [{"path": "data.metadata", "message": str(exc)}]) from exc
         return {"model_id": item.model_id, "sidecar_path": str(sidecar.sidecar_path(item.path)), "metadata": merged}
@@ -179,7 +190,7 @@ class ModelInterface:
         return self._component_entries(model_id, (component,) if component else _ENCODERS, device, dtype)
 
     def load_vae(self, model_id: str, device: str | None, dtype: str | None) -> dict[str, Any]:
-        item = self.item(model_id)
+        item = self.readable(self.item(model_id))
         if item.kind == "checkpoint":
             return self._component_entries(model_id, ("vae",), device, dtype)
         if item.kind != "vae":

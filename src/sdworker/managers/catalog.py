@@ -7,6 +7,11 @@ is (models.detect). Detection is cached per file version (size + mtime), so a re
 and a stat per entry; the listing itself is rescanned when older than `ttl` seconds or on
 request, so files added or removed show up without a restart.
 
+Symlinks are followed only inside the models dir, and each real folder is walked once, so a
+loop, a dangling link or a link back up is a warning, never an error or a second id. A model
+folder is surveyed as a loader would read it (paths.survey): one whose files link out of the
+models dir is listed but refused (`unsafe_path`), one holding a FIFO or a device is unreadable.
+
 An id is the path relative to its models dir, POSIX style, without the file suffix:
 `tiny-sdxl` (a folder), `checkpoints/juggernaut` (checkpoints/juggernaut.safetensors). A bare
 file name also finds a file when it is unique.
@@ -19,12 +24,13 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..paths import inside
-from ..errors import ModelNotFound, UnsafePath, ValidationFailed
+from ..errors import ModelLoadFailed, ModelNotFound, UnsafePath, ValidationFailed
+from ..paths import NotRegularFile, inside, is_under, real, survey
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,13 @@ class CatalogItem:
 
     @property
     def pickle(self) -> bool:
-        return self.format == "ckpt"
+        """A pickle file, or a folder whose weights are pickles only (.bin with no .safetensors)."""
+        return self.format == "ckpt" or bool(self.details.get("pickle_weights"))
+
+    @property
+    def unsafe(self) -> list[str]:
+        """Entries it reads that link outside the models dir (components, sidecars, tokenizers)."""
+        return list(self.details.get("unsafe", []))
 
     @property
     def is_pipeline(self) -> bool:
@@ -69,19 +81,6 @@ class CatalogItem:
         }
 
 
-def _folder_size(path: Path) -> tuple[int, float]:
-    size, mtime = 0, 0.0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.stat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            size += st.st_size
-            mtime = max(mtime, st.st_mtime)
-    return size, mtime
-
-
 class ModelCatalog:
     def __init__(self, roots: list[Path], ttl: float = 2.0):
         self.roots = list(roots)
@@ -90,6 +89,7 @@ class ModelCatalog:
         self._items: list[CatalogItem] = []
         self._scanned_at = 0.0
         self._detections: dict[tuple[str, int, int], Any] = {}  # (path, size, mtime_ns) -> Detection
+        self._warned: set[str] = set()
         self.scans = 0
 
     # ---- scanning --------------------------------------------------------------------------------
@@ -112,49 +112,101 @@ class ModelCatalog:
         for root in self.roots:
             if not root.is_dir():
                 continue
-            real_root = root.resolve()
-            for item in self._walk(root, real_root, root, 0):
-                if str(item.path) not in seen:  # two roots may overlap; list a file once
+            for item in self._walk(root):
+                if str(item.path) not in seen:  # two roots or two links may reach one file: list it once
                     seen.add(str(item.path))
                     found.append(item)
         found.sort(key=lambda i: (i.kind, i.model_id))
         return found
 
-    def _walk(self, root: Path, real_root: Path, folder: Path, depth: int) -> list[CatalogItem]:
+    def _warn(self, message: str) -> None:
+        """A bad entry is said once on stderr, not on every rescan."""
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
+
+    def _walk(self, root: Path) -> list[CatalogItem]:
+        """Every model under `root`: real folders first, breadth first, then what symlinks lead to.
+
+        Each real folder is walked once (by device and inode), so a link back up (`again -> .`) or
+        a loop costs nothing and names nothing twice; an entry reached by its real path keeps that
+        id, a link to it adds none. Bad entries (loops, dangling links, links out of the models
+        dir, FIFOs and devices named like models) are skipped with a warning.
+        """
+        real_root = real(root)
+        if real_root is None:
+            return []
         out: list[CatalogItem] = []
-        try:
-            children = sorted(folder.iterdir())
-        except OSError:
-            return out
-        for child in children:
-            if child.name.startswith("."):
-                continue  # hidden, and the builders' .tmp- staging folders
-            if child.is_symlink() and not inside(child, real_root):
-                log.warning("skipping %s: it links outside the models dir %s", child, root)
-                continue
-            if child.is_dir():
-                if (child / "model_index.json").is_file() or (child / "config.json").is_file():
-                    item = self._item(root, child)
+        visited: set[tuple[int, int]] = set()
+        folders: deque[tuple[Path, int]] = deque([(root, 0)])
+        links: deque[tuple[Path, int]] = deque()
+        while folders or links:
+            if folders:
+                folder, depth = folders.popleft()
+                target: Path | None = folder
+            else:
+                folder, depth = links.popleft()
+                target = real(folder)
+                if target is None:
+                    self._warn(f"skipping {folder}: a symlink that cannot be resolved (a loop, or its target is gone)")
+                    continue
+                if not is_under(target, real_root):
+                    self._warn(f"skipping {folder}: it links outside the models dir {root} (to {target})")
+                    continue
+                if not target.is_dir():
+                    self._file(root, folder, out)
+                    continue
+            try:
+                st = os.stat(target)
+                if (st.st_dev, st.st_ino) in visited:
+                    continue  # walked already, under its real path or another link
+                visited.add((st.st_dev, st.st_ino))
+                if folder != root and ((folder / "model_index.json").is_file() or (folder / "config.json").is_file()):
+                    item = self._item(root, folder, real_root)
                     if item is not None:
                         out.append(item)
                         continue
-                if depth < MAX_DEPTH:
-                    out.extend(self._walk(root, real_root, child, depth + 1))
-            elif child.suffix.lower() in WEIGHT_SUFFIXES:
-                item = self._item(root, child)
-                if item is not None:
-                    out.append(item)
+                if depth > MAX_DEPTH:
+                    continue
+                children = sorted(folder.iterdir())
+            except OSError as exc:
+                self._warn(f"skipping {folder}: {exc.strerror or exc}")
+                continue
+            for child in children:
+                if child.name.startswith("."):
+                    continue  # hidden, and the builders' .tmp- staging folders
+                if child.is_symlink():
+                    links.append((child, depth + 1))
+                elif child.is_dir():
+                    folders.append((child, depth + 1))
+                else:
+                    self._file(root, child, out)
         return out
 
-    def _item(self, root: Path, path: Path) -> CatalogItem | None:
+    def _file(self, root: Path, path: Path, out: list[CatalogItem]) -> None:
+        if path.suffix.lower() not in WEIGHT_SUFFIXES:
+            return
+        if not path.is_file():  # a FIFO would block the first read; a device is no model
+            self._warn(f"skipping {path}: not a regular file")
+            return
+        item = self._item(root, path, real(root) or root)
+        if item is not None:
+            out.append(item)
+
+    def _item(self, root: Path, path: Path, real_root: Path) -> CatalogItem | None:
         from ..models.detect import detect_file
 
+        unsafe: list[str] = []
         try:
             if path.is_dir():
-                size, mtime = _folder_size(path)
+                tree = survey(path, real_root)
+                size, mtime = tree.size, tree.mtime
                 marker = path / ("model_index.json" if (path / "model_index.json").is_file() else "config.json")
                 st = marker.stat()
                 version = (str(path), size, st.st_mtime_ns)
+                unsafe = tree.outside
+                if tree.unreadable:
+                    raise NotRegularFile("; ".join(tree.unreadable[:3]))
             else:
                 st = path.stat()
                 size, mtime = st.st_size, st.st_mtime
@@ -163,14 +215,23 @@ class ModelCatalog:
             if det is None:
                 det = detect_file(path)
                 self._detections[version] = det
+            if not path.is_dir():
+                unsafe = _outside_siblings(path, real_root, det.kind == "checkpoint")
         except Exception as exc:  # noqa: BLE001  (a broken file is listed as unknown, never fatal)
             log.info("cannot inspect %s: %s", path, exc)
-            return CatalogItem(self._id(root, path), "unknown", "unknown", "unknown", path.resolve(), 0, 0.0, root, {"error": str(exc)})
+            details = {"error": str(exc), **({"unsafe": unsafe} if unsafe else {})}
+            return CatalogItem(self._id(root, path), "unknown", "unknown", "unknown", path.resolve(), 0, 0.0, root, details)
         kind = det.kind
         if kind == "unknown":
             kind = _kind_from_folders(path.relative_to(root)) or "unknown"
         fmt = "diffusers" if path.is_dir() else det.format
-        return CatalogItem(self._id(root, path), kind, det.base_model, fmt, path.resolve(), size, mtime, root, dict(det.details))
+        details = dict(det.details)
+        if unsafe:
+            self._warn(f"{path}: {', '.join(unsafe)} link(s) outside the models dir {root}; requests for it are refused")
+            details["unsafe"] = unsafe
+        if path.is_dir() and tree.pickle_dirs:
+            details["pickle_weights"] = [Path(d).relative_to(path).as_posix() for d in tree.pickle_dirs]
+        return CatalogItem(self._id(root, path), kind, det.base_model, fmt, path.resolve(), size, mtime, root, details)
 
     @staticmethod
     def _id(root: Path, path: Path) -> str:
@@ -198,18 +259,28 @@ class ModelCatalog:
         if not exact:
             exact = [i for i in items if i.model_id.rsplit("/", 1)[-1] == stem]
         if len(exact) == 1:
-            return exact[0]
+            return _usable(exact[0], field_path, readable=False)  # a broken file is still found: info, validate
         if len(exact) > 1:
             ids = ", ".join(i.model_id for i in exact)
             raise ValidationFailed(f"{field_path}: {model_id!r} is ambiguous: {ids}", [{"path": field_path, "message": f"ambiguous: {ids}"}])
         self.invalidate()  # maybe it was just added: one rescan before saying no
-        items = [i for i in self.items() if kinds is None or i.kind in kinds]
+        everything = self.items()
+        items = [i for i in everything if kinds is None or i.kind in kinds]
         again = [i for i in items if i.model_id in (model_id, stem)]
         if again:
-            return again[0]
+            return _usable(again[0], field_path)
+        what = f"{' or '.join(kinds)} " if kinds else ""
+        for other in (i for i in everything if i.model_id in (model_id, stem) or str(i.path) == model_id):
+            if other.unsafe or other.details.get("error"):
+                return _usable(other, field_path)  # found, but refused or unreadable: say so, not "not found"
+            if other.pickle and other.kind == "unknown":
+                return other  # names alone could not tell a pickle's kind: the caller refuses it or tries it as asked
+            raise ModelNotFound(
+                f"{field_path}: {other.model_id!r} is a {other.base_model} {other.kind}, not a {what.strip() or 'model'}",
+                [{"path": field_path, "message": f"a {other.kind}"}],
+            )
         known = [i.model_id for i in items]
         close = difflib.get_close_matches(model_id, known, n=3, cutoff=0.4)
-        what = f"{' or '.join(kinds)} " if kinds else ""
         hint = f"; did you mean {', '.join(close)}?" if close else (f"; available: {', '.join(known[:10])}" if known else "")
         raise ModelNotFound(f"{what}model {model_id!r} was not found in the models dirs{hint}", [{"path": field_path, "message": "not found"}])
 
@@ -233,6 +304,42 @@ class ModelCatalog:
             if all(w in hay for w in words):
                 out.append(i)
         return out[:limit]
+
+
+def _usable(item: CatalogItem, field_path: str, readable: bool = True) -> CatalogItem:
+    """The item, unless it reads through a link out of the models dir (unsafe_path) or could not be
+    read at all (model_load_failed, with why: a truncated file is found, just not usable)."""
+    if item.unsafe:
+        shown = "; ".join(item.unsafe[:3])
+        raise UnsafePath(
+            f"{field_path}: {item.model_id!r} reads files outside the models dir through symlinks ({shown})",
+            [{"path": field_path, "message": "links outside the models dir"}],
+        )
+    if readable and item.kind == "unknown" and item.details.get("error"):
+        raise ModelLoadFailed(
+            f"{field_path}: {item.model_id!r} was found at {item.path} but cannot be read: {item.details['error']}",
+            [{"path": field_path, "message": "found, but unreadable"}],
+        )
+    return item
+
+
+def _outside_siblings(path: Path, real_root: Path, checkpoint: bool) -> list[str]:
+    """What reading a single file also reads that links out of the models dir: its sidecar (X.json),
+    and for a checkpoint the tokenizer folders beside it (managers.single_file looks there)."""
+    out = []
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_symlink():
+        target = real(sidecar)
+        if target is not None and not is_under(target, real_root):
+            out.append(f"{sidecar} -> {target}")
+    for name in ("tokenizer", "tokenizer_2") if checkpoint else ():
+        folder = path.parent / name
+        if folder.is_dir():
+            out.extend(survey(folder, real_root).outside)
+            target = real(folder)
+            if folder.is_symlink() and target is not None and not is_under(target, real_root):
+                out.append(f"{folder} -> {target}")
+    return out
 
 
 _FOLDER_KINDS: dict[str, str] = {

@@ -29,6 +29,8 @@ def component_class(library: str, class_name: str) -> type:
     """The class model_index.json names; only from the libraries a pipeline may use."""
     if library not in _LIBRARIES:
         raise ModelLoadFailed(f"component library {library!r} is not one of {', '.join(_LIBRARIES)}")
+    if not isinstance(class_name, str):
+        raise ModelLoadFailed(f"component class {class_name!r} is not a class name (model_index.json)")
     cls = getattr(importlib.import_module(library), class_name, None)
     if not isinstance(cls, type):
         raise ModelLoadFailed(f"{library} has no class {class_name!r} (needed by the model's model_index.json)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import limits
-from ..paths import resolve_in_roots
+from ..paths import FileTooLarge, read_regular, resolve_in_roots
 from ..errors import ValidationFailed
 
 MAX_PIXELS = limits.DEFAULT_MAX_IMAGE_PIXELS  # the default; --max-image-pixels (limits.current()) rules
@@ -27,7 +28,11 @@ def _check_size(size: int, field: str) -> None:
 
 
 def image_bytes(value: str, field: str, roots: list[Path]) -> bytes:
-    """The encoded bytes of an image given as base64, a data: URL, or a path inside `roots`."""
+    """The encoded bytes of an image given as base64, a data: URL, or a path inside `roots`.
+
+    A path is read only when it names a regular file (a FIFO, device or folder is refused at
+    once, never waited on) of at most --max-image-bytes.
+    """
     text = value.strip()
     if text.startswith("data:"):
         head, _, text = text.partition(",")
@@ -36,8 +41,9 @@ def image_bytes(value: str, field: str, roots: list[Path]) -> bytes:
     elif len(text) < 4096 and text.lower().endswith(_IMAGE_EXTENSIONS):
         path = resolve_in_roots(text, roots, field)
         try:
-            _check_size(path.stat().st_size, field)
-            return path.read_bytes()
+            return read_regular(path, limits.current().max_image_bytes)
+        except FileTooLarge as exc:
+            raise _bad(field, f"image is {exc.size} bytes, over the limit of {exc.limit} (--max-image-bytes)") from None
         except OSError as exc:
             raise _bad(field, f"cannot read {text!r}: {exc.strerror or exc}") from None
     _check_size(limits.base64_decoded_size(text), field)  # before decoding: no 1 GB buffer for a refusal
@@ -47,8 +53,23 @@ def image_bytes(value: str, field: str, roots: list[Path]) -> bytes:
         raise _bad(field, f"not valid base64: {exc}") from None
 
 
-def decode_image(value: str, field: str, roots: list[Path], mode: str = "RGB") -> Any:
-    """Open, verify and convert an input image; every failure names the field."""
+@dataclass(frozen=True)
+class ProbedImage:
+    """An input image whose header was read and checked; no pixel is decoded yet."""
+
+    data: bytes
+    width: int
+    height: int
+    field: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def probe_image(value: str, field: str, roots: list[Path]) -> ProbedImage:
+    """Read and check an input image's header: its size is known, and over --max-image-pixels it is
+    refused, before any pixel is decoded (a 200 KB PNG can hold 8192x8192 pixels)."""
     from PIL import Image
 
     max_pixels = limits.current().max_image_pixels
@@ -60,12 +81,29 @@ def decode_image(value: str, field: str, roots: list[Path], mode: str = "RGB") -
             if w * h > max_pixels:  # refused before any pixel is decoded
                 raise _bad(field, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (--max-image-pixels)")
             probe.verify()
-        img = Image.open(io.BytesIO(data))
-        img.load()
     except ValidationFailed:
         raise
     except Image.DecompressionBombError:
         raise _bad(field, f"image is larger than {max_pixels} pixels (--max-image-pixels)") from None
     except Exception as exc:  # PIL raises many types for corrupt input
         raise _bad(field, f"not a readable image ({type(exc).__name__})") from None
+    return ProbedImage(data, w, h, field)
+
+
+def decode_probed(probed: ProbedImage, mode: str = "RGB") -> Any:
+    """The pixels of a probed image, converted to `mode`; every failure names the field."""
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(probed.data))
+        img.load()
+    except Image.DecompressionBombError:
+        raise _bad(probed.field, f"image is larger than {limits.current().max_image_pixels} pixels (--max-image-pixels)") from None
+    except Exception as exc:  # PIL raises many types for corrupt input
+        raise _bad(probed.field, f"not a readable image ({type(exc).__name__})") from None
     return img.convert(mode)
+
+
+def decode_image(value: str, field: str, roots: list[Path], mode: str = "RGB") -> Any:
+    """Open, verify and convert an input image; every failure names the field."""
+    return decode_probed(probe_image(value, field, roots), mode)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from ..errors import ValidationFailed
-from .images_in import decode_image
+from .images_in import decode_probed, probe_image
 
 MODES = ("text2img", "img2img", "inpainting")
 
@@ -58,6 +59,17 @@ def _fit(side: int) -> int:
     return max(64, side - side % 8)
 
 
+def check_derived_size(w: int, h: int, width: int | None, height: int | None) -> None:
+    """A side taken from the init image obeys --max-resolution like a requested one (a sent width or
+    height was checked with the request)."""
+    limit = limits.current().max_resolution
+    over = [(f, v) for f, v, sent in (("width", w, width), ("height", h, height)) if sent is None and v > limit]
+    if over:
+        said = " and ".join(f"{f} {v}" for f, v in over)
+        msg = f"the output {said} taken from the init image is over the limit of {limit} (--max-resolution); send width and height, or a smaller image"
+        raise ValidationFailed(f"data.init_image: {msg}", [{"path": "data.init_image", "message": msg}])
+
+
 def prepare(
     mode: str,
     init_image: str | None,
@@ -81,16 +93,17 @@ def prepare(
     if problems:
         raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
     assert init_image is not None
-    init = decode_image(init_image, "data.init_image", roots, "RGB")
-    mask = None
-    if mode == "inpainting":
-        assert mask_image is not None
-        mask = decode_image(mask_image, "data.mask_image", roots, "L")
-        if mask.size != init.size:
-            msg = f"mask is {mask.size[0]}x{mask.size[1]} but init_image is {init.size[0]}x{init.size[1]}; they must match"
-            raise ValidationFailed(f"data.mask_image: {msg}", [{"path": "data.mask_image", "message": msg}])
-    w = width or _fit(init.width)
-    h = height or _fit(init.height)
+    init_probe = probe_image(init_image, "data.init_image", roots)  # headers only: sizes are checked before pixels
+    mask_probe = probe_image(mask_image, "data.mask_image", roots) if mode == "inpainting" and mask_image else None
+    if mask_probe is not None and mask_probe.size != init_probe.size:
+        (mw, mh), (iw, ih) = mask_probe.size, init_probe.size
+        msg = f"mask is {mw}x{mh} but init_image is {iw}x{ih}; they must match"
+        raise ValidationFailed(f"data.mask_image: {msg}", [{"path": "data.mask_image", "message": msg}])
+    w = width or _fit(init_probe.width)
+    h = height or _fit(init_probe.height)
+    check_derived_size(w, h, width, height)
+    init = decode_probed(init_probe, "RGB")
+    mask = decode_probed(mask_probe, "L") if mask_probe is not None else None
     if init.size != (w, h):
         from PIL import Image
 

@@ -26,7 +26,9 @@ from typing import Any
 
 from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
 from ..models.safetensors_header import HeaderError, read_header
+from ..paths import NotRegularFile
 from .clip_tokenizers import CLIP_VOCAB_SIZE, find_tokenizer
+from .pickle_files import is_pickle, pickle_state
 
 CONFIG_SETS: tuple[str, ...] = ("sd15", "sdxl", "tiny-sd15", "tiny-sdxl", "tiny-sd15-clip", "tiny-sdxl-clip")
 CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "model_configs"
@@ -49,22 +51,19 @@ _PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipelin
 
 
 def checkpoint_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, from the safetensors header alone (models.safetensors_header).
-
-    Reads a few hundred KB at most, whatever the checkpoint size; no torch import.
-    """
+    """Tensor name -> shape, from the safetensors header alone (models.safetensors_header): a few
+    hundred KB at most, no torch import. A pickle (allowed by the caller) is read weights-only."""
     path = Path(path)
+    if is_pickle(path):
+        return {k: tuple(v.shape) for k, v in pickle_state(path).items()}
     try:
         return read_header(path).shapes()
     except FileNotFoundError as exc:
         raise ModelNotFound(f"checkpoint {str(path)!r} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise ValidationFailed(f"{str(path)!r} is a folder, not a single-file checkpoint") from exc
+    except (IsADirectoryError, NotRegularFile) as exc:
+        raise ValidationFailed(f"{str(path)!r} is not a regular file, not a single-file checkpoint ({exc})") from exc
     except HeaderError as exc:
-        raise ModelLoadFailed(
-            f"{str(path)!r} is not a valid .safetensors file ({exc}); pickle checkpoints "
-            "(.ckpt/.pt) are not loaded because they can run code: convert them to .safetensors"
-        ) from exc
+        raise ModelLoadFailed(f"{str(path)!r} is not a valid .safetensors file ({exc}): truncated, empty, or not safetensors") from exc
     except OSError as exc:
         raise ModelLoadFailed(f"checkpoint {str(path)!r} could not be read: {exc}") from exc
 
@@ -201,10 +200,11 @@ def load_tokenizer(
 
 
 def _checked_file(path: str | Path) -> Path:
+    """A .safetensors file, or a pickle the caller was allowed to load (--allow-pickle)."""
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
+    if path.suffix.lower() != ".safetensors" and not is_pickle(path):
         raise ValidationFailed(
-            f"{str(path)!r}: only .safetensors single files are loaded (pickle .ckpt files can run code)"
+            f"{str(path)!r}: single files are .safetensors (or .ckpt/.pt/.pth/.bin with --allow-pickle)"
         )
     if not path.is_file():
         raise ModelNotFound(f"checkpoint {str(path)!r} does not exist")
@@ -241,8 +241,11 @@ def _load_open_clip(checkpoint: Path, cfg: Path, torch_dtype: Any) -> Any:
     config = CLIPTextConfig.from_pretrained(str(cfg / "text_encoder_2"), local_files_only=True)
     with init_empty_weights():
         model = CLIPTextModelWithProjection(config)
-    with safe_open(str(checkpoint), framework="pt") as fh:
-        original = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(_OPEN_CLIP_XL)}
+    if is_pickle(checkpoint):
+        original = {k: v for k, v in pickle_state(checkpoint).items() if k.startswith(_OPEN_CLIP_XL)}
+    else:
+        with safe_open(str(checkpoint), framework="pt") as fh:
+            original = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(_OPEN_CLIP_XL)}
     state = convert_open_clip_checkpoint(model, original, prefix=_OPEN_CLIP_XL)
     del original
     model.load_state_dict(state, strict=True, assign=True)

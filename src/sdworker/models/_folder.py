@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..paths import read_regular
 from . import _hints
 from ._types import Detection
 
@@ -19,12 +20,27 @@ _CONTEXT_BASE = {768: "sd_1_5", 1024: "sd_2", 2048: "sdxl", 1280: "sdxl_refiner"
 _VAE_SCALING = {0.13025: "sdxl", 0.3611: "flux", 1.5305: "sd3"}
 
 
+_MAX_CONFIG_BYTES = 8 * 2**20  # configs are a few KB; a bigger "config" is not one
+
+
+def _strict_json(path: Path) -> dict[str, Any]:
+    """A config file's JSON object; ValueError saying what is wrong otherwise (never a FIFO read)."""
+    try:
+        data = json.loads(read_regular(path, _MAX_CONFIG_BYTES))
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def _json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return _strict_json(path)
+    except ValueError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _present(value: Any) -> bool:
@@ -113,15 +129,15 @@ def detect_diffusers_folder(path: str | os.PathLike[str]) -> Detection:
     folder = Path(path)
     index_path = folder / "model_index.json"
     if index_path.is_file():
-        index = _json(index_path)
-        if "_class_name" not in index:
-            raise ValueError(f"{index_path} is not a diffusers model_index.json (no _class_name)")
+        index = _strict_json(index_path)
+        if not isinstance(index.get("_class_name"), str) or not index["_class_name"]:
+            raise ValueError(f"{index_path} is not a diffusers model_index.json (_class_name is {index.get('_class_name')!r}, not a class name)")
         base, details = _pipeline(folder, index)
         kind = "checkpoint"
     elif (folder / "config.json").is_file():
-        cfg = _json(folder / "config.json")
+        cfg = _strict_json(folder / "config.json")
         if not cfg:
-            raise ValueError(f"{folder / 'config.json'} is not a readable JSON object")
+            raise ValueError(f"{folder / 'config.json'} is an empty JSON object")
         kind, base, details = _component(cfg)
     else:
         raise ValueError(f"{folder} is not a diffusers folder (no model_index.json or config.json)")

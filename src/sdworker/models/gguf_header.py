@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..paths import open_regular
 from .safetensors_header import HeaderError
 
 GGUF_MAGIC = b"GGUF"
@@ -39,7 +40,7 @@ class GGUFHeader:
 
 def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """Parse `path`'s GGUF header; GGUFHeaderError for anything that is not a readable GGUF file."""
-    with open(path, "rb") as fh:  # OSError (missing file, ...) stays an OSError
+    with open_regular(path) as fh:  # OSError (missing file, a FIFO, ...) stays an OSError
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
         raise GGUFHeaderError(f"{os.fspath(path)!r} is not a GGUF file (it does not start with b'GGUF')")

@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..paths import open_regular
 from ._atomic import write_json_atomic
 
 CHUNK_SIZE = 1 << 20
@@ -39,7 +40,7 @@ def _stream(fh: Any, digest: "hashlib._Hash") -> str:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Full SHA-256 of a file, streamed."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         return _stream(fh, hashlib.sha256())
 
 
@@ -49,7 +50,7 @@ def addnet_hash(path: str | os.PathLike[str]) -> str:
     Like kohya's ``addnet_hash_safetensors`` the length is not validated: a garbage length just
     seeks past the end and hashes nothing.
     """
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         n = int.from_bytes(fh.read(8), "little")
         fh.seek(8 + n)
         return _stream(fh, hashlib.sha256())
@@ -57,7 +58,7 @@ def addnet_hash(path: str | os.PathLike[str]) -> str:
 
 def a1111_model_hash(path: str | os.PathLike[str]) -> str:
     """A1111's old 8-char "model hash" (collision-prone; kept for old infotexts)."""
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         fh.seek(OLD_HASH_OFFSET)
         return hashlib.sha256(fh.read(OLD_HASH_LENGTH)).hexdigest()[:8]
 

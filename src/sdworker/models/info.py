@@ -77,11 +77,13 @@ def inspect_path(
     path: str | os.PathLike[str],
     hash_cache: _hashes.HashCache | None = None,
     with_hashes: bool = False,
+    root: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Kind, base model, format, size, header metadata, sidecar and (optionally) hashes of a model.
 
     Raises FileNotFoundError for a missing path, HeaderError for a corrupt safetensors file and
     UnsupportedModelFile for anything else that is not a model; other results are plain JSON.
+    With `root` (the models dir), a sidecar linking out of it is refused (UnsafePath), not read.
     Folders get no hashes (``hashes: None``): A1111/Civitai hashes are defined for single files.
     """
     p = Path(path)
@@ -126,7 +128,7 @@ def inspect_path(
         "sidecar_path": str(_sidecar.sidecar_path(p).absolute()),
     }
     try:
-        result["sidecar"] = _sidecar.read(p)
+        result["sidecar"] = _sidecar.read(p, root)
     except _sidecar.SidecarError as exc:
         result["sidecar"] = {}
         result["sidecar_error"] = str(exc)

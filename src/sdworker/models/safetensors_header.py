@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
+from ..paths import open_regular
+
 #: Largest header we are willing to read. Real checkpoints have ~100-300 KB headers; the
 #: reference implementation caps at 100 MB as well.
 MAX_HEADER_BYTES = 100_000_000
@@ -47,7 +49,7 @@ class SafetensorsHeader:
 def read_header(source: str | os.PathLike[str] | BinaryIO) -> SafetensorsHeader:
     """Parse the header of a path or a seekable binary file object (read from offset 0)."""
     if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as fh:
+        with open_regular(source) as fh:  # a FIFO named *.safetensors is refused, never waited on
             return _read(fh)
     return _read(source)
 

@@ -15,9 +15,12 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import UnsafePath
+from ..paths import inside, open_regular
 from ._atomic import write_json_atomic
 
 FOLDER_SIDECAR_NAME = "sdworker.json"
+_MAX_BYTES = 16 * 2**20
 _lock = threading.Lock()
 
 
@@ -33,13 +36,29 @@ def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     return p.with_suffix(".json")
 
 
-def read(model_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar's JSON object; ``{}`` when there is none. Raises SidecarError if it is corrupt."""
+def check_inside(model_path: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> None:
+    """UnsafePath when the sidecar is a link leading out of `root` (the model's models dir)."""
+    path = sidecar_path(model_path)
+    if root is not None and (path.is_symlink() or path.exists()) and not inside(path, Path(root)):
+        raise UnsafePath(
+            f"the sidecar {path} links outside the models dir {root}; it is neither read nor written",
+            [{"path": "data.model_id", "message": "sidecar links outside the models dir"}],
+        )
+
+
+def read(model_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The sidecar's JSON object; ``{}`` when there is none. Raises SidecarError if it is corrupt
+    or not a regular file, UnsafePath if it links out of `root`."""
     path = sidecar_path(model_path)
     if _same_file(path, Path(model_path)):
         return {}  # a model named *.json has no sidecar of this form
+    check_inside(model_path, root)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path) as fh:  # a FIFO named X.json is refused, never waited on
+            raw = fh.read(_MAX_BYTES + 1)
+        if len(raw) > _MAX_BYTES:
+            raise SidecarError(f"sidecar {path} is over {_MAX_BYTES >> 20} MiB")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
@@ -53,7 +72,9 @@ def read(model_path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def update(model_path: str | os.PathLike[str], changes: Mapping[str, Any], replace: bool = False) -> dict[str, Any]:
+def update(
+    model_path: str | os.PathLike[str], changes: Mapping[str, Any], replace: bool = False, root: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Merge ``changes`` into the sidecar (or replace it whole) and return the new contents.
 
     A key whose new value is ``None`` is removed. A corrupt existing sidecar is not merged
@@ -65,10 +86,11 @@ def update(model_path: str | os.PathLike[str], changes: Mapping[str, Any], repla
     path = sidecar_path(model)
     if _same_file(path, model):
         raise SidecarError(f"refusing to write sidecar {path}: it is the model file itself")
+    check_inside(model, root)
     if path.exists() and not path.is_file():
         raise SidecarError(f"refusing to write sidecar {path}: it is not a regular file")
     with _lock:
-        current = {} if replace else read(model)
+        current = {} if replace else read(model, root)
         merged = {**current, **changes}
         merged = {k: v for k, v in merged.items() if v is not None}
         try:
