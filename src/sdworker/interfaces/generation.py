@@ -45,14 +45,6 @@ def _invalid(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{path}: {message}", [{"path": path, "message": message}])
 
 
-def _compel_installed() -> bool:
-    try:
-        import compel  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 @dataclass
 class Plan:
     """A validated request with everything resolved that can be resolved before loading."""
@@ -253,8 +245,13 @@ class GenerationInterface:
                 choice = schedulers.resolve(req.scheduler, req.sampler)
             except ValidationFailed as exc:
                 problems.extend(exc.details)
-        if req.prompt_syntax == "compel" and not _compel_installed():
-            problems.append({"path": "data.prompt_syntax", "message": "compel is not installed in this worker; use a1111 or none"})
+        if req.prompt_syntax == "compel":
+            from ..prompts.compel_syntax import compel_import_problem
+
+            self.runtime.wait()  # compel imports torch: never while the runtime thread is importing it
+            why = compel_import_problem()
+            if why:
+                problems.append({"path": "data.prompt_syntax", "message": why})
         if problems:
             blame_preset(problems, req, preset)
             raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
@@ -270,6 +267,9 @@ class GenerationInterface:
         if checked.problems:
             raise ValidationFailed(f"{checked.problems[0]['path']}: {checked.problems[0]['message']}", checked.problems)
         req = checked.req
+        zero = modes.strength_problems(mode, req.steps, req.strength, family.name)  # no denoising step: refused now, not in the job
+        if zero:
+            raise ValidationFailed(f"{zero[0]['path']}: {zero[0]['message']}", zero)
         device = self.runtime.check_device(req.device_id)
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
         inputs, width, height = modes.prepare(mode, req.init_image, req.mask_image, req.width, req.height, roots)

@@ -44,11 +44,37 @@ What it computes, and that it equals compel's own wrappers
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ..errors import ValidationFailed
 
-__all__ = ["check_compel", "compel_clip_skip_problem", "compel_prompt_kwargs"]
+__all__ = ["check_compel", "compel_clip_skip_problem", "compel_import_problem", "compel_prompt_kwargs"]
+
+log = logging.getLogger(__name__)
+
+
+def compel_import_problem() -> str | None:
+    """None when compel can be used; else why not, as the host should read it.
+
+    "Not installed" is said only when compel itself is missing. Any other failure (a dependency
+    missing or too old, a broken install) is reported with its exception and logged on stderr
+    with its traceback, so a worker that has compel never says it has none. The caller imports
+    torch first (compel imports it; two threads importing torch at once can see it half-made).
+    """
+    try:
+        import compel  # noqa: F401
+        from compel.prompt_parser import PromptParser  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name == "compel":
+            log.warning("prompt_syntax compel asked for, but compel is not installed")
+            return "compel is not installed in this worker; use prompt_syntax a1111 or none"
+        log.error("compel could not be imported", exc_info=True)
+        return f"compel could not be imported: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001  (any import failure: reported, never "not installed")
+        log.error("compel could not be imported", exc_info=True)
+        return f"compel could not be imported: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _invalid(path: str, message: str) -> ValidationFailed:
