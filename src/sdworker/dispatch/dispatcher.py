@@ -161,7 +161,7 @@ class Dispatcher:
 
     def _reject_oversize(self, line: Oversize) -> None:
         err = InvalidRequest(f"line of {line.size} bytes is over the limit; send at most the configured --max-line-bytes")
-        self._write(encode_error(salvage(line.head, err), err))
+        self._write(encode_error(salvage(line.head, err, head=True), err))
 
     # ---- one call ------------------------------------------------------------------------------
 

@@ -267,12 +267,12 @@ class GenerationInterface:
         if checked.problems:
             raise ValidationFailed(f"{checked.problems[0]['path']}: {checked.problems[0]['message']}", checked.problems)
         req = checked.req
-        zero = modes.strength_problems(mode, req.steps, req.strength, family.name)  # no denoising step: refused now, not in the job
-        if zero:
-            raise ValidationFailed(f"{zero[0]['path']}: {zero[0]['message']}", zero)
         device = self.runtime.check_device(req.device_id)
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
         inputs, width, height = modes.prepare(mode, req.init_image, req.mask_image, req.width, req.height, roots)
+        zero = modes.strength_problems(mode, req.steps, req.strength, family.name)  # no denoising step: refused now, not in the job
+        if zero:
+            raise ValidationFailed(f"{zero[0]['path']}: {zero[0]['message']}", zero)
         side = family.native_size(ref) or native_size(ref)
         width, height = width or side, height or side
         width, height = family.fit_size(ref, width, height)  # [families] Flux: sides from an init image fit its latent packing

@@ -112,16 +112,17 @@ def decode_line(line: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Decoded:
     return Decoded([_refuse_repeated(item, repeated.get(None)) if repeated else item])
 
 
-def salvage(raw: bytes, error: WorkerError) -> Rejection:
+def salvage(raw: bytes, error: WorkerError, head: bool = False) -> Rejection:
     """Refuse a line that cannot be decoded, answered in its form with the id it still carries
-    (protocol/salvage.py): parse errors, and oversize lines (from their first bytes)."""
-    doc = lenient_parse(raw)
+    (protocol/salvage.py): a whole object Python's json reads, or (head: an oversize line's first
+    bytes) an id pattern. A line cut short or garbled keeps id null, as JSON-RPC asks."""
+    doc = None if head else lenient_parse(raw)
     if isinstance(doc, dict):
         rej = _reject_whole(doc, error)
         rej.raw_id, rej.request_id, rej.session_id = wire_safe(rej.raw_id), wire_safe(rej.request_id), wire_safe(rej.session_id)
         return rej
     form = guess_form(raw)
-    rid = id_in_head(raw, form.value)
+    rid = id_in_head(raw, form.value) if head else None
     return Rejection(error, form, request_id=None if rid is None else str(rid), raw_id=rid)
 
 

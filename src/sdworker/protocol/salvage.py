@@ -4,8 +4,9 @@ A host matches answers to requests by id; an error answered with `request_id: nu
 nobody waits for, and a request nobody answers. Strict JSON (orjson, RFC 8259) refuses lines that
 are still readable: `NaN` or `1e309` as a value, a lone surrogate escape (`"\\ud800"`), a byte
 that is not UTF-8 inside a string. Python's json module reads those, so the line's ids are taken
-from what it reads; the error stays the parse error. A line that no parser reads (cut short, over
-the size limit) has its id looked for in its first bytes.
+from what it reads; the error stays the parse error. A line no parser reads (cut short, garbled)
+is no request: no id is guessed from it (JSON-RPC asks for null there). A line over the size limit
+is one, too long: its id is looked for in its first bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 #: Lines longer than this are not parsed again for their id (the reader thread's time is the host's).
 LENIENT_PARSE_MAX = 1 << 20
-HEAD = 4096  # bytes searched for an id when the line cannot be parsed at all
+HEAD = 4096  # bytes of an oversize line searched for its id
 
 _NATIVE = (re.compile(rb'"request_?[iI]d"\s*:\s*("(?:[^"\\]|\\.){1,200}"|-?\d{1,18}\b)'),)
 _LEGACY = _NATIVE + (re.compile(rb'"session_?[iI]d"\s*:\s*("(?:[^"\\]|\\.){1,200}"|-?\d{1,18}\b)'),)
@@ -34,7 +35,7 @@ def lenient_parse(raw: bytes) -> Any:
 
 
 def id_in_head(head: bytes, form: str) -> Any:
-    """The request's id found in the first bytes of a line no parser reads: a str, an int, or None."""
+    """The request's id found in the first bytes of an oversize line: a str, an int, or None."""
     patterns = _JSONRPC if form == "jsonrpc" else _LEGACY if form == "legacy" else _NATIVE
     for pat in patterns:
         m = pat.search(head[:HEAD])
