@@ -113,9 +113,8 @@ def decode_line(line: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Decoded:
 
 
 def salvage(raw: bytes, error: WorkerError, head: bool = False) -> Rejection:
-    """Refuse a line that cannot be decoded, answered in its form with the id it still carries
-    (protocol/salvage.py): a whole object Python's json reads, or (head: an oversize line's first
-    bytes) an id pattern. A line cut short or garbled keeps id null, as JSON-RPC asks."""
+    """Refuse a line that cannot be decoded, in its form, with the id of the whole object Python's json
+    reads, or (head: an oversize line's first bytes) of an id pattern (protocol/salvage.py); else null."""
     doc = None if head else lenient_parse(raw)
     if isinstance(doc, dict):
         rej = _reject_whole(doc, error)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Op = Callable[[sqlite3.Connection], None]
 
 RETRY_S = 1.0  # how often writes that failed are tried again while nothing new comes
-MAX_BACKLOG = 100_000  # writes kept for a retry at most; past it the oldest are dropped (logged)
+MAX_BACKLOG = 10_000  # writes kept for a retry at most (each holds a session snapshot); past it the oldest are dropped, logged
 _BATCH = 256  # most queued writes committed in one transaction
 
 # sqlite3.OperationalError messages of conditions that pass: full disk, I/O error, another writer.
