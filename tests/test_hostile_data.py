@@ -157,6 +157,8 @@ def test_two_spellings_of_one_key_are_refused(hostile: Worker) -> None:
     r = hostile.call("inference.text2img", {**QUICK, "steps": 2, "Steps": 3})
     assert r["error_code"] == "validation_error", r
     assert r["error_details"][0]["path"] == "data.Steps" and "2 vs 3" in r["error"]
+    batch = hostile.call("inference.batch_process", {"requests": [{**QUICK, "prompt": "a"}, {**QUICK, "modelId": "tiny-sd15"}]})
+    assert batch["error_code"] == "validation_error" and batch["error_details"][0]["path"] == "data.requests[1].modelId", batch
     hostile.send({"action": "execute_inference", "request_id": "leg-steps", "model_id": "tiny-sdxl", "prompt": "p",
                   "parameters": {"steps": 2, "NumInferenceSteps": 2, "Seed": 1, "seed": 2}})
     leg = hostile.wait_for(lambda m: m.get("request_id") == "leg-steps" and "success" in m)

@@ -246,10 +246,9 @@ class GenerationInterface:
             except ValidationFailed as exc:
                 problems.extend(exc.details)
         if req.prompt_syntax == "compel":
-            from ..prompts.compel_syntax import compel_import_problem
+            from ..prompts.compel_syntax import compel_unavailable
 
-            self.runtime.wait()  # compel imports torch: never while the runtime thread is importing it
-            why = compel_import_problem()
+            why = compel_unavailable(not self.runtime.ready, lambda: self.runtime.wait(300.0))  # compel imports torch too
             if why:
                 problems.append({"path": "data.prompt_syntax", "message": why})
         if problems:
