@@ -8,6 +8,8 @@
     Also shown: the first use of a LoRA (read + injection into the UNet and text encoder).
 (b) the same text2img with `preview: true` vs without (inference_ms, alternating runs).
                                                                         target: < 3 % slower
+(c) one preview image of a 1024 px SDXL run's latents (4x128x128), in process (managers/preview.py),
+    median of 30 after a warm-up.                                       target: < 15 ms
 
 `--size full` (default): the SD 1.5 architecture with random weights (bench/models.py builds it;
 `--work DIR` keeps it between runs) and two rank-16 kohya LoRAs over all its attention
@@ -52,6 +54,25 @@ def make_kohya_lora(model: Path, path: Path, rank: int, seed: int) -> None:
         state[f"{key}.alpha"] = torch.tensor(float(rank))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata={"ss_base_model_version": "sd_v1", "ss_network_dim": str(rank)})
+
+
+def preview_cost(runs: int = 30) -> tuple[float, float]:
+    """(median, max) ms of one preview JPEG of 4x128x128 latents (a 1024 px SDXL step), in process."""
+    import time
+
+    import torch
+
+    from sdworker.managers.preview import PreviewMaker
+
+    lat = torch.randn(1, 4, 128, 128, generator=torch.Generator("cpu").manual_seed(0))
+    maker = PreviewMaker(1, "sdxl")
+    maker.maybe(1, lat)  # warm-up
+    times = []
+    for step in range(1, runs + 1):
+        t0 = time.perf_counter()
+        assert maker.maybe(step, lat) is not None
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), max(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         over = 100 * (a - b) / b
         rows.append((f"text2img {size}x{size}, {args.steps} steps, preview every 5 steps (median of {args.repeats})", f"{a:,.0f} ms", f"{b:,.0f} ms (no preview)", f"< 3 % (is {over:+.2f} %)", "yes" if over < 3 else "**NO**"))
         c.close()
+        med, worst = preview_cost()
+        rows.append(("one preview of 4x128x128 latents (1024 px SDXL), in process (median of 30)", f"{med:.2f} ms (max {worst:.2f})", "-", "< 15 ms", "yes" if med < 15 else "**NO**"))
     finally:
         if not args.work:
             shutil.rmtree(tmp, ignore_errors=True)

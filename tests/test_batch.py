@@ -29,7 +29,7 @@ def sd15(models_dir):
 
 def test_compatible_items_share_one_call_and_a_bad_item_keeps_its_own_error(worker, sd15):
     reqs = [{**BASE, "prompt": p, "seed": s} for p, s in zip(PROMPTS, SEEDS)]
-    reqs.insert(2, {**BASE, "modelId": "no-such-model", "prompt": "x", "seed": 1})
+    reqs.insert(2, {**BASE, "model_id": "no-such-model", "prompt": "x", "seed": 1})  # (modelId beside BASE's model_id: a key conflict, issue 18)
     r = worker.call(
         "inference.batch_process",
         {"requests": reqs, "batchConfig": {"batchSize": 4, "enableDynamicSizing": False}, "session_id": "batch-1"},

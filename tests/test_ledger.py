@@ -187,15 +187,117 @@ def test_a_broken_database_never_fails_a_job(tmp_path: Path, caplog: pytest.LogC
 
 def test_writes_are_batched_and_cheap(tmp_path: Path) -> None:
     led = SessionLedger(Database(tmp_path / DB_FILE))
-    t = time.perf_counter()
     sessions = [_session(f"b{i}") for i in range(200)]
     for s in sessions:
-        _run(led, s, ("queued", "loading", "running"))  # not final: nothing waits for the disk
+        _run(led, s, ("queued",))  # a job's first record is committed before it returns (issue 18, item 7)
+    assert led.count() == 200
+    t = time.perf_counter()
+    for s in sessions:
+        _run(led, s, ("loading", "running"))  # not first, not final: nothing waits for the disk
     queued_ms = (time.perf_counter() - t) * 1000
     assert led.flush(30)
-    assert led.count() == 200
+    with led.db.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM session_transitions").fetchone()[0] == 600
     assert queued_ms < 2000, queued_ms
     led.close()
+
+
+# ---- hostile run (issue 18): durable queueing, full disk, reused pids ------------------------------------
+
+
+class _SmallDisk(Database):
+    """A database whose file cannot grow while `full` is set (PRAGMA max_page_count): SQLite's own
+    "database or disk is full", as on a full disk, without root or a small file system."""
+
+    full = False
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = super()._conn()
+        conn.execute(f"PRAGMA max_page_count = {1 if self.full else 1073741823}")  # never below the file's size
+        return conn
+
+
+def _rows(path: Path) -> dict[str, str]:
+    """session_id -> status, read by another connection (what a new process would find)."""
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT session_id, status FROM sessions").fetchall())
+
+
+def test_a_jobs_first_record_is_committed_before_it_returns(tmp_path: Path) -> None:
+    led = SessionLedger(Database(tmp_path / DB_FILE))
+    for i in range(6):
+        _run(led, _session(f"q{i}"), ("queued",))
+        assert _rows(tmp_path / DB_FILE)[f"q{i}"] == "queued"  # no flush: record() waited for the commit
+    led.close()
+
+
+def test_a_full_disk_delays_records_and_never_loses_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / DB_FILE
+    db = _SmallDisk(path)
+    led = SessionLedger(db)
+    _run(led, _session("before"), ("queued", "completed"))
+    db.full = True
+    big = {"prompt": "x " * 9000}  # overflow pages: every insert needs the file to grow
+    ok = _session("ok", request=big)
+    ok.outputs.append("/o/ok-0.png")
+    _run(led, ok, ("queued", "loading", "running", "postprocessing", "completed"))
+    bad = _session("bad", request=big)
+    bad.error, bad.error_code = "boom", "internal_error"
+    _run(led, bad, ("queued", "running", "failed"))
+    assert led.flush() and led.behind > 0
+    assert _rows(path) == {"before": "completed"}  # nothing half written, nothing wrong
+    assert any("database or disk is full" in r.getMessage() and "kept" in r.getMessage() for r in caplog.records)
+    db.full = False  # space again: the kept writes go first, in order
+    assert led.flush() and led.behind == 0
+    assert _rows(path) == {"before": "completed", "ok": "completed", "bad": "failed"}
+    rec = led.lookup("ok")
+    assert rec is not None and rec["outputs"] == ["/o/ok-0.png"]
+    assert [t["status"] for t in rec["transitions"]] == ["queued", "loading", "running", "postprocessing", "completed"]
+    assert led.lookup("bad")["error_code"] == "internal_error"  # type: ignore[index]
+    assert any("are committed now" in r.getMessage() for r in caplog.records)
+    led.close()
+
+
+def test_a_write_that_can_never_succeed_is_dropped_not_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sdworker.store.write_queue import WriteQueue
+
+    db = Database(tmp_path / DB_FILE)
+    q = WriteQueue(db)
+    q.put(lambda conn: conn.execute("CREATE TABLE t (v TEXT NOT NULL)"))
+    q.put(lambda conn: conn.execute("INSERT INTO t VALUES (NULL)"))  # IntegrityError: a bug, not the disk
+    q.put(lambda conn: conn.execute("INSERT INTO t VALUES ('after')"))
+    assert q.flush() and q.behind == 0 and q.dropped == 1
+    with db.read() as conn:
+        assert [r[0] for r in conn.execute("SELECT v FROM t")] == ["after"]
+    assert q.stop() == 0
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(tmp_path: Path) -> None:
+    import psutil
+
+    path = tmp_path / DB_FILE
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = SessionLedger(Database(path))
+        old.pid = stranger.pid
+        _run(old, _session("ghost"), ("queued", "running"))
+        old.close()
+        with sqlite3.connect(path) as conn:
+            started = conn.execute("SELECT pid_started FROM sessions").fetchone()[0]
+            assert abs(started - psutil.Process(stranger.pid).create_time()) < 0.01
+            # the run that wrote it started an hour earlier: `stranger` only reuses its pid
+            conn.execute("UPDATE sessions SET pid_started = pid_started - 3600")
+        new = SessionLedger(Database(path))
+        new.start()
+        rec = new.lookup("ghost")
+        assert rec is not None and rec["status"] == "interrupted" and rec["pid"] == stranger.pid
+        listed = new.interrupted()
+        assert [r["session_id"] for r in listed] == ["ghost"] and listed[0]["source"] == "ledger"
+        assert "logs" not in listed[0] and listed[0]["current_run"] is False
+        new.close()
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 # ---- through the real worker ------------------------------------------------------------------------

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import statistics
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdworker.managers.preview import LATENT_RGB, PreviewMaker, latents_to_rgb, preview_extra, preview_jpeg, preview_maker
+from sdworker.managers.preview import LATENT_RGB, MAX_SIDE, PreviewMaker, latents_to_rgb, preview_extra, preview_jpeg, preview_maker
 
 
 def _open(b64: str) -> Image.Image:
@@ -99,16 +97,14 @@ def test_callback_hook() -> None:
     assert made is not None and made.every_n_steps == 3 and made.base_model == "sd_1_5"
 
 
-def test_cost_on_128_latents(capsys: pytest.CaptureFixture[str]) -> None:
+def test_previews_of_128_latents() -> None:
+    """A 1024 px SDXL run's latents (4x128x128) give a preview at every step asked, within the size
+    bound. What it costs is measured in bench/adapters.py (a time is no test's pass criterion)."""
     lat = _latents(1, 4, 128, 128)
     maker = PreviewMaker(1, "sdxl")
-    maker.maybe(1, lat)  # warm-up
-    times = []
     for step in range(1, 31):
-        t0 = time.perf_counter()
-        assert maker.maybe(step, lat) is not None
-        times.append((time.perf_counter() - t0) * 1000)
-    median, worst = statistics.median(times), max(times)
-    with capsys.disabled():
-        print(f"\npreview of 4x128x128 latents (1024 px SDXL): median {median:.2f} ms, max {worst:.2f} ms over {len(times)} runs")
-    assert median < 15.0
+        out = maker.maybe(step, lat)
+        assert out is not None
+        img = _open(out)
+        assert img.size == (128, 128) and max(img.size) <= MAX_SIDE  # one pixel per latent, under the bound
+    assert maker.made == 30

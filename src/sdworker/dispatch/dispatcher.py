@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ from ..protocol.envelopes import (
     encode_error,
     encode_success,
     guess_form,
+    salvage,
 )
 from ..errors import InvalidRequest, WorkerError
 from ..protocol.events import EventEmitter
@@ -33,12 +33,6 @@ log = logging.getLogger(__name__)
 Respond = Callable[[Any, "WorkerError | None"], None]
 
 LEGACY_COMMON = frozenset({"session_id", "model_id", "device_id", "request_id"})
-
-_ID_PATTERNS = (
-    re.compile(rb'"request_id"\s*:\s*"([^"]{1,200})"'),
-    re.compile(rb'"session_id"\s*:\s*"([^"]{1,200})"'),
-    re.compile(rb'"id"\s*:\s*("[^"]{1,200}"|-?\d{1,18})'),
-)
 
 
 def to_wire(result: Any) -> Any:
@@ -166,17 +160,8 @@ class Dispatcher:
             self.writer.write(message)
 
     def _reject_oversize(self, line: Oversize) -> None:
-        form = guess_form(line.head)
-        rid: Any = None
-        for pat in _ID_PATTERNS:
-            m = pat.search(line.head)
-            if m:
-                raw = m.group(1).decode("utf-8", "replace")
-                rid = int(raw) if raw.lstrip("-").isdigit() and pat is _ID_PATTERNS[2] else raw.strip('"')
-                break
         err = InvalidRequest(f"line of {line.size} bytes is over the limit; send at most the configured --max-line-bytes")
-        target = Rejection(err, form, request_id=str(rid) if rid is not None else None, raw_id=rid)
-        self._write(encode_error(target, err))
+        self._write(encode_error(salvage(line.head, err, head=True), err))
 
     # ---- one call ------------------------------------------------------------------------------
 

@@ -284,9 +284,12 @@ class InferenceInstructor:
 
     @method("inference.get_active_sessions", "sessions:ActiveSessionsParams", "sessions:ActiveSessionsResult")
     def get_active_sessions(self, params: ActiveSessionsParams, call: Call) -> dict:
-        """Queued and running sessions."""
+        """Queued and running sessions; include_interrupted adds those earlier runs left unfinished (ledger)."""
         active = [s for s in self.app.sessions.active() if params.device_id in (None, s.device_id)]
-        return {"sessions": [self._summary(s) for s in active], "count": len(active)}
+        out: dict[str, Any] = {"sessions": [self._summary(s) for s in active], "count": len(active)}
+        if params.include_interrupted:
+            out["interrupted"] = self.app.ledger.interrupted()
+        return out
 
     @method("inference.get_status", "base:NoParams")
     def get_status(self, params: NoParams, call: Call) -> dict:

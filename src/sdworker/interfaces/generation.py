@@ -45,14 +45,6 @@ def _invalid(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{path}: {message}", [{"path": path, "message": message}])
 
 
-def _compel_installed() -> bool:
-    try:
-        import compel  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 @dataclass
 class Plan:
     """A validated request with everything resolved that can be resolved before loading."""
@@ -256,8 +248,12 @@ class GenerationInterface:
                 choice = schedulers.resolve(req.scheduler, req.sampler)
             except ValidationFailed as exc:
                 problems.extend(exc.details)
-        if req.prompt_syntax == "compel" and not _compel_installed():
-            problems.append({"path": "data.prompt_syntax", "message": "compel is not installed in this worker; use a1111 or none"})
+        if req.prompt_syntax == "compel":
+            from ..prompts.compel_syntax import compel_unavailable
+
+            why = compel_unavailable(not self.runtime.ready, lambda: self.runtime.wait(300.0))  # compel imports torch too
+            if why:
+                problems.append({"path": "data.prompt_syntax", "message": why})
         if problems:
             blame_preset(problems, req, preset)
             raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
@@ -276,6 +272,9 @@ class GenerationInterface:
         device = self.runtime.check_device(req.device_id)
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
         inputs, width, height = modes.prepare(mode, req.init_image, req.mask_image, req.width, req.height, roots)
+        zero = modes.strength_problems(mode, req.steps, req.strength, family.name)  # no denoising step: refused now, not in the job
+        if zero:
+            raise ValidationFailed(f"{zero[0]['path']}: {zero[0]['message']}", zero)
         side = family.native_size(ref) or native_size(ref)
         width, height = width or side, height or side
         width, height = family.fit_size(ref, width, height)  # [families] Flux: sides from an init image fit its latent packing

@@ -6,6 +6,7 @@ loaded model (diffusers' `from_pipe` reuses the components) and differ only in t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,38 @@ def call_kwargs(mode: str, inputs: ModeInputs, width: int, height: int, strength
     if mode == "img2img":
         return {"image": inputs.init_image, "strength": strength}
     return {"image": inputs.init_image, "mask_image": inputs.mask_image, "strength": strength, "width": width, "height": height}
+
+
+# How an img2img/inpainting pipeline turns steps and strength into denoising steps (diffusers'
+# get_timesteps). SD 1.x/2.x/SDXL pipelines (ControlNet ones too): min(int(steps * strength), steps),
+# which is 0 when steps * strength < 1 and the call then fails. Flux's: steps - int(steps * (1 -
+# strength)), at least 1 for any strength > 0.
+_TRUNCATING_FAMILIES = ("sd",)
+
+
+def denoising_steps(steps: int, strength: float, family: str = "sd") -> int:
+    """Denoising steps the first pass of an img2img/inpainting call runs (as the family's pipelines count)."""
+    if family in _TRUNCATING_FAMILIES:
+        return min(int(steps * strength), steps)
+    return steps - int(max(steps - steps * strength, 0))
+
+
+def strength_problems(mode: str, steps: int, strength: float, family: str = "sd") -> list[dict[str, str]]:
+    """A request whose steps and strength leave no denoising step is refused before it is queued.
+
+    diffusers would fail inside the call (after queueing and loading); running one step anyway would
+    be a denoise the host did not ask for. The message names the nearest settings that work.
+    """
+    if mode == "text2img" or denoising_steps(steps, strength, family) >= 1:
+        return []
+    need_steps = max(steps + 1, math.ceil(1 / strength))
+    while denoising_steps(need_steps, strength, family) < 1:
+        need_steps += 1
+    need_strength = min(1.0, math.ceil(1000 / steps) / 1000)
+    while need_strength < 1.0 and denoising_steps(steps, need_strength, family) < 1:
+        need_strength = min(1.0, need_strength + 0.001)
+    message = (
+        f"steps {steps} with strength {strength:g} leaves no denoising step ({mode} denoises int(steps x strength) "
+        f"steps, as diffusers counts them); use steps >= {need_steps} or strength >= {need_strength:g}"
+    )
+    return [{"path": "data.strength", "message": message}]

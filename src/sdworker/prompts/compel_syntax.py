@@ -44,15 +44,49 @@ What it computes, and that it equals compel's own wrappers
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable
 
 from ..errors import ValidationFailed
 
-__all__ = ["check_compel", "compel_clip_skip_problem", "compel_prompt_kwargs"]
+__all__ = ["check_compel", "compel_clip_skip_problem", "compel_import_problem", "compel_prompt_kwargs", "compel_unavailable"]
+
+log = logging.getLogger(__name__)
+
+
+def compel_import_problem(quiet: bool = False) -> str | None:
+    """None when compel can be used; else why not, as the host should read it.
+
+    "Not installed" is said only when compel itself is missing. Any other failure (a dependency
+    missing or too old, a broken install) is reported with its exception and logged on stderr
+    with its traceback (unless `quiet`: the caller will try again), so a worker that has compel
+    never says it has none. compel imports torch: while another thread is importing torch, the
+    import may fail on a half-made module; the caller tries again once that import has finished.
+    """
+    try:
+        import compel  # noqa: F401
+        from compel.prompt_parser import PromptParser  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (any import failure: reported, never "not installed" unless it is)
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "compel":
+            log.warning("prompt_syntax compel asked for, but compel is not installed")
+            return "compel is not installed in this worker; use prompt_syntax a1111 or none"
+        if not quiet:
+            log.error("compel could not be imported", exc_info=True)
+        return f"compel could not be imported: {type(exc).__name__}: {exc}"
+    return None
 
 
 def _invalid(path: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{path}: {message}", [{"path": path, "message": message}])
+
+
+def compel_unavailable(torch_loading: bool, wait_for_torch: Callable[[], None]) -> str | None:
+    """compel_import_problem, tried again (once torch is imported) when it failed while torch was loading."""
+    why = compel_import_problem(quiet=torch_loading)
+    if why and torch_loading:
+        wait_for_torch()
+        why = compel_import_problem()
+    return why
 
 
 def compel_clip_skip_problem(clip_skip: int | None, sdxl: bool) -> str | None:

@@ -6,7 +6,6 @@ encoding turns an outcome back into the form the request came in.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
@@ -17,6 +16,10 @@ import orjson
 from ..errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
 from .cancel_request import CANCEL_REQUEST, cancel_request_call
 from .keys import normalize_keys
+from .legacy_names import INFERENCE_TYPES, LEGACY_ACTIONS, map_inference_type  # noqa: F401  (also read from here)
+from .repeated_keys import message as repeated_message
+from .repeated_keys import repeated_keys
+from .salvage import id_in_head, lenient_parse, wire_safe
 
 
 class Form(str, Enum):
@@ -63,60 +66,6 @@ def new_request_id() -> str:
     return "req-" + uuid.uuid4().hex[:12]
 
 
-# Legacy action -> method. execute_inference picks its method from inference_type.
-LEGACY_ACTIONS: dict[str, str] = {
-    "get_all_capabilities": "inference.get_capabilities",
-    "get_device_capabilities": "inference.get_device_capabilities",
-    "validate_request": "inference.validate_request",
-    "get_supported_types": "inference.get_supported_types",
-    "get_device_supported_types": "inference.get_device_supported_types",
-    "get_session_status": "inference.get_session_status",
-    "cancel_session": "inference.cancel_session",
-    "get_session_logs": "inference.get_session_logs",
-    "get_session_performance": "inference.get_session_performance",
-    "get_session_resources": "inference.get_session_resources",
-    "get_active_sessions": "inference.get_active_sessions",
-    "execute_controlnet": "inference.controlnet",
-    "batch_process": "inference.batch_process",
-    "get_session_details": "inference.get_session_status",
-    "get_comprehensive_status": "inference.get_session_status",
-}
-
-# inference_type (case-insensitive, punctuation ignored) -> generation method.
-INFERENCE_TYPES: dict[str, str] = {
-    "text2img": "inference.text2img",
-    "txt2img": "inference.text2img",
-    "texttoimage": "inference.text2img",
-    "imagegeneration": "inference.text2img",
-    "img2img": "inference.img2img",
-    "imagetoimage": "inference.img2img",
-    "inpainting": "inference.inpainting",
-    "inpaint": "inference.inpainting",
-    "controlnet": "inference.controlnet",
-    "upscale": "inference.upscale",
-    "upscaling": "inference.upscale",
-    "lora": "inference.lora",
-    "text2video": "inference.text2video",
-    "texttovideo": "inference.text2video",
-    "img2video": "inference.img2video",
-    "imagetovideo": "inference.img2video",
-}
-
-_NON_ALNUM = re.compile(r"[^a-z0-9]")
-
-
-def map_inference_type(value: Any) -> str:
-    key = _NON_ALNUM.sub("", str(value).lower())
-    method = INFERENCE_TYPES.get(key)
-    if method is None:
-        accepted = sorted(INFERENCE_TYPES)
-        raise ValidationFailed(
-            f"inference_type {value!r} is not known; use one of {', '.join(accepted)}",
-            [{"path": "inference_type", "message": f"unknown inference type {value!r}"}],
-        )
-    return method
-
-
 def guess_form(raw: bytes) -> Form:
     """For lines that are not valid JSON: answer in the form the bytes most look like."""
     if b'"jsonrpc"' in raw:
@@ -148,17 +97,41 @@ def decode_line(line: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Decoded:
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return Decoded([Rejection(ParseError(f"line is not valid JSON: {exc}"), guess_form(line))])
+        return Decoded([salvage(line, ParseError(f"line is not valid JSON: {exc}"))])
     # Every array or object opens with a bracket byte, so a line with few brackets (nearly every
     # request) cannot nest deeper than the limit and skips the walk.
     if line.count(b"{") + line.count(b"[") > max_depth and nesting_depth(doc, max_depth) > max_depth:
         err = InvalidRequest(f"JSON nested deeper than {max_depth} levels; flatten it or raise --max-json-depth")
         return Decoded([_reject_whole(doc, err)])
+    repeated = repeated_keys(line, doc)  # {} unless a key was sent twice in one object
     if isinstance(doc, list):
         if not doc:
             return Decoded([Rejection(InvalidRequest("empty JSON-RPC batch"), Form.JSONRPC)])
-        return Decoded([_decode_jsonrpc(item) for item in doc], batch=True)
-    return Decoded([decode_object(doc)])
+        items = [_decode_jsonrpc(item) for item in doc]
+        return Decoded([_refuse_repeated(it, repeated.get(i)) for i, it in enumerate(items)] if repeated else items, batch=True)
+    item = decode_object(doc)
+    return Decoded([_refuse_repeated(item, repeated.get(None)) if repeated else item])
+
+
+def salvage(raw: bytes, error: WorkerError, head: bool = False) -> Rejection:
+    """Refuse a line that cannot be decoded, in its form, with the id of the whole object Python's json
+    reads, or (head: an oversize line's first bytes) of an id pattern (protocol/salvage.py); else null."""
+    doc = None if head else lenient_parse(raw)
+    if isinstance(doc, dict):
+        rej = _reject_whole(doc, error)
+        rej.raw_id, rej.request_id, rej.session_id = wire_safe(rej.raw_id), wire_safe(rej.request_id), wire_safe(rej.session_id)
+        return rej
+    form = guess_form(raw)
+    rid = id_in_head(raw, form.value) if head else None
+    return Rejection(error, form, request_id=None if rid is None else str(rid), raw_id=rid)
+
+
+def _refuse_repeated(item: Call | Rejection, found: tuple[str, str] | None) -> Call | Rejection:
+    """A request holding a key twice becomes a validation_error naming it (a notification stays silent)."""
+    if found is None or isinstance(item, Rejection):
+        return item
+    err = ValidationFailed(f"{found[0]}: {repeated_message(found)}", [{"path": found[0], "message": repeated_message(found)}])
+    return Rejection(err, item.form, request_id=item.request_id, raw_id=item.raw_id, session_id=item.session_id, notification=item.notification)
 
 
 def _reject_whole(doc: Any, err: WorkerError) -> Rejection:
@@ -209,7 +182,7 @@ def _params(value: Any, where: str) -> dict[str, Any]:
         raise ValidationFailed(
             f"{where} must be a JSON object", [{"path": where, "message": "expected an object"}]
         )
-    return normalize_keys(value)
+    return normalize_keys(value, where)
 
 
 def _session_of(params: dict[str, Any]) -> str | None:
@@ -305,7 +278,10 @@ _LEGACY_ENVELOPE = {"action", "inference_type", "priority", "timeout"}
 
 
 def _decode_legacy(doc: dict[str, Any]) -> Call | Rejection:
-    flat = normalize_keys(doc)
+    try:
+        flat = normalize_keys(doc)
+    except WorkerError as exc:  # two spellings of one key: answered with the ids as sent
+        return _reject_whole(doc, exc)
     sid = flat.get("session_id")
     session_id = str(sid) if isinstance(sid, (str, int)) and not isinstance(sid, bool) and sid != "" else None
     rid = flat.get("request_id")

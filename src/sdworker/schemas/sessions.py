@@ -62,11 +62,19 @@ class CancelResult(Result):
 
 class ActiveSessionsParams(Params):
     device_id: str | None = None
+    include_interrupted: bool = Field(
+        default=False,
+        description="also list, under `interrupted`, the sessions that earlier runs of the worker left unfinished "
+        "(from the session ledger, newest first, at most 1000): what a host that lost its own state never got an answer for",
+    )
 
 
 class ActiveSessionsResult(Result):
     sessions: list[SessionInfo]
     count: int
+    interrupted: list[dict[str, Any]] | None = Field(
+        default=None, description="with include_interrupted: the ledger's interrupted sessions (session status shape, source 'ledger')"
+    )
 
 
 class DeviceParams(Params):

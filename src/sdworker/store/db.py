@@ -1,7 +1,7 @@
 """The worker's embedded SQLite database: `sdworker.db` under --data-dir, or in memory without one.
 
 One file holds every table the worker keeps (inference presets, migration 1; the session ledger,
-migration 2). What keeps it consistent when the process dies at any instant:
+migrations 2 and 3). What keeps it consistent when the process dies at any instant:
 
 - WAL journal (`PRAGMA journal_mode=WAL`): a write appends to sdworker.db-wal and commits with
   one commit record; a crash before that record leaves the transaction out, whole. Readers see
@@ -131,6 +131,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
             "CREATE INDEX ix_session_transitions_key ON session_transitions (session_key, seq)",
         ),
+    ),
+    # The start time of the process that owns a session (psutil's create_time, epoch seconds): with
+    # the pid it tells a run that is still alive from a dead one whose pid another process reuses.
+    # NULL in rows written before this migration (then the pid alone decides, as it did).
+    Migration(
+        3,
+        "ledger process start times",
+        ("ALTER TABLE sessions ADD COLUMN pid_started REAL",),
     ),
 )
 

@@ -5,16 +5,21 @@ Why it exists: the in-memory SessionRegistry dies with the process. A host that 
 completed (with its outputs), failed (with its error), or `interrupted` when the run that owned it
 ended while it was queued or running.
 
-How it stays cheap and harmless:
-- The job path only snapshots the session and puts it on a queue; one writer thread commits
-  whatever has piled up in one transaction (one fsync for several transitions).
-- A final transition (completed, failed, ...) waits, bounded, for its commit: the ledger holds a
-  job's end before the host reads its answer, so an answered job is never reported interrupted.
-- Any failure is logged to stderr (rate-limited) and swallowed: the ledger never costs a job.
+How it stays cheap, harmless and right:
+- The job path only snapshots the session and puts it on a queue; one writer thread
+  (store/write_queue.py) commits whatever has piled up in one transaction (one fsync for several).
+- A job's first record (`queued`) and its end (completed, failed, ...) wait, bounded, for their
+  commit: a job the host was told is queued is known after a crash, and an answered job is never
+  reported interrupted.
+- A write that fails because the disk is full or the file is locked is kept, in order, and retried
+  until it is made (logged when it fails and when it catches up), so a record is late, never wrong.
+  The ledger never costs a job: it is never fatal, and it stops waiting on a disk that fails.
+- A run is known by its pid and that process's start time, so a pid reused by another process
+  never keeps a dead run's sessions "running".
 - Nothing here runs before the ready event: the writer thread opens the database lazily.
 
-Tables (migration 2 in store/db.py): `sessions`, one row per job (keyed by run id + sequence, since
-a host may reuse a session_id in a later run), and `session_transitions`, one row per status change.
+Tables (migrations 2 and 3 in store/db.py): `sessions`, one row per job (keyed by run id + sequence,
+since a host may reuse a session_id in a later run), and `session_transitions`, one per status change.
 """
 
 from __future__ import annotations
@@ -22,88 +27,67 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import queue
-import re
 import sqlite3
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..jobs.sessions import ACTIVE, FINAL, iso
-from ..limits import base64_decoded_size
 from .db import Database
+from .elide import elide
+from .write_queue import WriteQueue
 
 if TYPE_CHECKING:
     from ..jobs.sessions import Session
+
+__all__ = ["INTERRUPTED", "SessionLedger", "elide"]
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"
 MAX_LOG_LINES = 200  # per session, the newest kept
 TRIM_EVERY = 100  # inserts between retention passes
-FINAL_WAIT_S = 2.0  # how long a job's end waits for its commit before answering anyway
-_BATCH = 256  # most queued writes committed in one transaction
+FINAL_WAIT_S = 2.0  # how long a job's first record and its end wait for their commit
+MAX_LISTED = 1000  # interrupted sessions listed at most (newest first)
+START_TIME_SLACK_S = 1.0  # a process start time read twice may differ by clock adjustments
 
 _ACTIVE_SQL = "(" + ", ".join(f"'{s}'" for s in ACTIVE) + ")"
-
-# ---- request elision -----------------------------------------------------------------------------------
-
-IMAGE_KEYS = frozenset({"init_image", "mask_image", "image", "images", "conditioning_image", "control_image", "ip_adapter_image"})
-_B64_CHARS = re.compile(r"[A-Za-z0-9+/=_\-\r\n]+")  # no spaces: prose is never taken for an image
-_PATH_EXT = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MAX_STRING = 20_000  # longer strings (not images) are cut in the stored request
-
-
-def _image_placeholder(text: str) -> str | None:
-    """'<image: N bytes>' when `text` is base64 image data (data: URL or bare), else None."""
-    if len(text) < 4096 and text.lower().rstrip().endswith(_PATH_EXT):
-        return None  # a path: worth keeping as is
-    body = text
-    if text.startswith("data:"):
-        body = text.partition(",")[2]
-    elif not _B64_CHARS.fullmatch(text[:4096]):
-        return None
-    return f"<image: {base64_decoded_size(body)} bytes>"
-
-
-def elide(value: Any, key: str | None = None, depth: int = 0) -> Any:
-    """The request as stored: base64 images replaced by a placeholder, very long strings cut."""
-    if isinstance(value, str):
-        if (key in IMAGE_KEYS and len(value) > 64) or len(value) >= 256:
-            placeholder = _image_placeholder(value)
-            if placeholder is not None:
-                return placeholder
-        if len(value) > MAX_STRING:
-            return value[:MAX_STRING] + f"...<cut {len(value) - MAX_STRING} chars>"
-        return value
-    if depth > 64:
-        return "<too deep>"
-    if isinstance(value, dict):
-        return {str(k): elide(v, str(k).lower(), depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [elide(v, key, depth + 1) for v in value]
-    return value
 
 
 def _json(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), None when there is none or it cannot be told."""
     try:
         import psutil
 
-        return bool(psutil.pid_exists(pid))
-    except Exception:  # cannot tell: assume alive, so a live run is never marked interrupted
-        return True
+        return float(psutil.Process(pid).create_time())
+    except Exception:
+        return None
+
+
+def run_alive(pid: int, started: float | None) -> bool:
+    """Is the process that wrote these rows still running? Its pid alone is not enough: pids are reused."""
+    try:
+        import psutil
+
+        if not psutil.pid_exists(pid):
+            return False
+        if started is None:  # a row from before start times were kept: the pid is all there is
+            return True
+        return abs(psutil.Process(pid).create_time() - started) <= START_TIME_SLACK_S
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "NoSuchProcess":
+            return False
+        return True  # cannot tell: assume alive, so a live run is never marked interrupted
 
 
 # ---- the ledger ----------------------------------------------------------------------------------------
-
-Op = Callable[[sqlite3.Connection], None]
 
 
 class SessionLedger:
@@ -115,14 +99,11 @@ class SessionLedger:
         self.days = days if days and days > 0 else None
         self.run_id = run_id or uuid.uuid4().hex
         self.pid = os.getpid()
-        self._q: queue.SimpleQueue[tuple[Op | None, threading.Event | None]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._thread_lock = threading.Lock()
+        self._started: tuple[int, float | None] | None = None  # (pid, its start time), read once
+        self.writes = WriteQueue(db, "session-ledger")
         self._seq = itertools.count(1)
         self._inserts = 0
         self._closed = False
-        self._failures = 0
-        self._last_failure_log = 0.0
         self.interrupted_at_start = 0  # sessions of earlier runs marked interrupted by start()
         self._recovered: threading.Event | None = None  # set once start()'s recovery has run
 
@@ -130,41 +111,38 @@ class SessionLedger:
 
     def start(self) -> None:
         """Mark what earlier runs left active as interrupted, then trim. Runs on the writer thread."""
-        self._recovered = threading.Event()
-        done = self._recovered
-        self._put(self._recover)
-        self._put(self._trim)
-        self._q.put((None, done))  # reads wait for this, not for every later write
+        self.writes.put(self._recover)
+        self.writes.put(self._trim)
+        self._recovered = self.writes.mark()  # reads wait for this, not for every later write
 
     def trim(self) -> None:
         """Queue a retention pass (also run at start and every TRIM_EVERY inserts)."""
-        self._put(self._trim)
+        self.writes.put(self._trim)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is committed (or has failed). False on timeout."""
-        if self._thread is None or not self._thread.is_alive():
-            return True
-        done = threading.Event()
-        self._q.put((None, done))
-        return done.wait(timeout)
+        """Wait until everything queued so far has been tried (committed, or kept for a retry). False on timeout."""
+        return self.writes.flush(timeout)
+
+    @property
+    def behind(self) -> int:
+        """Writes that failed (full disk, locked file) and wait for a retry."""
+        return self.writes.behind
 
     def close(self, timeout: float = 5.0) -> None:
         """Commit what is queued and stop the writer thread; later records are dropped."""
-        self.flush(timeout)
         self._closed = True
-        if self._thread is not None:
-            self._q.put((None, None))
-            self._thread.join(timeout)
+        self.writes.stop(timeout)
 
     # ---- writes (called by the job engine at every transition) --------------------------------------
 
     def record(self, session: "Session", status: str) -> None:
-        """Snapshot `session` at its transition to `status`; a final one waits for its commit."""
+        """Snapshot `session` at its transition to `status`; its first record and its end wait for their commit."""
         if self._closed:
             return
         now = time.time()
         snap = self._snapshot(session)
-        if session.ledger_key is None:
+        first = session.ledger_key is None
+        if first:
             session.ledger_key = f"{self.run_id}:{next(self._seq)}"
             key = session.ledger_key
             head = {
@@ -176,12 +154,15 @@ class SessionLedger:
                 "created_at": session.created_at,
                 "request": session.request,
             }
-            self._put(lambda conn: self._insert(conn, head, snap, status, now))
+            self.writes.put(lambda conn: self._insert(conn, head, snap, status, now))
         else:
             key = session.ledger_key
-            self._put(lambda conn: self._update(conn, key, session.session_id, snap, status, now))
-        if status in FINAL and not self.flush(FINAL_WAIT_S):
-            log.warning("ledger: the end of session %s was not committed within %.1f s; answering anyway", session.session_id, FINAL_WAIT_S)
+            self.writes.put(lambda conn: self._update(conn, key, session.session_id, snap, status, now))
+        # While the disk fails, a first record does not wait for a commit that cannot come (its retry
+        # does); a job's end always waits, bounded, so its answer never outruns a working disk.
+        wait = status in FINAL or (first and not self.writes.behind)
+        if wait and not self.flush(FINAL_WAIT_S):
+            log.warning("ledger: session %s (%s) was not committed within %.1f s; going on", session.session_id, status, FINAL_WAIT_S)
 
     @staticmethod
     def _snapshot(s: "Session") -> dict[str, Any]:
@@ -201,13 +182,19 @@ class SessionLedger:
             "error_code": s.error_code,
         }
 
+    def _pid_started(self) -> float | None:
+        """This run's process start time (read on the writer thread, once per pid)."""
+        if self._started is None or self._started[0] != self.pid:
+            self._started = (self.pid, process_start(self.pid))
+        return self._started[1]
+
     def _insert(self, conn: sqlite3.Connection, head: dict[str, Any], snap: dict[str, Any], status: str, now: float) -> None:
         request = _json(elide(head["request"])) if head["request"] is not None else None
         conn.execute(
             "INSERT INTO sessions (id, session_id, request_id, method, model_id, device_id, priority, status, created_at, "
-            "request, run_id, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "request, run_id, pid, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (head["id"], head["session_id"], head["request_id"], head["method"], snap["model_id"], snap["device_id"],
-             head["priority"], status, head["created_at"], request, self.run_id, self.pid),
+             head["priority"], status, head["created_at"], request, self.run_id, self.pid, self._pid_started()),
         )
         self._update(conn, head["id"], head["session_id"], snap, status, now)
         self._inserts += 1
@@ -231,11 +218,12 @@ class SessionLedger:
     def _recover(self, conn: sqlite3.Connection) -> None:
         """Sessions left active by runs that are gone become `interrupted` (a live run is left alone)."""
         runs = conn.execute(
-            f"SELECT DISTINCT run_id, pid FROM sessions WHERE status IN {_ACTIVE_SQL} AND run_id != ?", (self.run_id,)
+            f"SELECT DISTINCT run_id, pid, pid_started FROM sessions WHERE status IN {_ACTIVE_SQL} AND run_id != ?", (self.run_id,)
         ).fetchall()
         now = time.time()
-        for run_id, pid in runs:
-            if pid != self.pid and _pid_alive(pid):
+        marked = 0
+        for run_id, pid, started in runs:
+            if pid != self.pid and run_alive(pid, started):
                 log.info("ledger: run %s (pid %d) is still alive; its active sessions are left as they are", run_id, pid)
                 continue
             rows = conn.execute(f"SELECT id, session_id FROM sessions WHERE run_id = ? AND status IN {_ACTIVE_SQL}", (run_id,)).fetchall()
@@ -249,9 +237,10 @@ class SessionLedger:
                     "INSERT INTO session_transitions (session_key, session_id, status, time) VALUES (?, ?, ?, ?)",
                     (key, session_id, INTERRUPTED, now),
                 )
-            self.interrupted_at_start += len(rows)
-        if self.interrupted_at_start:
-            log.warning("ledger: %d session(s) of earlier runs marked interrupted", self.interrupted_at_start)
+            marked += len(rows)
+        self.interrupted_at_start = marked  # set, not added: a retried pass counts once
+        if marked:
+            log.warning("ledger: %d session(s) of earlier runs marked interrupted", marked)
 
     def _trim(self, conn: sqlite3.Connection) -> None:
         """Retention: at most `keep` finished sessions, none older than `days` (active ones stay)."""
@@ -268,63 +257,14 @@ class SessionLedger:
         if removed:
             log.debug("ledger: %d old session(s) trimmed", removed)
 
-    # ---- the writer thread ----------------------------------------------------------------------------
-
-    def _put(self, op: Op) -> None:
-        if self._thread is None:
-            with self._thread_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="session-ledger", daemon=True)
-                    self._thread.start()
-        self._q.put((op, None))
-
-    def _loop(self) -> None:
-        while True:
-            item = self._q.get()
-            batch = [item]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            ops = [op for op, _ in batch if op is not None]
-            if ops:
-                self._commit(ops)
-            for op, done in batch:
-                if done is not None:
-                    done.set()
-            if any(op is None and done is None for op, done in batch):
-                return
-
-    def _commit(self, ops: list[Op]) -> None:
-        try:
-            with self.db.transaction() as conn:
-                for op in ops:
-                    op(conn)
-            return
-        except Exception as exc:
-            if len(ops) == 1:
-                self._failed(exc)
-                return
-        for op in ops:  # one bad write must not take the others with it
-            try:
-                with self.db.transaction() as conn:
-                    op(conn)
-            except Exception as exc:
-                self._failed(exc)
-
-    def _failed(self, exc: BaseException) -> None:
-        self._failures += 1
-        now = time.monotonic()
-        if now - self._last_failure_log >= 60 or self._failures == 1:
-            self._last_failure_log = now
-            log.error("ledger write failed (%d so far; jobs go on): %s: %s", self._failures, type(exc).__name__, exc)
-
     # ---- reads -------------------------------------------------------------------------------------
 
-    def _row(self, session_id: str) -> sqlite3.Row | None:
+    def _wait_recovered(self) -> None:
         if self._recovered is not None:  # an earlier run's session is read after its recovery
             self._recovered.wait(FINAL_WAIT_S)
+
+    def _row(self, session_id: str) -> sqlite3.Row | None:
+        self._wait_recovered()
         with self.db.read() as conn:
             return conn.execute(
                 "SELECT * FROM sessions WHERE session_id = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (session_id,)
@@ -346,8 +286,34 @@ class SessionLedger:
                 return None
             transitions = self._transitions(row["id"])
         except Exception as exc:
-            self._failed(exc)
+            log.error("ledger read failed: %s: %s", type(exc).__name__, exc)
             return None
+        rec = self._summary(row)
+        rec.update(
+            performance=orjson.loads(row["performance"]),
+            logs=orjson.loads(row["logs"]),
+            request=orjson.loads(row["request"]) if row["request"] else None,
+            transitions=transitions,
+        )
+        return rec
+
+    def interrupted(self, limit: int = MAX_LISTED) -> list[dict[str, Any]]:
+        """Sessions that ended runs left unfinished (status `interrupted`), newest first, in the summary shape.
+
+        For a host that lost its own state: what it sent to an earlier worker and never got an answer for.
+        """
+        try:
+            self._wait_recovered()
+            with self.db.read() as conn:
+                rows = conn.execute(
+                    "SELECT * FROM sessions WHERE status = ? ORDER BY finished_at DESC, rowid DESC LIMIT ?", (INTERRUPTED, limit)
+                ).fetchall()
+        except Exception as exc:
+            log.error("ledger read failed: %s: %s", type(exc).__name__, exc)
+            return []
+        return [self._summary(row) for row in rows]
+
+    def _summary(self, row: sqlite3.Row) -> dict[str, Any]:
         total, step, status = row["total_steps"], row["step"], row["status"]
         percent = 100.0 if status == "completed" else (round(100.0 * step / total, 1) if total else 0.0)
         return {
@@ -366,10 +332,6 @@ class SessionLedger:
             "error": row["error"],
             "error_code": row["error_code"],
             "outputs": orjson.loads(row["outputs"]),
-            "performance": orjson.loads(row["performance"]),
-            "logs": orjson.loads(row["logs"]),
-            "request": orjson.loads(row["request"]) if row["request"] else None,
-            "transitions": transitions,
             "source": "ledger",
             "run_id": row["run_id"],
             "pid": row["pid"],
