@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as core  # noqa: E402
 
-SECTION = "## Cluster mode (issue 17)"
+SECTION = "## Cluster mode: jobs per second and the front's latency"
 ROOT = Path(__file__).resolve().parents[1]
 
 
