@@ -89,7 +89,7 @@ def test_tiny_flux_build_is_deterministic(models_dir, tmp_path):
 def test_registry_maps_flux_bases():
     for base in ("flux_dev", "flux_schnell", "flux_krea", "flux"):
         assert for_base_model(base).name == "flux"
-    assert for_base_model("sdxl").name == "sd" and for_base_model("sd3") is None
+    assert for_base_model("sdxl").name == "sd" and for_base_model("sd3").name == "sd3" and for_base_model("unknown") is None
 
 
 def test_defaults_and_schnell_guidance(models_dir):

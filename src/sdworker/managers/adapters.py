@@ -27,6 +27,7 @@ belongs to the job that set it; a lock guards injection and activation anyway.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import weakref
@@ -245,7 +246,7 @@ class AdapterManager:
             for component, module in targets:
                 if component in ("unet", "transformer"):  # Flux: the transformer takes the denoiser's LoRA
                     load = pipe.load_lora_into_unet if component == "unet" else pipe.load_lora_into_transformer
-                    alpha_kw = {} if alphas is None and component == "transformer" else {"network_alphas": alphas}  # SD3 takes none
+                    alpha_kw = {"network_alphas": alphas} if "network_alphas" in inspect.signature(load).parameters else {}  # SD3 takes none
                     load(
                         state, **alpha_kw, **{component: module}, adapter_name=name, metadata=metadata,
                         _pipeline=pipe, low_cpu_mem_usage=False,
