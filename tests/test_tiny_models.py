@@ -165,7 +165,7 @@ def test_refuses_foreign_folder_and_overwrites_model(tmp_path: Path) -> None:
 
 def test_rejects_unknown_arch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown arch"):
-        make_tiny_model("sd3", tmp_path / "x")
+        make_tiny_model("sd9", tmp_path / "x")
     with pytest.raises(ValueError, match="unknown arch"):
-        make_tiny_model("sd3", tmp_path / "x", single_file=True)
+        make_tiny_model("sd9", tmp_path / "x", single_file=True)
     assert not (tmp_path / "x").exists()
