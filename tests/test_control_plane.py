@@ -72,7 +72,8 @@ def test_ping_is_answered_while_a_job_is_planned(spawn) -> None:
 def test_status_and_cancel_of_a_job_being_planned_see_it_queued(spawn) -> None:
     """A call naming a job that is still being planned waits for that plan: it never says 'unknown session'."""
     w = spawn("--max-steps", "1000")
-    w.send({"type": "inference.text2img", "request_id": "run", "data": {**JOB, "steps": 1000}})  # runs until cancelled
+    endless = {"model_id": "tiny-sdxl", "prompt": "long", "width": 64, "height": 64, "steps": 1000, "seed": 1}
+    w.send({"type": "inference.text2img", "request_id": "run", "data": endless})  # runs until cancelled
     w.wait_for(lambda m: m.get("event") == "progress" and m.get("request_id") == "run", timeout=120)
     w.send({"type": "inference.img2img", "request_id": "planned", "data": {**JOB, "init_image": _noise_png(1024)}})
     w.send({"type": "inference.get_session_status", "request_id": "st", "data": {"session_id": "planned"}})
