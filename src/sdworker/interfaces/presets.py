@@ -106,9 +106,9 @@ class PresetInterface:
             raise UnsafePath("data.path: no --data-dir or --output-dir to write to", [{"path": "data.path", "message": "no allowed roots"}])
         file = resolve_in_roots(path, roots, "data.path")
         try:
-            from ..store.presets import write_atomic
+            from ..atomic import write_text_atomic
 
-            write_atomic(file, text)
+            write_text_atomic(file, text)
         except OSError as exc:
             raise WorkerError(f"cannot write {file}: {exc.strerror or exc}", code="internal_error") from None
         return {"count": count, "jsonl": None, "path": str(file)}
