@@ -6,7 +6,7 @@ sessions answer status and cancel; the worker interface knows devices and capabi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
