@@ -96,3 +96,16 @@ def test_the_lane_keeps_the_order_sent(spawn) -> None:
     assert made["success"] and resolved["success"], (made, resolved)
     assert resolved["data"]["origin"] == "model" and resolved["data"]["steps"] == 3
     assert _index(w, _answer("c")) < _index(w, _answer("r"))
+
+
+def test_config_import_of_a_fifo_is_refused_at_once(spawn, tmp_path: Path) -> None:
+    """A FIFO would block the worker lane forever (every later model.* and config.* call with it)."""
+    import os
+
+    w = spawn()
+    fifo = tmp_path / "out" / "presets.jsonl"
+    fifo.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fifo)
+    r = w.call("config.import", {"path": str(fifo)})
+    assert r["error_code"] == "validation_error" and "not a regular file" in r["error"], r
+    assert w.call("config.list")["success"]  # the lane is free

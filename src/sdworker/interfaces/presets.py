@@ -5,12 +5,11 @@ The store (SQLite) is opened on first use, so the ready event never waits for it
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import UnsafePath, ValidationFailed, WorkerError
-from ..paths import resolve_in_roots
+from ..paths import FileTooLarge, read_regular, resolve_in_roots
 
 if TYPE_CHECKING:
     from ..managers.locator import ModelLocator
@@ -83,12 +82,9 @@ class PresetInterface:
                 raise UnsafePath("data.path: no --data-dir, --input-dir or --output-dir to read from", [{"path": field, "message": "no allowed roots"}])
             file = resolve_in_roots(path, roots, field)
             try:
-                st = file.stat()
-                if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the read
-                    raise ValidationFailed(f"data.path: {file} is not a regular file", [{"path": field, "message": "not a regular file"}])
-                if st.st_size > _MAX_IMPORT_BYTES:
-                    raise ValidationFailed(f"data.path: {file} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}])
-                text = file.read_text(encoding="utf-8-sig")
+                text = read_regular(file, _MAX_IMPORT_BYTES).decode("utf-8-sig")  # a FIFO is refused, never waited on
+            except FileTooLarge:
+                raise ValidationFailed(f"data.path: {file} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}]) from None
             except OSError as exc:
                 raise ValidationFailed(f"data.path: cannot read {file}: {exc.strerror or exc}", [{"path": field, "message": "cannot read"}]) from None
             except UnicodeDecodeError as exc:
