@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
+    from ..models.refs import ModelRef
     from ..schemas.generation import GenerationRequest
 
 

@@ -31,7 +31,7 @@ from ..errors import ModelLoadFailed, ModelNotFound, ValidationFailed
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem
-    from .locator import ModelRef
+    from ..models.refs import ModelRef
 
 #: base_model -> the base models whose folders may lend it their other components, best first. A
 #: dev folder never fits a schnell file (nor the reverse: `fits` checks the guidance embedder, and

@@ -31,7 +31,7 @@ from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, probl
 from .presets import PRESETS
 
 if TYPE_CHECKING:
-    from ...managers.locator import ModelRef
+    from ...models.refs import ModelRef
     from ...schemas.generation import GenerationRequest
 
 DEFAULT_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline.__call__'s default

@@ -43,13 +43,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from . import flow_samplers
-from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
-from .flux import vae_scale_factor
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from ..flux.family import vae_scale_factor
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 #: HiDreamImagePipeline.__call__'s default.
 MAX_SEQUENCE_LENGTH = 128
@@ -145,7 +145,7 @@ class HiDreamFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("hidream",)
     pipelines: ClassVar[dict[str, str]] = {"text2img": "HiDreamImagePipeline"}
     model_index_classes: ClassVar[tuple[str, ...]] = ("HiDreamImagePipeline",)
-    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.hidream" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.hidream.tiny" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)  # HiDreamImagePipeline takes prompt lists and generator lists
 
@@ -166,7 +166,7 @@ class HiDreamFamily(Family):
 
     def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
         """The request's options HiDream does not take, each a problem at its field."""
-        from ..prompts.lora_tags import extract_lora_tags
+        from ...prompts.lora_tags import extract_lora_tags
 
         model = f"{ref.model_id} is a HiDream model"
         if ref.format != "diffusers":

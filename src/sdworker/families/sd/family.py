@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .base import Checked, Family, RunPlan
+from ..base import Checked, Family, RunPlan
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 
 class SDFamily(Family):
@@ -55,7 +55,7 @@ class SDFamily(Family):
         return checked
 
     def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
-        from ..prompts.encode import pipeline_prompt_kwargs
+        from ...prompts.encode import pipeline_prompt_kwargs
 
         return pipeline_prompt_kwargs(pipe, req.prompt, req.negative_prompt, req.clip_skip, req.prompt_syntax)
 

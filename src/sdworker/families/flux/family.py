@@ -52,12 +52,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import flow_samplers
-from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 #: T5's limit in FluxPipeline.check_inputs.
 MAX_SEQUENCE_LENGTH = 512
@@ -141,7 +141,7 @@ class FluxFamily(Family):
     pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpainting": "FluxInpaintPipeline"}
     #: FLUX.1 Fill is a dev fine-tune: its guidance embedder makes it flux_dev
     model_index_classes: ClassVar[tuple[str, ...]] = (*pipelines.values(), "FluxFillPipeline", "FluxControlNetPipeline")
-    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.flux" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.flux.tiny" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
     sd_schedulers: ClassVar[bool] = False
     #: every mode, Fill included: the Flux pipelines take prompt, image and mask lists per image (module docstring)
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
@@ -151,7 +151,7 @@ class FluxFamily(Family):
 
     def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
         """dev vs schnell from the transformer's guidance embedder; krea (a dev fine-tune) by name only."""
-        from ..models._hints import base_from_text
+        from ...models._hints import base_from_text
 
         try:
             embeds = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")

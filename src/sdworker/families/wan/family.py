@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import flow_samplers
-from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 #: UMT5's limit in WanPipeline (its default max_sequence_length).
 MAX_SEQUENCE_LENGTH = 512
@@ -187,7 +187,7 @@ class WanFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("wan_2_1", "wan_2_2")
     pipelines: ClassVar[dict[str, str]] = {"text2video": "WanPipeline", "img2video": "WanImageToVideoPipeline"}
     model_index_classes: ClassVar[tuple[str, ...]] = ("WanPipeline", "WanImageToVideoPipeline")
-    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.wan" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.wan.tiny" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
 
     def folder_base_model(self, folder: "Path", index: dict[str, Any]) -> str:
         return wan_base(index, folder.name)
@@ -248,7 +248,7 @@ class WanFamily(Family):
 
     def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
         """The request's image-only options, each a problem at its field."""
-        from ..prompts.lora_tags import extract_lora_tags
+        from ...prompts.lora_tags import extract_lora_tags
 
         model = f"{ref.model_id} is a {ref.base_model} model"
         out: list[dict[str, str]] = []
