@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .base import Family
 from .flux import FluxFamily
@@ -45,3 +47,77 @@ def folder_base_model(folder: Path, index: dict[str, Any]) -> str:
 def tiny_arches() -> dict[str, str]:
     """make_tiny_model's family arches: arch -> the module (under sdworker) that builds it."""
     return {arch: module for fam in FAMILIES for arch, module in fam.tiny_arches.items()}
+
+
+# ---- what the generic code asks (models/ detection, managers' LoRAs, ControlNets and previews) ----
+
+#: Stable Diffusion: reads the folders and latents no other family claims.
+DEFAULT: Family = FAMILIES[0]
+
+
+@functools.cache
+def text_hints() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Every family's name rules, by rank (ties in registry order)."""
+    rules = sorted((rank, i, pattern, base) for i, (rank, pattern, base) in enumerate(r for f in FAMILIES for r in f.text_hints))
+    return tuple((re.compile(pattern), base) for _, _, pattern, base in rules)
+
+
+def arch_prefixes() -> tuple[tuple[str, str], ...]:
+    return tuple(p for fam in FAMILIES for p in fam.arch_prefixes)
+
+
+def base_from_version(version: str) -> str | None:
+    """The base model a kohya ss_base_model_version (lowered) names, or None."""
+    return next((b for fam in FAMILIES if (b := fam.base_from_version(version)) is not None), None)
+
+
+def detect_folder(folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str:
+    """Detection's base model of a diffusers pipeline folder: asked of the family whose class prefix
+    matches longest, else (or when it passes) of the default family."""
+    cls = str(index.get("_class_name", ""))
+    claims = [(len(p), fam) for fam in FAMILIES for p in fam.folder_class_prefixes if cls.startswith(p)]
+    base = max(claims, key=lambda c: c[0])[1].detect_folder(folder, index, unet) if claims else None
+    return base if base is not None else DEFAULT.detect_folder(folder, index, unet) or "unknown"
+
+
+def detect_component(cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, base model) of a lone component folder a family knows by its class; None otherwise."""
+    return next((found for fam in FAMILIES if (found := fam.detect_component(cls, cfg)) is not None), None)
+
+
+def vae_scaling() -> dict[float, str]:
+    return {s: b for fam in FAMILIES for s, b in fam.vae_scaling.items()}
+
+
+def refine_base(kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+    family = for_base_model(base)
+    return family.refine_base(kind, base, metadata, name) if family is not None else base
+
+
+def refine_folder_base(base: str, name: str) -> str:
+    family = for_base_model(base)
+    return family.refine_folder_base(base, name) if family is not None else base
+
+
+def lora_family(norm_keys: list[str]) -> Family | None:
+    """The first family (registry order) whose LoRA markers some of the normalised keys carry."""
+    for fam in FAMILIES:
+        if fam.lora_markers and any(m in nk for nk in norm_keys for m in fam.lora_markers):
+            return fam
+    return None
+
+
+def lora_dit_widths() -> dict[int, str]:
+    return {w: b for fam in FAMILIES for w, b in fam.lora_dit_widths.items()}
+
+
+def controlnet_groups() -> dict[str, str]:
+    """base model -> ControlNet group, for every base model that takes ControlNets."""
+    return {b: g for fam in FAMILIES for b, g in fam.controlnet_groups.items()}
+
+
+def latent_rgb(base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None:
+    """The step preview's latent -> RGB map: the family's, else the default family's."""
+    family = for_base_model(base_model)
+    factors = family.latent_rgb(base_model) if family is not None else None
+    return factors if factors is not None else DEFAULT.latent_rgb(base_model)

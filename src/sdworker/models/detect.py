@@ -106,20 +106,10 @@ def detect_gguf(header: GGUFHeader, name: str | None = None) -> Detection:
 
 
 def _refine_base(kind: str, base: str, md: Mapping[str, str], name: str | None) -> str:
-    """Pony over SDXL, and Flux dev/schnell/krea where shapes alone cannot say."""
-    if base == "sdxl" and _hints.says_pony(md, name, trust_title=kind in ("checkpoint", "unet", "unknown")):
-        return "pony"
-    if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2|(high|low)[\s_-]?noise", name.lower()):
-        return "wan_2_2"  # the A14B experts have Wan 2.1's shapes; only 2.2 splits the schedule into high/low-noise experts
-    if base in ("flux", "flux_dev"):
-        declared = _hints.base_from_metadata(md) or ""
-        named = _hints.base_from_text(name) if kind in ("checkpoint", "unet") else None
-        for hint in (declared, named):
-            if base == "flux" and hint in ("flux_dev", "flux_schnell", "flux_krea"):
-                return hint
-            if base == "flux_dev" and hint == "flux_krea":
-                return hint
-    return base
+    """Pony over SDXL, Flux dev/schnell/krea, Wan 2.2 experts: where shapes alone cannot say (the family says)."""
+    from ..families import registry
+
+    return registry.refine_base(kind, base, md, name)
 
 
 # ---- diffusion models (whole checkpoints and bare U-Nets/transformers) ------------------------------

@@ -50,10 +50,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from . import knowledge as kn
 
 if TYPE_CHECKING:
     from ...models.refs import ModelRef
@@ -72,11 +73,7 @@ FILL_STRENGTH = 1.0  # FluxFillPipeline's default: the Fill model repaints the m
 
 #: The pipelines without a true-CFG path (no negative_prompt / true_cfg_scale in __call__).
 _NO_TRUE_CFG = ("FluxFillPipeline", "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline")
-_CONTROLNET_PIPELINES = {
-    "text2img": "FluxControlNetPipeline",
-    "img2img": "FluxControlNetImg2ImgPipeline",
-    "inpainting": "FluxControlNetInpaintPipeline",
-}
+_CONTROLNET_PIPELINES = kn.CONTROLNET_PIPELINES
 
 ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler, with schedule simple or normal (or none)"
 _SAMPLERS = (flow_samplers.EULER,)
@@ -310,3 +307,50 @@ class FluxFamily(Family):
         scale = true_cfg_scale(req)
         out["true_cfg_scale"] = scale if scale is not None else 1.0
         return out
+
+    # ---- detection, LoRAs, ControlNets (families.flux.knowledge) ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = kn.TEXT_HINTS
+    arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = kn.ARCH_PREFIXES
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("Flux",)
+    vae_scaling: ClassVar[dict[float, str]] = kn.VAE_SCALING
+    lora_markers: ClassVar[tuple[str, ...]] = kn.LORA_MARKERS
+    lora_dit_widths: ClassVar[dict[int, str]] = kn.LORA_DIT_WIDTHS
+    controlnet_groups: ClassVar[dict[str, str]] = kn.CONTROLNET_GROUPS
+    controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
+
+    def base_from_version(self, version: str) -> str | None:
+        return "flux" if version.startswith("flux") else None
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return kn.detect_folder(folder, index)
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        return kn.detect_component(cls, cfg)
+
+    def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+        """dev / schnell / krea from metadata, then (checkpoints and transformers) the file name."""
+        from ...models._hints import base_from_metadata, base_from_text
+
+        declared = base_from_metadata(metadata) or ""
+        named = base_from_text(name) if kind in ("checkpoint", "unet") else None
+        for hint in (declared, named):
+            variant = kn.named_variant(base, hint)
+            if variant is not None:
+                return variant
+        return base
+
+    def refine_folder_base(self, base: str, name: str) -> str:
+        from ...models._hints import base_from_text
+
+        return kn.named_variant(base, base_from_text(name)) or base
+
+    def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
+        return kn.lora_base(norm_keys, details)
+
+    def controlnet_pipeline(self, pipe: Any, mode: str) -> str | None:
+        return kn.CONTROLNET_PIPELINES.get(mode)
+
+    def controlnet_multi(self, nets: list[Any]) -> Any:
+        from diffusers.models.controlnets import FluxMultiControlNetModel
+
+        return FluxMultiControlNetModel(nets)

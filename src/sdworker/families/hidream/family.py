@@ -250,3 +250,13 @@ class HiDreamFamily(Family):
         if shift is not None:
             out["shift"] = shift
         return out
+
+    # ---- detection: Full, Dev and Fast share one shape and one base model ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = ((10, r"(?<![a-z])hi[\s_.-]?dream", "hidream"),)
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("HiDreamImage",)
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return "hidream"
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        return ("unet", "hidream") if cls == "HiDreamImageTransformer2DModel" else None

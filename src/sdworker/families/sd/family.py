@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ..base import Checked, Family, RunPlan
+from . import knowledge as kn
 
 if TYPE_CHECKING:
     from ...models.refs import ModelRef
@@ -61,3 +62,42 @@ class SDFamily(Family):
 
     def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
         return {"guidance_scale": req.guidance_scale}
+
+    # ---- detection, ControlNets, previews (families.sd.knowledge) ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = kn.TEXT_HINTS
+    arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = kn.ARCH_PREFIXES
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("StableDiffusionXL", "StableDiffusion", "AltDiffusion")
+    vae_scaling: ClassVar[dict[float, str]] = kn.VAE_SCALING
+    controlnet_groups: ClassVar[dict[str, str]] = kn.CONTROLNET_GROUPS
+    controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
+
+    def base_from_version(self, version: str) -> str | None:
+        return kn.base_from_version(version)
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return kn.detect_folder(folder, index, unet)
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        return kn.detect_component(cls, cfg)
+
+    def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+        """Pony over SDXL when metadata (for checkpoints also the title or file name) says so."""
+        from ...models._hints import says_pony
+
+        if base == "sdxl" and says_pony(metadata, name, trust_title=kind in ("checkpoint", "unet", "unknown")):
+            return "pony"
+        return base
+
+    def refine_folder_base(self, base: str, name: str) -> str:
+        return "pony" if base == "sdxl" and "pony" in name.lower() else base
+
+    def controlnet_pipeline(self, pipe: Any, mode: str) -> str | None:
+        return kn.CONTROLNET_PIPELINES.get((hasattr(pipe, "text_encoder_2"), mode))
+
+    def controlnet_multi(self, nets: list[Any]) -> Any:
+        from diffusers.models.controlnets import MultiControlNetModel
+
+        return MultiControlNetModel(nets)
+
+    def latent_rgb(self, base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None:
+        return kn.latent_rgb(base_model)

@@ -24,6 +24,7 @@ How a request maps onto StableDiffusion3Pipeline (diffusers 0.42):
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
@@ -157,3 +158,26 @@ class SD3Family(Family):
 
     def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
         return {"max_sequence_length": self.sequence_length(req)}
+
+    # ---- detection and LoRAs ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = ((30, r"sd[\s_.-]?3|stable[\s_.-]?diffusion[\s_.-]?3", "sd3"),)
+    arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = (("stable-diffusion-3", "sd3"),)
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("StableDiffusion3",)
+    vae_scaling: ClassVar[dict[float, str]] = {1.5305: "sd3"}
+    lora_markers: ClassVar[tuple[str, ...]] = ("joint_blocks_",)
+    lora_dit_widths: ClassVar[dict[int, str]] = {1536: "sd3", 2432: "sd3"}  # Medium, Large
+
+    def base_from_version(self, version: str) -> str | None:
+        return "sd3" if version.startswith("sd3") else None
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return "sd3"
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        if cls.startswith("SD3ControlNet"):
+            return "controlnet", "sd3"
+        return ("unet", "sd3") if cls == "SD3Transformer2DModel" else None
+
+    def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
+        details["family"] = "sd3"
+        return "sd3"

@@ -30,7 +30,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
@@ -326,3 +326,17 @@ class WanFamily(Family):
             out["guidance_scale_2"] = scale_2 if scale_2 is not None else req.guidance_scale
             out["boundary_ratio"] = model.boundary_ratio
         return out
+
+    # ---- detection ----
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("Wan",)
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return wan_base(index, folder.name)
+
+    def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+        """The A14B experts have Wan 2.1's shapes; only 2.2 splits the schedule into high/low-noise experts."""
+        import re
+
+        if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2|(high|low)[\s_-]?noise", name.lower()):
+            return "wan_2_2"
+        return base
