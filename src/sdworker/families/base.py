@@ -142,6 +142,14 @@ class Family:
     #: a ControlNet config's fields that must equal the denoiser's for its residuals to add up
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = ()
 
+    #: what the ControlNets' residuals are added to, in messages
+    denoiser_name: ClassVar[str] = "UNet"
+
+    def runs_controlnets_of(self, pipe: Any = None, denoiser: Mapping[str, Any] | None = None) -> bool:
+        """Whether a loaded pipeline `pipe`, or a model whose denoiser config is `denoiser`, takes this
+        family's ControlNets (families without a claim fall to the default family)."""
+        return False
+
     def controlnet_pipeline(self, pipe: Any, mode: str) -> str | None:
         """The diffusers ControlNet pipeline class running `mode` over `pipe`'s components."""
         return None

@@ -116,6 +116,14 @@ def controlnet_groups() -> dict[str, str]:
     return {b: g for fam in FAMILIES for b, g in fam.controlnet_groups.items()}
 
 
+def controlnet_family(pipe: Any = None, denoiser: Mapping[str, Any] | None = None) -> Family:
+    """The family whose ControlNets a loaded pipeline (or a model's denoiser config) takes; else the default."""
+    for fam in FAMILIES:
+        if fam.controlnet_groups and fam.runs_controlnets_of(pipe, denoiser):
+            return fam
+    return DEFAULT
+
+
 def latent_rgb(base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None:
     """The step preview's latent -> RGB map: the family's, else the default family's."""
     family = for_base_model(base_model)

@@ -347,6 +347,13 @@ class FluxFamily(Family):
     def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
         return kn.lora_base(norm_keys, details)
 
+    denoiser_name: ClassVar[str] = "transformer"
+
+    def runs_controlnets_of(self, pipe: Any = None, denoiser: Mapping[str, Any] | None = None) -> bool:
+        if pipe is not None:
+            return type(pipe).__name__.startswith("Flux")
+        return denoiser is not None and "joint_attention_dim" in denoiser
+
     def controlnet_pipeline(self, pipe: Any, mode: str) -> str | None:
         return kn.CONTROLNET_PIPELINES.get(mode)
 
