@@ -58,6 +58,17 @@ def problem(path: str, message: str) -> dict[str, str]:
     return {"path": path, "message": message}
 
 
+def preset_row(
+    base_model: str, configuration_type: str, steps: int, cfg_scale: float, sampler: str, scheduler: str,
+    model_specific_params: dict[str, Any], source: str,
+) -> dict[str, Any]:
+    """One built-in preset (Family.builtin_presets): store.builtin_presets.BuiltinPreset's fields."""
+    return {
+        "base_model": base_model, "configuration_type": configuration_type, "steps": steps, "cfg_scale": cfg_scale,
+        "sampler": sampler, "scheduler": scheduler, "model_specific_params": model_specific_params, "source": source,
+    }
+
+
 def plain_text_prompts(req: "GenerationRequest", family: str) -> tuple[dict[str, Any], list[str]]:
     """For families that take no A1111 weighting (T5/Llama encoders): with prompt_syntax "a1111",
     a prompt with weights, brackets or BREAK is sent as its plain text; the request update and
@@ -137,6 +148,8 @@ class Family:
         return self.base_models[0]
 
     # ---- adapters and previews ----
+    #: base model -> the LoRA group whose LoRAs fit its models (by layer shapes); a base in none is its own
+    lora_groups: ClassVar[dict[str, str]] = {}
     #: base model -> the ControlNet group it shares ControlNets with ("SDXL": SDXL and Pony)
     controlnet_groups: ClassVar[dict[str, str]] = {}
     #: a ControlNet config's fields that must equal the denoiser's for its residuals to add up

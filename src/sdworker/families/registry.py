@@ -111,6 +111,11 @@ def lora_dit_widths() -> dict[int, str]:
     return {w: b for fam in FAMILIES for w, b in fam.lora_dit_widths.items()}
 
 
+def lora_groups() -> dict[str, str]:
+    """base model -> LoRA group, for every base model a family groups."""
+    return {b: g for fam in FAMILIES for b, g in fam.lora_groups.items()}
+
+
 def controlnet_groups() -> dict[str, str]:
     """base model -> ControlNet group, for every base model that takes ControlNets."""
     return {b: g for fam in FAMILIES for b, g in fam.controlnet_groups.items()}

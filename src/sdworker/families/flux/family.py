@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
 from . import knowledge as kn
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class FluxFamily(Family):
     #: FLUX.1 Fill is a dev fine-tune: its guidance embedder makes it flux_dev
     model_index_classes: ClassVar[tuple[str, ...]] = (*pipelines.values(), "FluxFillPipeline", "FluxControlNetPipeline")
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.flux.tiny" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
     sd_schedulers: ClassVar[bool] = False
     #: every mode, Fill included: the Flux pipelines take prompt, image and mask lists per image (module docstring)
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
@@ -315,7 +317,8 @@ class FluxFamily(Family):
     vae_scaling: ClassVar[dict[float, str]] = kn.VAE_SCALING
     lora_markers: ClassVar[tuple[str, ...]] = kn.LORA_MARKERS
     lora_dit_widths: ClassVar[dict[int, str]] = kn.LORA_DIT_WIDTHS
-    controlnet_groups: ClassVar[dict[str, str]] = kn.CONTROLNET_GROUPS
+    lora_groups: ClassVar[dict[str, str]] = kn.GROUPS  # dev, schnell and Krea share the transformer's layout
+    controlnet_groups: ClassVar[dict[str, str]] = kn.GROUPS
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
 
     def base_from_version(self, version: str) -> str | None:

@@ -61,10 +61,10 @@ def lora_base(norm_keys: list[str], details: dict[str, Any]) -> str:
     return "flux_dev" if any("guidance_in_" in nk or "guidance_embedder_" in nk for nk in norm_keys) else "flux"
 
 
-# ---- ControlNets ------------------------------------------------------------------------------------
+# ---- LoRAs and ControlNets ------------------------------------------------------------------------------------
 
-#: every FLUX.1 variant takes Flux ControlNets
-CONTROLNET_GROUPS = {"flux_dev": "Flux", "flux_schnell": "Flux", "flux_krea": "Flux", "flux": "Flux"}
+#: every FLUX.1 variant takes Flux LoRAs and Flux ControlNets (one transformer layout)
+GROUPS = {"flux_dev": "Flux", "flux_schnell": "Flux", "flux_krea": "Flux", "flux": "Flux"}
 # A Flux ControlNet's block outputs are added to the transformer's hidden states (same width), and
 # diffusers gives the transformer the guidance the ControlNet's config asks for.
 CONTROLNET_SHAPE_KEYS = ("num_attention_heads", "attention_head_dim", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds")

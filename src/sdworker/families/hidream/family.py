@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
 from ..flux.family import vae_scale_factor
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class HiDreamFamily(Family):
     pipelines: ClassVar[dict[str, str]] = {"text2img": "HiDreamImagePipeline"}
     model_index_classes: ClassVar[tuple[str, ...]] = ("HiDreamImagePipeline",)
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.hidream.tiny" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)  # HiDreamImagePipeline takes prompt lists and generator lists
 

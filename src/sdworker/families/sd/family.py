@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ..base import Checked, Family, RunPlan
+from .presets import PRESETS
 from . import knowledge as kn
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class SDFamily(Family):
         "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
         "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
     )
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
 
     def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
         """sdxl (sdxl_refiner without a first text encoder or with aesthetic scores), else sd_1_5
@@ -68,6 +70,7 @@ class SDFamily(Family):
     arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = kn.ARCH_PREFIXES
     folder_class_prefixes: ClassVar[tuple[str, ...]] = ("StableDiffusionXL", "StableDiffusion", "AltDiffusion")
     vae_scaling: ClassVar[dict[float, str]] = kn.VAE_SCALING
+    lora_groups: ClassVar[dict[str, str]] = kn.LORA_GROUPS
     controlnet_groups: ClassVar[dict[str, str]] = kn.CONTROLNET_GROUPS
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
 

@@ -81,8 +81,10 @@ def detect_component(cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-# ---- ControlNets ------------------------------------------------------------------------------------
+# ---- LoRAs and ControlNets ------------------------------------------------------------------------------------
 
+#: Bases whose LoRAs fit each other's models (by layer shapes).
+LORA_GROUPS = {"sd_1_5": "SD 1.x", "sd_1": "SD 1.x", "sd_2": "SD 2.x", "sdxl": "SDXL", "pony": "SDXL", "sdxl_refiner": "SDXL refiner"}
 #: Base models that share ControlNets (a Pony model is an SDXL model).
 CONTROLNET_GROUPS = {"sd_1_5": "SD 1.x", "sd_2": "SD 2.x", "sdxl": "SDXL", "pony": "SDXL"}
 CONTROLNET_SHAPE_KEYS = ("cross_attention_dim", "block_out_channels", "addition_embed_type")

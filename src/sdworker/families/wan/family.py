@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
 
 if TYPE_CHECKING:
     from ...models.refs import ModelRef
@@ -188,6 +189,7 @@ class WanFamily(Family):
     pipelines: ClassVar[dict[str, str]] = {"text2video": "WanPipeline", "img2video": "WanImageToVideoPipeline"}
     model_index_classes: ClassVar[tuple[str, ...]] = ("WanPipeline", "WanImageToVideoPipeline")
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.wan.tiny" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
 
     def folder_base_model(self, folder: "Path", index: dict[str, Any]) -> str:
         return wan_base(index, folder.name)
