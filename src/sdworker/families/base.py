@@ -147,6 +147,13 @@ class Family:
         """The base model of a LoRA whose keys carry this family's `lora_markers`."""
         return self.base_models[0]
 
+    # ---- single files ----
+    #: base model -> the pipeline class a whole single-file checkpoint of it runs with (managers.locator)
+    single_file_pipelines: ClassVar[dict[str, str]] = {}
+    #: base model -> the base models whose diffusers folders may lend a lone transformer file their other
+    #: components, best first (managers.transformer_files)
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {}
+
     # ---- adapters and previews ----
     #: base model -> the LoRA group whose LoRAs fit its models (by layer shapes); a base in none is its own
     lora_groups: ClassVar[dict[str, str]] = {}

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..models._types import BASE_MODELS
 from .base import Family
 from .flux import FluxFamily
 from .hidream import HiDreamFamily
@@ -19,6 +20,8 @@ FAMILIES: tuple[Family, ...] = (SDFamily(), FluxFamily(), WanFamily(), HiDreamFa
 _BY_BASE: dict[str, Family] = {}
 for _family in FAMILIES:
     for _base in _family.base_models:
+        if _base not in BASE_MODELS:  # the one vocabulary of base models (contract section 7)
+            raise RuntimeError(f"family {_family.name} claims base model {_base!r}, which models._types.BASE_MODELS lacks")
         if _base in _BY_BASE:  # one family per base model, never a silent override
             raise RuntimeError(f"base model {_base!r} is claimed by families {_BY_BASE[_base].name} and {_family.name}")
         _BY_BASE[_base] = _family
@@ -97,6 +100,14 @@ def refine_base(kind: str, base: str, metadata: Mapping[str, str], name: str | N
 def refine_folder_base(base: str, name: str) -> str:
     family = for_base_model(base)
     return family.refine_folder_base(base, name) if family is not None else base
+
+
+def single_file_pipelines() -> dict[str, str]:
+    return {b: c for fam in FAMILIES for b, c in fam.single_file_pipelines.items()}
+
+
+def companion_bases() -> dict[str, tuple[str, ...]]:
+    return {b: c for fam in FAMILIES for b, c in fam.companion_bases.items()}
 
 
 def lora_family(norm_keys: list[str]) -> Family | None:

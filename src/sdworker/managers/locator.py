@@ -55,14 +55,6 @@ def _base_model(folder: Path, index: dict) -> str:
     return folder_base_model(folder, index)
 
 
-_SINGLE_FILE_PIPELINES = {
-    "sdxl": "StableDiffusionXLPipeline",
-    "pony": "StableDiffusionXLPipeline",
-    "sd_1_5": "StableDiffusionPipeline",
-    "sd_2": "StableDiffusionPipeline",
-}
-
-
 def pickle_refused(name: str, field: str) -> UnsafePath:
     return UnsafePath(
         f"{field}: {name!r} is a pickle file (.ckpt/.pt/.bin), which can run code when loaded; "
@@ -160,7 +152,9 @@ class ModelLocator:
                 "transformers run from one file (with a diffusers folder of their base model for the other parts)",
                 [{"path": field, "message": f"a {kind}, not a checkpoint"}],
             )
-        return ModelRef(item.model_id, item.path, _SINGLE_FILE_PIPELINES.get(base, "unknown"), base, "single_file")
+        from ..families.registry import single_file_pipelines
+
+        return ModelRef(item.model_id, item.path, single_file_pipelines().get(base, "unknown"), base, "single_file")
 
     def _pickle_kind(self, item: "CatalogItem") -> tuple[str, str]:
         """A pickle checkpoint's kind and base: from its names, else from its tensors (read weights-only:

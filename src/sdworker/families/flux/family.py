@@ -141,6 +141,14 @@ class FluxFamily(Family):
     model_index_classes: ClassVar[tuple[str, ...]] = (*pipelines.values(), "FluxFillPipeline", "FluxControlNetPipeline")
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.flux.tiny" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    #: A dev folder never fits a schnell file (nor the reverse: managers.transformer_files.fits checks
+    #: the guidance embedder, and the scheduler's shift differs too); listed so the error can say why.
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {
+        "flux_dev": ("flux_dev", "flux_krea", "flux", "flux_schnell"),
+        "flux_krea": ("flux_krea", "flux_dev", "flux", "flux_schnell"),
+        "flux_schnell": ("flux_schnell", "flux", "flux_dev", "flux_krea"),
+        "flux": ("flux", "flux_dev", "flux_schnell", "flux_krea"),
+    }
     sd_schedulers: ClassVar[bool] = False
     #: every mode, Fill included: the Flux pipelines take prompt, image and mask lists per image (module docstring)
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")

@@ -148,6 +148,7 @@ class HiDreamFamily(Family):
     model_index_classes: ClassVar[tuple[str, ...]] = ("HiDreamImagePipeline",)
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.hidream.tiny" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"hidream": ("hidream",)}
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)  # HiDreamImagePipeline takes prompt lists and generator lists
 

@@ -34,6 +34,10 @@ class SDFamily(Family):
         "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
     )
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    single_file_pipelines: ClassVar[dict[str, str]] = {
+        "sdxl": "StableDiffusionXLPipeline", "pony": "StableDiffusionXLPipeline",
+        "sd_1_5": "StableDiffusionPipeline", "sd_2": "StableDiffusionPipeline",
+    }
 
     def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
         """sdxl (sdxl_refiner without a first text encoder or with aesthetic scores), else sd_1_5

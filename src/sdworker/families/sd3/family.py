@@ -76,6 +76,7 @@ class SD3Family(Family):
     model_index_classes: ClassVar[tuple[str, ...]] = tuple(pipelines.values())
     sd_schedulers: ClassVar[bool] = False
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"sd3": ("sd3",)}
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.sd3.tiny" for a in ("sd3", "sd35-large", "sd35-medium")}
 
     def defaults(self, base_model: str) -> Defaults:

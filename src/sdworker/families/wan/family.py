@@ -190,6 +190,7 @@ class WanFamily(Family):
     model_index_classes: ClassVar[tuple[str, ...]] = ("WanPipeline", "WanImageToVideoPipeline")
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.wan.tiny" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"wan_2_1": ("wan_2_1",), "wan_2_2": ("wan_2_2",)}
 
     def folder_base_model(self, folder: "Path", index: dict[str, Any]) -> str:
         return wan_base(index, folder.name)
