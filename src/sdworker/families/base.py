@@ -135,6 +135,16 @@ class Family:
         """(kind, base model) of a lone component folder whose config.json names `cls`; None: not ours."""
         return None
 
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """(base model, details) of a single file's denoiser when its tensor names (`unet`: the
+        keys under a checkpoint's model.diffusion_model., or the bare ones; `whole`: every key) are
+        this family's; None: not ours. Other families are asked before the default one."""
+        return None
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """(base model, details) of a single-file ControlNet whose tensor names are this family's."""
+        return None
+
     def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
         """The base model once names and metadata are read, where tensor shapes cannot tell (Pony over SDXL)."""
         return base

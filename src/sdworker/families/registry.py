@@ -88,6 +88,25 @@ def detect_component(cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
     return next((found for fam in FAMILIES if (found := fam.detect_component(cls, cfg)) is not None), None)
 
 
+def _default_last() -> tuple[Family, ...]:
+    return tuple(f for f in FAMILIES if f is not DEFAULT) + (DEFAULT,)
+
+
+def detect_denoiser(unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+    """(base model, details) of a single file's denoiser, from the first family that knows its
+    tensor names (the default family last); None when none does."""
+    return next((found for fam in _default_last() if (found := fam.detect_denoiser(unet, whole)) is not None), None)
+
+
+def detect_controlnet(body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(base model, details) of a single-file ControlNet; the default family reads what no other claims."""
+    for fam in _default_last():
+        found = fam.detect_controlnet(body, details)
+        if found is not None:
+            return found
+    return "unknown", details
+
+
 def vae_scaling() -> dict[float, str]:
     return {s: b for fam in FAMILIES for s, b in fam.vae_scaling.items()}
 

@@ -372,3 +372,9 @@ class FluxFamily(Family):
         from diffusers.models.controlnets import FluxMultiControlNetModel
 
         return FluxMultiControlNetModel(nets)
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        return kn.detect_denoiser(unet)
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        return kn.detect_controlnet(body, details)

@@ -73,3 +73,38 @@ CONTROLNET_PIPELINES: dict[str, str] = {
     "img2img": "FluxControlNetImg2ImgPipeline",
     "inpainting": "FluxControlNetInpaintPipeline",
 }
+
+
+# ---- single files -----------------------------------------------------------------------------------
+
+
+def detect_denoiser(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+    """BFL's ``double_blocks``/``single_blocks`` or diffusers' ``single_transformer_blocks``; only dev
+    carries a guidance embedder (``guidance_in.*`` / ``time_text_embed.guidance_embedder.*``). FLUX.2
+    and Chroma share the names and are refused as unknown."""
+    from ...models.shapes import has_prefix
+
+    if has_prefix(unet, "single_stream_modulation.", "early_stream_modulations."):
+        return "unknown", {"family": "flux2", "layout": "original"}
+    original = has_prefix(unet, "double_blocks.", "single_blocks.")
+    diffusers = has_prefix(unet, "single_transformer_blocks.")
+    if not (original or diffusers):
+        return None
+    details: dict[str, Any] = {"family": "flux", "layout": "original" if original else "diffusers"}
+    if has_prefix(unet, "distilled_guidance_layer."):
+        return "unknown", {**details, "family": "chroma"}
+    guidance = has_prefix(unet, "guidance_in.", "time_text_embed.guidance_embedder.")
+    img_in = unet.get("img_in.weight") or unet.get("x_embedder.weight")
+    if img_in and len(img_in) == 2:
+        details["in_channels"] = img_in[1]
+        details["variant"] = {384: "fill", 128: "depth"}.get(img_in[1], "dev" if guidance else "schnell")
+    details["guidance_embed"] = guidance
+    return ("flux_dev" if guidance else "flux_schnell"), details
+
+
+def detect_controlnet(body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    from ...models.shapes import has_prefix
+
+    if has_prefix(body, "controlnet_single_blocks.", "controlnet_x_embedder.", "single_transformer_blocks.", "double_blocks.", "single_blocks."):
+        return "flux", {**details, "family": "flux"}
+    return None

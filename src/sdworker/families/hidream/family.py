@@ -263,3 +263,16 @@ class HiDreamFamily(Family):
 
     def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
         return ("unet", "hidream") if cls == "HiDreamImageTransformer2DModel" else None
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """The same key names in ComfyUI's files and diffusers' (Full, Dev, Fast alike)."""
+        from ...models.shapes import has_prefix
+
+        if "double_stream_blocks.0.block.adaLN_modulation.1.bias" not in unet or not has_prefix(unet, "caption_projection."):
+            return None
+        blocks = re.compile(r"(double|single)_stream_blocks\.(\d+)\.")
+        depth = {"double": 0, "single": 0}
+        for k in unet:
+            if m := blocks.match(k):
+                depth[m.group(1)] = max(depth[m.group(1)], int(m.group(2)) + 1)
+        return "hidream", {"family": "hidream", "double_blocks": depth["double"], "single_blocks": depth["single"]}

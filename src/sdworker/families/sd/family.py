@@ -108,3 +108,9 @@ class SDFamily(Family):
 
     def latent_rgb(self, base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None:
         return kn.latent_rgb(base_model)
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        return kn.detect_denoiser(unet, whole)
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        return kn.detect_controlnet(body, details)

@@ -124,3 +124,59 @@ LATENT_RGB: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] =
 def latent_rgb(base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
     """The map of `base_model`; any other 4-channel latents get SDXL's (sdxl*) or SD 1.x's."""
     return LATENT_RGB.get(base_model, _SDXL if base_model.startswith("sdxl") else _SD15)
+
+
+# ---- single files -----------------------------------------------------------------------------------
+
+ADM_BASE = {2816: "sdxl", 2560: "sdxl_refiner"}
+
+
+def detect_denoiser(unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+    """An SD U-Net, original (``input_blocks``) or diffusers (``down_blocks``) layout: the SDXL adm
+    vector, else the context width, else the bundled text encoders say which."""
+    from ...models.shapes import context_dim, first_dim, has_prefix
+
+    if has_prefix(unet, "input_blocks.") and has_prefix(unet, "middle_block.", "output_blocks.", "time_embed."):
+        layout = "original"
+    elif has_prefix(unet, "down_blocks.") and has_prefix(unet, "conv_in.", "time_embedding.", "mid_block."):
+        layout = "diffusers"
+    else:
+        return None
+    details: dict[str, Any] = {"family": "sd_unet", "layout": layout}
+    ctx = context_dim(unet)
+    adm = first_dim(unet, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
+    in_ch = first_dim(unet, ("input_blocks.0.0.weight", "conv_in.weight"), 1)
+    details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm), ("in_channels", in_ch)) if v})
+    if in_ch == 9:
+        details["variant"] = "inpainting"
+    elif in_ch == 8:
+        details["variant"] = "instruct-pix2pix"
+    if "edm_mean" in whole:
+        details["variant"] = "playground-v2.5"
+    base = ADM_BASE.get(adm or 0) or CONTEXT_BASE.get(ctx or 0) or _base_from_encoders(whole)
+    return base, details
+
+
+def _base_from_encoders(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """Fallback when the U-Net says nothing: the bundled text encoders' layout."""
+    from ...models.shapes import has_prefix
+
+    if has_prefix(shapes, "conditioner.embedders.1."):
+        return "sdxl"
+    if has_prefix(shapes, "conditioner.embedders.0.model."):
+        return "sdxl_refiner"
+    if has_prefix(shapes, "cond_stage_model.model."):
+        return "sd_2"
+    if has_prefix(shapes, "cond_stage_model.transformer."):
+        return "sd_1_5"
+    return "unknown"
+
+
+def detect_controlnet(body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """An SD / SDXL ControlNet by its adm vector or context width (the default family reads any)."""
+    from ...models.shapes import context_dim, first_dim
+
+    ctx = context_dim(body)
+    adm = first_dim(body, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
+    details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm)) if v})
+    return ADM_BASE.get(adm or 0) or CONTEXT_BASE.get(ctx or 0) or "unknown", details

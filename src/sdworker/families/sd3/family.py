@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
@@ -182,3 +182,26 @@ class SD3Family(Family):
     def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
         details["family"] = "sd3"
         return "sd3"
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """SAI's ``joint_blocks``, or diffusers' ``transformer_blocks`` with joint attention and a ``pos_embed``."""
+        import re
+
+        from ...models.shapes import has_prefix
+
+        if has_prefix(unet, "joint_blocks."):
+            layout, block = "original", "joint_blocks."
+        elif "transformer_blocks.0.attn.add_k_proj.weight" in unet and "pos_embed.proj.weight" in unet:  # joint attention
+            layout, block = "diffusers", "transformer_blocks."
+        else:
+            return None
+        index = re.compile(re.escape(block) + r"(\d+)\.")
+        depth = 1 + max((int(m.group(1)) for k in unet if (m := index.match(k))), default=-1)
+        return "sd3", {"family": "sd3", "layout": layout, "depth": depth}
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        from ...models.shapes import has_prefix
+
+        if has_prefix(body, "pos_embed_input.") or (has_prefix(body, "transformer_blocks.") and "pos_embed.proj.weight" in body):
+            return "sd3", {**details, "family": "sd3"}
+        return None

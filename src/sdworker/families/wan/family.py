@@ -343,3 +343,16 @@ class WanFamily(Family):
         if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2|(high|low)[\s_-]?noise", name.lower()):
             return "wan_2_2"
         return base
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """A 3D ``patch_embedding`` and ``blocks.N`` (original: ``self_attn``, diffusers: ``attn1``). 48
+        input channels is Wan 2.2 TI2V-5B; otherwise 2.1 and 2.2's A14B experts share shapes, so the
+        base is wan_2_1 unless the file name says 2.2 (refine_base)."""
+        from ...models.shapes import has_prefix
+
+        patch = unet.get("patch_embedding.weight")
+        if patch is None or len(patch) != 5 or not has_prefix(unet, "blocks.0.self_attn.", "blocks.0.attn1."):
+            return None
+        details: dict[str, Any] = {"family": "wan", "layout": "original" if has_prefix(unet, "blocks.0.self_attn.") else "diffusers",
+                                   "in_channels": patch[1], "image_to_video": patch[1] == 36}
+        return ("wan_2_2" if patch[1] == 48 else "wan_2_1"), details
