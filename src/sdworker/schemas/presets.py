@@ -38,7 +38,7 @@ class ModelSpecificParams(BaseModel):
     boundary_ratio: float | None = Field(default=None, ge=0, le=1, description="Wan 2.2: where the low-noise expert takes over")
 
     # Not a Params (other keys are kept), but numbers are numbers here too: `clip_skip: true` is no 1.
-    _no_bool_for_numbers = field_validator("*", mode="before")(Params._no_bool_for_numbers.__func__)
+    _no_bool_for_numbers = field_validator("*", mode="before")(vars(Params)["_no_bool_for_numbers"])
 
 
 class _PresetValues(Params):
