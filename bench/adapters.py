@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import models as mbench  # noqa: E402
-import run as core  # noqa: E402
+import models as mbench
+import run as core
 
 SECTION = "## Adapters (LoRA switch) and previews"
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in sets[:2]:  # first use: read + inject
             first.append(run.call(c, "inference.text2img", {**base, "steps": 1, "loras": s})["performance"]["adapters_ms"])
         switch = []
-        for r in range(args.repeats):
+        for _ in range(args.repeats):
             for s in sets:
                 switch.append(run.call(c, "inference.text2img", {**base, "steps": 1, "loras": s})["performance"]["adapters_ms"])
         sw = statistics.median(switch)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"LoRA first use: read + inject (median of {len(first)})", f"{statistics.median(first):,.1f} ms", f"{load_ms:,.0f} ms (cold load)", "info", "-"))
         rows.append((f"LoRA set switch on the loaded model (median of {len(switch)})", f"{sw:,.1f} ms", f"{load_ms:,.0f} ms (cold load)", f"< 10 % (is {100 * sw / load_ms:.2f} %)", "yes" if sw < 0.1 * load_ms else "**NO**"))
         with_p, without = [], []
-        for r in range(args.repeats):
+        for _ in range(args.repeats):
             without.append(run.call(c, "inference.text2img", {**base, "preview": False})["performance"]["inference_ms"])
             with_p.append(run.call(c, "inference.text2img", {**base, "preview": True})["performance"]["inference_ms"])
         a, b = statistics.median(with_p), statistics.median(without)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402
+import run as core
 
 SECTION = "## Cluster mode: jobs per second and the front's latency"
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,10 +22,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402  (the Child process driver and the doc writer of bench/run.py)
+import run as core  # the Child process driver and the doc writer of bench/run.py
 
 SECTION = "## Control plane during a model load"
 GOAL_MS = 50.0
@@ -108,7 +109,7 @@ class Prober:
                 self.rtts[method].append(w.rtt * 1000)
             time.sleep(0.005)
 
-    def during(self, fn) -> None:  # noqa: ANN001
+    def during(self, fn: Callable[[], object]) -> None:
         t = threading.Thread(target=self.run, daemon=True)
         t.start()
         try:

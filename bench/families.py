@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402
+import run as core
 
 SECTION = "## Model families: step time per family"
 PROMPT = "a lighthouse at dusk"

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402  (the Child process driver and the doc writer of bench/run.py)
+import run as core  # the Child process driver and the doc writer of bench/run.py
 
 SECTION = "## Models: load from disk vs RAM cache, switching"
 CONFIGS = core.ROOT / "src" / "sdworker" / "model_configs" / "sd15"

@@ -42,9 +42,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,6 +65,7 @@ def require_environment() -> None:
 
 require_environment()
 import orjson  # noqa: E402
+
 PY = sys.executable
 SECTION = "## Core: ping throughput, startup, status latency, text2img"
 MEASURE_TIMEOUT = 120.0  # seconds per measurement (generations get more when the CPU is slow)
@@ -339,7 +341,7 @@ class Bench:
                               stdout=subprocess.DEVNULL, stderr=open(self.logs / "make-tiny-model.log", "ab"))
         if made.returncode != 0:
             tail = (self.logs / "make-tiny-model.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError("`sdworker make-tiny-model` failed (exit %d): %s" % (made.returncode, " | ".join(tail)))
+            raise RuntimeError(f"`sdworker make-tiny-model` failed (exit {made.returncode}): {' | '.join(tail)}")
         log(f"  built in {time.perf_counter() - t0:.1f}s")
 
     # ---- (b) spawn -> ready -------------------------------------------------------------------------------
@@ -765,13 +767,13 @@ class Issue3:
         timeout = MEASURE_TIMEOUT * 3
         batch_s, single_s, calls = [], [], set()
         for r in range(self.repeats):
-            def batched() -> None:
+            def batched(r: int = r) -> None:  # bound now: called within this round
                 w = worker.request({"type": "inference.batch_process", "request_id": f"batch{r}",
                                     "data": {"requests": items, "batch_config": {"batch_size": 8, "enable_dynamic_sizing": False}}}, timeout)
                 batch_s.append(w.rtt)
                 calls.add(w.msg["data"]["performance"].get("pipeline_calls"))  # type: ignore[index]
 
-            def one_by_one() -> None:
+            def one_by_one(r: int = r) -> None:
                 t0 = time.perf_counter()
                 for i, it in enumerate(items):
                     worker.request({"type": "inference.text2img", "request_id": f"one{r}-{i}", "data": it}, timeout)

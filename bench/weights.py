@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402
+import run as core
 
 SECTION = "## Weight formats at full size"
 #: diffusers' transformer/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers

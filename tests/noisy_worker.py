@@ -19,7 +19,7 @@ def noise() -> None:
         os.write(1, b"stray fd-1 write\n")
         libc.puts(b"stray libc puts")
         libc.fflush(None)
-        warnings.warn("stray warning")
+        warnings.warn("stray warning", stacklevel=1)
         logging.getLogger("somelib").warning("stray log")
         time.sleep(0.05)
 

@@ -12,16 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
+from sdworker.errors import ModelLoadFailed, ValidationFailed
 from sdworker.managers.adapters import AdapterManager, LoRAUse, PlannedLoRA, adapter_name, check_base
 from sdworker.managers.catalog import ModelCatalog
 from sdworker.managers.embeddings import EmbeddingManager, find_triggered, find_triggers, rewrite, select
 from sdworker.managers.lora import LoRAManager
 from sdworker.managers.memory import MemoryManager
 from sdworker.prompts.lora_tags import extract_lora_tags
-from sdworker.errors import ModelLoadFailed, ValidationFailed
 from sdworker.tiny.adapters import make_tiny_embedding, make_tiny_kohya_lora, make_tiny_peft_lora
 
 PROMPT = "a photo of a cat"

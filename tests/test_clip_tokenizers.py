@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from sdworker.managers import clip_tokenizers as ct
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import Worker
+from sdworker.managers import clip_tokenizers as ct
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from conftest import Worker, decode_png
-
 from sdworker.cluster.router import ReplicaState, Router
 from sdworker.cluster.spread import split
 
@@ -181,7 +181,7 @@ def test_twelve_jobs_answered_once_and_equal_to_one_worker(front: Front, single:
     for rid, data in reqs.items():
         front.send({"type": "inference.text2img", "request_id": rid, "data": data})
     got = {rid: front.response(rid, timeout=300) for rid in reqs}
-    for rid, data in reqs.items():
+    for rid in reqs:
         ref = single.response(rid, timeout=240)
         assert got[rid]["success"] and ref["success"], (got[rid], ref)
         a, b = decode_png(got[rid]["data"]["images"][0]["base64"]), decode_png(ref["data"]["images"][0]["base64"])

@@ -8,8 +8,9 @@ until the ping is answered, the test holds what it waits for (the database's wri
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from conftest import Worker, png_b64
 
@@ -67,7 +68,7 @@ class _HeldDatabase:
         self.w = w
         self.db = sqlite3.connect(data_dir / "sdworker.db", isolation_level=None, timeout=30)
 
-    def __enter__(self) -> "_HeldDatabase":
+    def __enter__(self) -> _HeldDatabase:
         self.db.execute("BEGIN IMMEDIATE")
         self.w.send({"type": "config.create", "request_id": "held", "data": {"model_id": "m", "base_model": "sdxl", "configuration_type": "speed", "steps": 4, "cfg_scale": 1}})
         return self

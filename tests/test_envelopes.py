@@ -6,8 +6,7 @@ import io
 import json
 
 import orjson
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from sdworker.app import App
 from sdworker.protocol.envelopes import Call, Form, Rejection, decode_line, map_inference_type

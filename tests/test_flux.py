@@ -13,14 +13,22 @@ import torch
 from diffusers import AutoPipelineForImage2Image, FluxImg2ImgPipeline, FluxPipeline
 from PIL import Image
 
-from conftest import Worker, decode_png as _decode, png_b64 as _png_b64, load_pipes, family_worker, tiny_models_dir, assert_batch_noise_per_image
+from conftest import (
+    Worker,
+    assert_batch_noise_per_image,
+    decode_png as _decode,
+    family_worker,
+    load_pipes,
+    png_b64 as _png_b64,
+    tiny_models_dir,
+)
 from sdworker.families import for_base_model
 from sdworker.families.flux import FluxFamily, size_multiple, transformer_variant
+from sdworker.families.flux.tiny import make_tiny_flux
 from sdworker.managers import modes
 from sdworker.managers.denoise import generators
 from sdworker.managers.locator import ModelRef
 from sdworker.schemas.generation import GenerationRequest
-from sdworker.families.flux.tiny import make_tiny_flux
 
 PROMPT = "a photo of a small red house by a lake"
 DEV, SCHNELL = "tiny-flux-dev", "tiny-flux-schnell"

@@ -27,10 +27,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import Worker, png_b64 as _png_b64
+from sdworker.families.flux.tiny import make_tiny_flux_controlnet, make_tiny_flux_lora
 from sdworker.models.detect import detect_file
 from sdworker.tiny import make_tiny_model
 from sdworker.tiny.adapters import make_tiny_kohya_lora
-from sdworker.families.flux.tiny import make_tiny_flux_controlnet, make_tiny_flux_lora
 
 PROMPT = "a photo of a small red house by a lake"
 DEV, FILL, SD = "tiny-flux-dev", "tiny-flux-fill", "tiny-sd15"
@@ -322,8 +322,8 @@ def test_controlnet_fit_is_checked(fw, root, images):
 def test_flux_controlnet_fit_needs_the_same_width_and_guidance(root):
     import json
 
-    from sdworker.managers import controlnet as cnm
     from sdworker.families.flux.tiny import TRANSFORMERS
+    from sdworker.managers import controlnet as cnm
 
     cn = json.loads((root / "controlnet" / "flux-cn-a" / "config.json").read_text())
     assert cnm.family_of_config(cn) == "flux"

@@ -16,9 +16,17 @@ from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, Uni
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import decode_png as _decode, cpu_gens as _gens, load_pipes, family_worker, tiny_models_dir, assert_batch_noise_per_image
+from conftest import (
+    assert_batch_noise_per_image,
+    cpu_gens as _gens,
+    decode_png as _decode,
+    family_worker,
+    load_pipes,
+    tiny_models_dir,
+)
 from sdworker.families import for_base_model
 from sdworker.families.hidream import HiDreamFamily, output_size, scheduler_from, variant
+from sdworker.families.hidream.tiny import make_tiny_hidream
 from sdworker.managers import modes
 from sdworker.managers.denoise import generators
 from sdworker.managers.locator import ModelRef
@@ -26,7 +34,6 @@ from sdworker.models._hints import base_from_text
 from sdworker.models.detect import detect, detect_file
 from sdworker.schemas.generation import GenerationRequest
 from sdworker.store.presets import detect_base_model
-from sdworker.families.hidream.tiny import make_tiny_hidream
 
 PROMPT = "a photo of a small red house by a lake"
 FULL, DEV, FAST = "tiny-hidream-full", "tiny-hidream-dev", "tiny-hidream-fast"

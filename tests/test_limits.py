@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sdworker import limits
-from sdworker.managers.images_in import decode_image
 from sdworker.errors import ValidationFailed
+from sdworker.managers.images_in import decode_image
 from sdworker.settings import Settings, load_settings
 
 

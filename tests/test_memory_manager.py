@@ -15,7 +15,7 @@ class Movable:
     def __init__(self) -> None:
         self.moves: list[str] = []
 
-    def to(self, device: str) -> "Movable":
+    def to(self, device: str) -> Movable:
         self.moves.append(device)
         return self
 

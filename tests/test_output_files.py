@@ -18,8 +18,7 @@ from pathlib import Path
 import piexif
 import piexif.helper
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from PIL import Image
 from sd_parsers import ParserManager
 

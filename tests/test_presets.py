@@ -20,11 +20,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from sdworker.managers.locator import ModelRef
 from sdworker.errors import ValidationFailed
+from sdworker.managers.locator import ModelRef
 from sdworker.schemas.generation import GenerationRequest
 from sdworker.store import builtin_presets as bp
 from sdworker.store.db import DB_FILE, MIGRATIONS, Database, DatabaseError, Migration

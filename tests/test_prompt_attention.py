@@ -6,8 +6,7 @@ import math
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from sdworker.prompts import (
     BREAK,

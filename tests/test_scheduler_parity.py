@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import io
 
+import diffusers
 import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline
-import diffusers
 from PIL import Image
 
 CASES = [

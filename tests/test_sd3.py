@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
@@ -189,9 +188,8 @@ def test_presets_and_refusals_on_the_wire(worker):
 def test_transformer_file_runs_with_a_companion_folder(models_dir, tmp_path_factory):
     """A fine-tuned SD3 transformer kept alone in one .safetensors file (ComfyUI's diffusion_models/)
     runs with the tiny Large folder's encoders and VAE, equal to diffusers' from_single_file."""
-    from safetensors.torch import load_file, save_file
-
     from diffusers import SD3Transformer2DModel
+    from safetensors.torch import load_file, save_file
 
     root = tiny_models_dir(tmp_path_factory, "sd3-file", {LARGE: "sd35-large"})
     weights = load_file(str(root / LARGE / "transformer" / "diffusion_pytorch_model.safetensors"))

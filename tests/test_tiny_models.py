@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdworker.tiny import ARCHES, make_tiny_model
-from sdworker.tiny import tokenizer as tiny_tok
+from sdworker.tiny import ARCHES, make_tiny_model, tokenizer as tiny_tok
 
 
 @pytest.fixture

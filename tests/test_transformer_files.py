@@ -14,21 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import cpu_gens, decode_png, family_worker, load_pipes, tiny_models_dir
+from sdworker.errors import ValidationFailed
+from sdworker.families.flux.tiny import make_tiny_flux_lora
 from sdworker.managers.catalog import ModelCatalog
 from sdworker.managers.locator import ModelLocator
 from sdworker.models.detect import detect_file
 from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
-from sdworker.errors import ValidationFailed
-from sdworker.families.flux.tiny import make_tiny_flux_lora
 from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
 from sdworker.tiny.wan_original import wan_to_original
-
 
 PROMPT = "a lighthouse on a cliff at dusk"
 DEV, SCHNELL_FILE, HIDREAM, WAN, WAN22 = "tiny-flux-dev", "unet/flux1-schnell-tune", "tiny-hidream-dev", "tiny-wan21", "tiny-wan22"
@@ -270,9 +268,10 @@ def test_unrunnable_files_answer_clear_errors(worker, data, code, path):
 
 def test_a_file_that_does_not_fit_its_companion_is_a_load_error(models_dir, tmp_path):
     """Same keys, other widths: diffusers refuses the shapes, the worker answers model_load_failed."""
-    from sdworker.managers.transformer_files import load
-    from sdworker.errors import ModelLoadFailed
     from diffusers import FluxTransformer2DModel
+
+    from sdworker.errors import ModelLoadFailed
+    from sdworker.managers.transformer_files import load
 
     state = load_file(str(models_dir / f"{FLUX_ST}.safetensors"))
     bad = tmp_path / "bad.safetensors"

@@ -17,20 +17,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pydantic
 import pytest
 from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 from PIL import Image
 
-from conftest import png_b64 as _png_b64, cpu_gens as _gens, load_pipes, family_worker, tiny_models_dir
+from conftest import cpu_gens as _gens, family_worker, load_pipes, png_b64 as _png_b64, tiny_models_dir
+from sdworker.errors import ValidationFailed
 from sdworker.families import for_base_model
 from sdworker.families.wan import WanFamily, read_model, sampler_choice, wan_base
+from sdworker.families.wan.tiny import make_tiny_wan
 from sdworker.managers import video_out
 from sdworker.managers.locator import ModelLocator, ModelRef
 from sdworker.models._folder import detect_diffusers_folder
-from sdworker.errors import ValidationFailed
 from sdworker.schemas.video import VideoRequest
 from sdworker.store.presets import detect_base_model
-from sdworker.families.wan.tiny import make_tiny_wan
 
 PROMPT = "a photo of a small red house by a lake"
 W21, W22, I2V22, I2V21, TI2V, SD15 = "tiny-wan21", "tiny-wan22", "tiny-wan22-i2v", "tiny-wan21-i2v", "tiny-wan22-ti2v", "tiny-sd15"
@@ -256,7 +257,7 @@ def test_video_request_schema():
     assert (r.init_image, r.fps, r.num_images, r.output.format, r.output.frames) == ("abc", 8, 2, "mp4", True)
     r = VideoRequest.model_validate({"prompt": "x", "parameters": {"num_frames": 9, "guidance_scale_2": 3}})
     assert (r.num_frames, r.guidance_scale_2) == (9, 3.0)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         _req(output={"format": "png"})
     with pytest.raises(ValidationFailed):
         _req(image="a", init_image="b")

@@ -9,38 +9,36 @@ import threading
 import time
 from typing import TYPE_CHECKING, BinaryIO
 
-from . import PROTOCOL_VERSION, __version__
+from . import PROTOCOL_VERSION, __version__, limits, stop_signals
 from .dispatch.dispatcher import Dispatcher
 from .dispatch.registry import Registry
 from .instructors.config import ConfigInstructor
 from .instructors.inference import InferenceInstructor
 from .instructors.model import ModelInstructor
 from .instructors.postprocess import PostprocessInstructor
-from .instructors.video import VideoInstructor
 from .instructors.system import SystemInstructor
+from .instructors.video import VideoInstructor
+from .interfaces.sessions import SessionInterface
+from .interfaces.validation import RequestChecks
+from .interfaces.worker import WorkerInterface
 from .jobs.engine import JobEngine
 from .jobs.sessions import SessionRegistry
+from .lazy import built_once
+from .managers.catalog import ModelCatalog
 from .managers.components import EncoderManager, TokenizerManager, UNetManager
 from .managers.controlnet import ControlNetManager
-from .managers.catalog import ModelCatalog
 from .managers.locator import ModelLocator
 from .managers.lora import LoRAManager
 from .managers.memory import MB, MemoryManager
 from .managers.pipelines import PipelineManager
-from .managers.vae import VAEManager
 from .managers.runtime import Runtime
+from .managers.vae import VAEManager
+from .protocol import events
 from .protocol.envelopes import ready_event
 from .protocol.framing import LineWriter, read_lines
-from .lazy import built_once
 from .settings import Settings
 from .store.db import DB_FILE, Database
 from .store.ledger import SessionLedger
-from . import limits, stop_signals
-from .protocol import events
-
-from .interfaces.sessions import SessionInterface
-from .interfaces.validation import RequestChecks
-from .interfaces.worker import WorkerInterface
 
 if TYPE_CHECKING:
     from .interfaces.batch import BatchInterface
@@ -55,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def build_registry(app: "App") -> Registry:
+def build_registry(app: App) -> Registry:
     """Each instructor gets the interfaces it forwards to (the heavy ones as builders: built on first use)."""
     registry = Registry()
     worker = WorkerInterface(app.settings, app.runtime, app.engine, app.pipelines, registry, lambda: app.db.location, app.request_stop)
@@ -118,49 +116,49 @@ class App:
     # the ready event (which waits only for the method table) never pays for them.
 
     @built_once
-    def presets(self) -> "PresetStore":
+    def presets(self) -> PresetStore:
         from .store.presets import PresetStore
 
         return PresetStore(self.db, self.locator)
 
     @built_once
-    def preset_interface(self) -> "PresetInterface":
+    def preset_interface(self) -> PresetInterface:
         from .interfaces.presets import PresetInterface
 
         return PresetInterface(lambda: self.presets, self.locator, self.settings)
 
     @built_once
-    def models(self) -> "ModelInterface":
+    def models(self) -> ModelInterface:
         from .interfaces.models import ModelInterface
 
         return ModelInterface(self.settings, self.runtime, self.catalog, self.locator, self.memory, self.pipelines, self.vaes, self.loras)
 
     @built_once
-    def upscale(self) -> "UpscaleInterface":
+    def upscale(self) -> UpscaleInterface:
         from .interfaces.upscale import UpscaleInterface
 
         return UpscaleInterface(self.settings, self.runtime, self.memory, self.catalog)
 
     @built_once
-    def prompts(self) -> "PromptInterface":
+    def prompts(self) -> PromptInterface:
         from .interfaces.prompts import PromptInterface
 
         return PromptInterface(self.locator, self.pipelines)
 
     @built_once
-    def generation(self) -> "GenerationInterface":
+    def generation(self) -> GenerationInterface:
         from .interfaces.generation import GenerationInterface
 
         return GenerationInterface(self.settings, self.runtime, self.locator, self.pipelines, self.presets, self.vaes, self.loras, controlnets=self.controlnets)
 
     @built_once
-    def batch(self) -> "BatchInterface":
+    def batch(self) -> BatchInterface:
         from .interfaces.batch import BatchInterface
 
         return BatchInterface(self.generation)
 
     @built_once
-    def video(self) -> "VideoInterface":
+    def video(self) -> VideoInterface:
         from .interfaces.video import VideoInterface
 
         return VideoInterface(self.generation)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 #: signal -> the stop reason the app logs
 STOP_SIGNALS: dict[int, str] = {

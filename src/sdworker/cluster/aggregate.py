@@ -8,7 +8,8 @@ job, and answer with the first replica's result plus each replica's outcome unde
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import WorkerError
 from .router import ReplicaState
@@ -72,7 +73,7 @@ def merge(method: str, parts: list[Part]) -> tuple[Any, WorkerError | None]:
         first["entries"] = [row for r, d in ok for row in _rows(d.get("entries"), r)]
         first["pipelines"] = [row for r, d in ok for row in _rows(d.get("pipelines"), r)]
         for pool in ("ram", "vram"):
-            bags = [d.get(pool) for _, d in ok if isinstance(d.get(pool), dict)]
+            bags = [b for _, d in ok if isinstance(b := d.get(pool), dict)]
             if bags:
                 first[pool] = {k: _sum([b.get(k) for b in bags]) for k in bags[0]}
         for key in ("evictions", "offloads", "rss_mb"):

@@ -9,21 +9,22 @@ or any one replica (model listings, validation, parse_prompt, ...).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import re
 import threading
 import time
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import orjson
 
-from .. import PROTOCOL_VERSION, __version__
+from .. import PROTOCOL_VERSION, __version__, stop_signals
 from ..errors import Busy, InternalError, InvalidRequest, WorkerError, WorkerLost
-from ..protocol.envelopes import Call, Form, Rejection, decode_line, encode_error, encode_success, guess_form, ready_event
-from .. import stop_signals
 from ..protocol import events
+from ..protocol.envelopes import Call, Form, Rejection, decode_line, encode_error, encode_success, guess_form, ready_event
 from ..protocol.framing import LineWriter, Oversize, read_lines
 from ..settings import Settings
 from ..store.db import DB_FILE, Database
@@ -46,7 +47,7 @@ _RID = re.compile(rb'"(?:request_id|id)"\s*:\s*("[^"]{1,200}"|-?\d{1,18})')
 class _Batch:
     """The answers of one JSON-RPC batch, written as one array when the last one is in."""
 
-    def __init__(self, front: "Front", expected: int):
+    def __init__(self, front: Front, expected: int):
         self.front = front
         self.pending = expected
         self.answers: list[dict[str, Any]] = []
@@ -192,7 +193,7 @@ class Front:
         if isinstance(line, Oversize):
             m = _RID.search(line.head)
             rid: Any = orjson.loads(m.group(1)) if m else None
-            err = InvalidRequest(f"line of {line.size} bytes is over the limit; send at most the configured --max-line-bytes")
+            err: WorkerError = InvalidRequest(f"line of {line.size} bytes is over the limit; send at most the configured --max-line-bytes")
             self.write(encode_error(Rejection(err, guess_form(line.head), str(rid) if rid is not None else None, rid), err))
             return
         try:
@@ -297,7 +298,7 @@ class Front:
             targets = self._targets()
             gather = Gather(targets, done)
             for r in targets:
-                self.ask(r, call, lambda d, e, r=r: gather.add(r, d, e))
+                self.ask(r, call, functools.partial(gather.add, r))
 
     def _cancel_request(self, call: Call) -> bool:
         """JSON-RPC `$/cancelRequest {"id": …}`: cancel the job of that request, if it is still on."""

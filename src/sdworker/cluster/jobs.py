@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError, WorkerLost
 from ..jobs.sessions import ACTIVE, FINAL, Session
-from ..protocol.events import all_jsonrpc
 from ..protocol.envelopes import Call, encode_error, encode_event, encode_success
+from ..protocol.events import all_jsonrpc
 from .router import ReplicaState
 from .wire import answer_of, child_line, model_of, strip_front_keys
 
@@ -48,7 +49,7 @@ class ClusterJob:
     replica: ReplicaState | None = None
     token: str | None = None
     answered: bool = False
-    parent: "Spread | None" = None  # a part of a batch spread over replicas
+    parent: Spread | None = None  # a part of a batch spread over replicas
     part: int = 0
     timer: threading.Timer | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # replicas it ran on
@@ -60,10 +61,10 @@ class ClusterJob:
 
 
 class JobBook:
-    def __init__(self, front: "Front"):
+    def __init__(self, front: Front):
         self.front = front
-        self.active: dict[str, ClusterJob | "Spread"] = {}  # unanswered, by host session id
-        self.records: dict[str, ClusterJob | "Spread"] = {}  # every job of this run, by host session id
+        self.active: dict[str, ClusterJob | Spread] = {}  # unanswered, by host session id
+        self.records: dict[str, ClusterJob | Spread] = {}  # every job of this run, by host session id
         self.sent: dict[tuple[int, str], ClusterJob] = {}  # dispatched, by (replica, child id)
         self.accepting = True
 
@@ -94,11 +95,16 @@ class JobBook:
                 return
             session = Session(sid, call.request_id, call.method, model_of(params, f.settings.default_model), "", call.priority, request=params)
             spread = plan_spread(self, call, params, sink, session, retry or retry_flag)
-            job: ClusterJob | Spread = spread if spread is not None else ClusterJob(call, params, sink, session, session.model_id, retry or retry_flag, call.timeout)
+            job: ClusterJob | Spread
+            if spread is not None:
+                job, parts = spread, spread.parts
+            else:
+                job = ClusterJob(call, params, sink, session, session.model_id, retry or retry_flag, call.timeout)
+                parts = [job]
             self.active[sid] = self.records[sid] = job
             session.log(f"queued {call.method} (priority {call.priority})")
             self.transition(job, "queued")
-            for part in spread.parts if spread is not None else [job]:  # type: ignore[union-attr]
+            for part in parts:
                 self.enqueue(part)
             if call.timeout:
                 timer = threading.Timer(call.timeout, self._expire, args=(job,))
@@ -210,7 +216,7 @@ class JobBook:
             return
         self.close(job, data, err)
 
-    def close(self, job: "ClusterJob | Spread", data: Any, err: WorkerError | None) -> None:
+    def close(self, job: ClusterJob | Spread, data: Any, err: WorkerError | None) -> None:
         """Final status, ledger, then the answer: the order a single worker keeps."""
         if job.timer is not None:
             job.timer.cancel()
@@ -228,7 +234,7 @@ class JobBook:
                 del self.records[sid]
         job.sink(encode_error(job.call, err) if err is not None else encode_success(job.call, data))
 
-    def transition(self, job: "ClusterJob | Spread", status: str) -> None:
+    def transition(self, job: ClusterJob | Spread, status: str) -> None:
         s = job.session
         if s.status == status and s.transitions:
             return
@@ -250,7 +256,7 @@ class JobBook:
 
     # ---- control -------------------------------------------------------------------------------
 
-    def cancel_waiting(self, job: "ClusterJob | Spread", reason: str = "cancelled") -> bool:
+    def cancel_waiting(self, job: ClusterJob | Spread, reason: str = "cancelled") -> bool:
         """Drop a job (or the parts of a batch) still waiting at the front; True if it was all there."""
         parts = job.parts if not isinstance(job, ClusterJob) else [job]
         dropped = [p for p in parts if not p.answered and p.replica is None and self.front.router.remove(p)]
@@ -259,7 +265,7 @@ class JobBook:
             self.finish(p, None, err)
         return len(dropped) == len(parts)
 
-    def _expire(self, job: "ClusterJob | Spread") -> None:
+    def _expire(self, job: ClusterJob | Spread) -> None:
         """A job still at the front when its timeout passes; one already sent has the rest of its
         timeout at the child, which answers `timeout` itself."""
         with self.front.lock:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from ..settings import Settings
 from .replica import Replica, child_argv
 from .router import ReplicaState
-from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,13 @@ class ReplicaPool:
         import ray
 
         local = self.settings.ray_address == "local"
+        extra: dict[str, Any] = {"include_dashboard": False} if local else {}
         try:
             ray.init(
                 address=self.settings.ray_address,
                 logging_level=logging.WARNING,
                 log_to_driver=True,  # the replicas' stderr (the workers' logs) comes out on the front's stderr
-                **({"include_dashboard": False} if local else {}),
+                **extra,
             )
         except Exception as exc:  # noqa: BLE001  (Ray raises ConnectionError, ValueError, RuntimeError, ...)
             raise PoolError(f"cannot reach the Ray cluster at {self.settings.ray_address!r}: {exc}") from None

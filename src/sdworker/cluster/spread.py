@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkerError
 from ..jobs.sessions import Session
-from ..protocol.events import all_jsonrpc
 from ..protocol.envelopes import Call, Form, encode_event
+from ..protocol.events import all_jsonrpc
 from .jobs import ClusterJob, Sink
 from .wire import model_of
 
@@ -53,7 +53,7 @@ def split(items: list[Any], parts: int) -> list[list[int]]:
     return [sorted(b) for b in bins if b]
 
 
-def plan_spread(book: "JobBook", call: Call, params: dict[str, Any], sink: Sink, session: Session, retry: bool) -> "Spread | None":
+def plan_spread(book: JobBook, call: Call, params: dict[str, Any], sink: Sink, session: Session, retry: bool) -> Spread | None:
     """A Spread when the batch has items for more than one replica, else None (one job)."""
     items = params.get("requests")
     up = [r for r in book.front.router.replicas if r.up]
@@ -68,7 +68,7 @@ def plan_spread(book: "JobBook", call: Call, params: dict[str, Any], sink: Sink,
 class Spread:
     """One host batch made of parts; looks like a job to the JobBook (call, sink, session, timer)."""
 
-    def __init__(self, book: "JobBook", call: Call, params: dict[str, Any], sink: Sink, session: Session, indexes: list[list[int]], retry: bool):
+    def __init__(self, book: JobBook, call: Call, params: dict[str, Any], sink: Sink, session: Session, indexes: list[list[int]], retry: bool):
         self.book, self.call, self.sink, self.session, self.indexes = book, call, sink, session, indexes
         self.timer: threading.Timer | None = None
         self.results: dict[int, tuple[Any, WorkerError | None]] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Lane:
         done.wait()
 
     @staticmethod
-    def _loop(lane: "queue.SimpleQueue[Callable[[], None]]") -> None:
+    def _loop(lane: queue.SimpleQueue[Callable[[], None]]) -> None:
         while True:
             fn = lane.get()
             try:

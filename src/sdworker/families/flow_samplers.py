@@ -45,7 +45,7 @@ def algorithm(name: str | None, accepted: tuple[str, ...]) -> str | None:
     return None
 
 
-def requested(req: "GenerationRequest", accepted: tuple[str, ...]) -> str:
+def requested(req: GenerationRequest, accepted: tuple[str, ...]) -> str:
     """The scheduler class the request names in sampler or scheduler ("" when neither names one)."""
     for value in (req.sampler, req.scheduler):
         found = algorithm(value, accepted)
@@ -54,7 +54,7 @@ def requested(req: "GenerationRequest", accepted: tuple[str, ...]) -> str:
     return ""
 
 
-def problems(req: "GenerationRequest", accepted: tuple[str, ...], family: str, accepted_text: str) -> list[dict[str, str]]:
+def problems(req: GenerationRequest, accepted: tuple[str, ...], family: str, accepted_text: str) -> list[dict[str, str]]:
     """A problem at data.sampler / data.scheduler for each name that is not one of `accepted`."""
     out = []
     for fld in ("sampler", "scheduler"):

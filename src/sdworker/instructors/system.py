@@ -12,11 +12,15 @@ from ..protocol.envelopes import Call
 if TYPE_CHECKING:
     from ..interfaces.worker import WorkerInterface
     from ..schemas.base import NoParams
-    from ..schemas.system import InfoResult, ListMethodsParams, ListMethodsResult, PingParams, PingResult, ShutdownParams, ShutdownResult
+    from ..schemas.system import (
+        ListMethodsParams,
+        PingParams,
+        ShutdownParams,
+    )
 
 
 class SystemInstructor:
-    def __init__(self, worker: "WorkerInterface"):
+    def __init__(self, worker: WorkerInterface):
         self.worker = worker
 
     @method("system.ping", "system:PingParams", "system:PingResult", inline=True)

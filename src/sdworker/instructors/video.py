@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class VideoInstructor:
-    def __init__(self, video: Callable[[], "VideoInterface"], worker: "WorkerInterface"):
+    def __init__(self, video: Callable[[], VideoInterface], worker: WorkerInterface):
         self._video = video
         self.worker = worker
 

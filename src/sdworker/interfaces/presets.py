@@ -5,8 +5,10 @@ The store (SQLite) is opened on first use, so the ready event never waits for it
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsafePath, ValidationFailed, WorkerError
 from ..paths import FileTooLarge, read_regular, resolve_in_roots
@@ -20,13 +22,13 @@ _MAX_IMPORT_BYTES = 256 * 2**20
 
 
 class PresetInterface:
-    def __init__(self, store: Callable[[], "PresetStore"], locator: "ModelLocator | None", settings: "Settings"):
+    def __init__(self, store: Callable[[], PresetStore], locator: ModelLocator | None, settings: Settings):
         self._store = store
         self.locator = locator  # None at a cluster front: what needs the models dirs runs on a replica
         self.settings = settings
 
     @property
-    def store(self) -> "PresetStore":
+    def store(self) -> PresetStore:
         return self._store()
 
     def list(self, model_id: str | None, base_model: str | None, configuration_type: str | None, include_builtin: bool, limit: int, offset: int) -> dict[str, Any]:
@@ -45,7 +47,8 @@ class PresetInterface:
     def delete(self, preset_id: str) -> dict[str, Any]:
         return self.store.delete(preset_id)
 
-    def populate(self, model_ids: list[str] | None, configuration_types: Any, dry_run: bool) -> dict[str, Any]:
+    # builtins.list: in this class `list` is the method
+    def populate(self, model_ids: builtins.list[str] | None, configuration_types: Any, dry_run: bool) -> dict[str, Any]:
         assert self.locator is not None
         refs = self.locator.scan()
         if model_ids is not None:
@@ -64,7 +67,7 @@ class PresetInterface:
 
     # ---- import / export -------------------------------------------------------------------------------
 
-    def _roots(self, *, reading: bool) -> list[Path]:
+    def _roots(self, *, reading: bool) -> builtins.list[Path]:
         s = self.settings
         roots = [r for r in (s.data_dir, s.output_dir) if r is not None]
         if reading:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 class PromptInterface:
-    def __init__(self, locator: "ModelLocator", pipelines: "PipelineManager"):
+    def __init__(self, locator: ModelLocator, pipelines: PipelineManager):
         self.locator = locator
         self.pipelines = pipelines
 

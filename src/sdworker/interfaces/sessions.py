@@ -24,7 +24,7 @@ def _unknown(session_id: str) -> ValidationFailed:
 
 
 class SessionInterface:
-    def __init__(self, sessions: "SessionRegistry", engine: "JobEngine", ledger: "SessionLedger | None"):
+    def __init__(self, sessions: SessionRegistry, engine: JobEngine, ledger: SessionLedger | None):
         self.sessions = sessions
         self.engine = engine
         self.ledger = ledger

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 class UpscalePlan:
     req: UpscaleRequest
     session_id: str
-    image: "Image.Image"
-    item: "CatalogItem | None"  # None: Lanczos only
+    image: Image.Image
+    item: CatalogItem | None  # None: Lanczos only
     device: str  # "default" or a device id (runtime.check_device)
     width: int  # of the result
     height: int
@@ -39,7 +39,7 @@ class UpscalePlan:
 
 
 class UpscaleInterface:
-    def __init__(self, settings: "Settings", runtime: "Runtime", memory: "MemoryManager", catalog: "ModelCatalog"):
+    def __init__(self, settings: Settings, runtime: Runtime, memory: MemoryManager, catalog: ModelCatalog):
         self.settings = settings
         self.runtime = runtime
         self.memory = memory
@@ -47,7 +47,7 @@ class UpscaleInterface:
         self.output = OutputWriter(settings.output_dir)
 
     @built_once
-    def upscalers(self) -> "UpscalerManager":
+    def upscalers(self) -> UpscalerManager:
         from ..managers.upscale import UpscalerManager  # on first use: the ready event never waits for it
 
         return UpscalerManager(self.memory, self.catalog, self.settings.allow_pickle)
@@ -96,9 +96,8 @@ class UpscaleInterface:
     # ---- the job ---------------------------------------------------------------------------------
 
     def run(self, ctx: JobContext, plan: UpscalePlan) -> dict[str, Any]:
-        from ..managers.upscale import DEFAULT_TILE, upscale
-
         from ..managers.runtime import RssSampler
+        from ..managers.upscale import DEFAULT_TILE, upscale
 
         t_start = time.perf_counter()
         req, perf = plan.req, ctx.session.performance

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import WorkerError
 
@@ -16,10 +17,10 @@ if TYPE_CHECKING:
 class RequestChecks:
     def __init__(
         self,
-        generation: Callable[[], "GenerationInterface"],
-        batch: Callable[[], "BatchInterface"],
-        video: Callable[[], "VideoInterface"],
-        upscale: Callable[[], "UpscaleInterface"],
+        generation: Callable[[], GenerationInterface],
+        batch: Callable[[], BatchInterface],
+        video: Callable[[], VideoInterface],
+        upscale: Callable[[], UpscaleInterface],
         device_name: Callable[[str], str],
     ):
         self._generation, self._batch, self._video, self._upscale = generation, batch, video, upscale

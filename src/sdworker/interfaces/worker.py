@@ -9,7 +9,8 @@ import os
 import platform
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import PROTOCOL_VERSION, __version__
 from ..errors import ValidationFailed
@@ -32,11 +33,11 @@ def _supported_base_models() -> tuple[str, ...]:
 class WorkerInterface:
     def __init__(
         self,
-        settings: "Settings",
-        runtime: "Runtime",
-        engine: "JobEngine",
-        pipelines: "PipelineManager",
-        registry: "Registry",
+        settings: Settings,
+        runtime: Runtime,
+        engine: JobEngine,
+        pipelines: PipelineManager,
+        registry: Registry,
         database: Callable[[], str],
         stop: Callable[[str, bool], None],
     ):
@@ -96,7 +97,7 @@ class WorkerInterface:
         self._stop("method", cancel_running)
         return {"shutting_down": True, "running": running, "queued": queued}
 
-    def status(self, summary: Callable[["Session"], dict[str, Any]]) -> dict[str, Any]:
+    def status(self, summary: Callable[[Session], dict[str, Any]]) -> dict[str, Any]:
         running = self.engine.running()
         return {
             "status": "busy" if running else ("starting" if not self.runtime.ready else "idle"),

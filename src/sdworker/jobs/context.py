@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from .sessions import Session
 from ..errors import Cancelled, TimedOut
 from ..protocol.events import EventEmitter
+from .sessions import Session
 
 
 class JobContext:

@@ -117,8 +117,9 @@ def _hub_cache_folder(repo: str, sub: str) -> Path | None:
 
     for group in _VOCAB_FILES:
         hits = [try_to_load_from_cache(repo, f"{sub}/{f}" if sub else f) for f in group]
-        if all(isinstance(h, str) for h in hits):
-            return Path(hits[0]).parent
+        found = [h for h in hits if isinstance(h, str)]
+        if len(found) == len(hits):
+            return Path(found[0]).parent
     return None
 
 

@@ -9,12 +9,12 @@ Pipelines never load weights themselves: they are assembled from these entries.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ModelLoadFailed
-from . import fingerprint, transformer_files
-from . import weights as weights_mod
+from . import fingerprint, transformer_files, weights as weights_mod
 from .cached_load import CachedLoader
 from .memory import CacheEntry, MemoryManager, module_bytes
 

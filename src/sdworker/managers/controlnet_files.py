@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadFailed, Unsupported, WorkerError
 from . import fingerprint
@@ -32,7 +33,7 @@ class ControlNetManager(ComponentManager):
 
     names = ("controlnet",)
 
-    def load_spec(self, spec: "ControlSpec", dtype: str) -> CacheEntry:
+    def load_spec(self, spec: ControlSpec, dtype: str) -> CacheEntry:
         return self.load_standalone(spec.path, spec.model_id, dtype, spec.base_model)
 
     def load_standalone(self, path: Path, model_id: str, dtype: str, base_model: str = "unknown") -> CacheEntry:
@@ -141,8 +142,8 @@ def single_file_config(state: Mapping[str, Any], base_model: str = "unknown") ->
             level = int(m.group(1))
         else:
             continue
-        blocks = int(m.group(2)) + 1 if m.group(2) is not None else 0
-        depth[level] = max(depth.get(level, 0), blocks)
+        under = int(m.group(2)) + 1 if m.group(2) is not None else 0
+        depth[level] = max(depth.get(level, 0), under)
     levels = len(cfg["down_block_types"])
     per_level = [depth.get(level, 1) for level in range(levels)]
     cfg["transformer_layers_per_block"] = per_level[0] if len(set(per_level)) == 1 else per_level

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import limits
-from ..paths import FileTooLarge, read_regular, resolve_in_roots
 from ..errors import ValidationFailed
+from ..paths import FileTooLarge, read_regular, resolve_in_roots
 
 MAX_PIXELS = limits.DEFAULT_MAX_IMAGE_PIXELS  # the default; --max-image-pixels (limits.current()) rules
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")

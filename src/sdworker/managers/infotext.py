@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..models.hashes import HashCache
 
@@ -140,7 +141,7 @@ def embedding_resources(embeddings: Iterable[tuple[str, Path]]) -> list[Resource
 
 
 def run_resources(
-    model: Path, vae: Path | None, loras: Sequence["PlannedLoRA"], embeddings: Sequence["Triggered"], texts: Sequence[str | None]
+    model: Path, vae: Path | None, loras: Sequence[PlannedLoRA], embeddings: Sequence[Triggered], texts: Sequence[str | None]
 ) -> list[Resource]:
     """What a generation's infotext names by hash: the model file, a standalone VAE, each LoRA
     under the name its prompt tag shows, each embedding whose trigger word is in `texts` (the

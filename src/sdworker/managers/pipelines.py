@@ -14,14 +14,15 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import ModelLoadFailed
+from ..models.refs import ModelRef
 from . import fingerprint, modes, schedulers
 from .components import ComponentManager, UNetManager, component_class
-from ..models.refs import ModelRef
 from .memory import CacheEntry, MemoryManager, collect, module_bytes
 from .runtime import Runtime
 from .weights import FULL, held_as
@@ -35,9 +36,9 @@ _NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safet
 class Recipe:
     """How to build a model's pipeline from cache entries (read once from disk)."""
 
-    pipeline_class: type
+    pipeline_class: type[Any]
     components: dict[str, tuple[str, str]]  # name -> (library, class) of weight-bearing/tokenizer parts
-    scheduler_class: type
+    scheduler_class: type[Any]
     scheduler_config: dict[str, Any]
     extra: dict[str, Any]  # scalar init args from model_index.json (force_zeros_for_empty_prompt, ...)
 
@@ -55,7 +56,7 @@ class LoadedPipeline:
     runs: int = 0
     modes: dict[str, Any] = field(default_factory=dict)  # mode -> pipeline sharing these components
     scheduler_config: dict[str, Any] = field(default_factory=dict)  # as loaded, never mutated
-    scheduler_class: type | None = None  # the model's own scheduler class, as loaded
+    scheduler_class: type[Any] | None = None  # the model's own scheduler class, as loaded
     memory_mode: str = "none"  # set by model.optimize_model; offload modes place weights themselves
     weights: str = FULL  # how the denoiser is held (managers.weights)
 

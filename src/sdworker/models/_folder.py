@@ -70,8 +70,8 @@ def _component(cfg: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     if cls in ("AutoencoderKL", "AutoencoderTiny"):
         details["latent_channels"] = cfg.get("latent_channels")
         scaling = cfg.get("scaling_factor")
-        known = isinstance(scaling, (int, float)) and not isinstance(scaling, bool)
-        base = next((b for s, b in registry.vae_scaling().items() if known and abs(scaling - s) < 1e-4), "unknown")
+        known = scaling if isinstance(scaling, (int, float)) and not isinstance(scaling, bool) else None
+        base = next((b for s, b in registry.vae_scaling().items() if known is not None and abs(known - s) < 1e-4), "unknown")
         return "vae", base, details
     found = registry.detect_component(cls, cfg)
     if found is not None:

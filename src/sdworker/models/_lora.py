@@ -10,7 +10,8 @@ key groups and joint-attention widths are theirs (Family.lora_markers, lora_dit_
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import _hints
 

@@ -23,8 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..paths import open_regular
 from ..atomic import write_json_atomic
+from ..paths import open_regular
 
 CHUNK_SIZE = 1 << 20
 OLD_HASH_OFFSET = 0x100000
@@ -32,7 +32,7 @@ OLD_HASH_LENGTH = 0x10000
 ALGORITHMS = ("sha256", "addnet", "model_hash")
 
 
-def _stream(fh: Any, digest: "hashlib._Hash") -> str:
+def _stream(fh: Any, digest: hashlib._Hash) -> str:
     for chunk in iter(lambda: fh.read(CHUNK_SIZE), b""):
         digest.update(chunk)
     return digest.hexdigest()

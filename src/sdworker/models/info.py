@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from . import hashes as _hashes
-from . import sidecar as _sidecar
+from . import hashes as _hashes, sidecar as _sidecar
 from .detect import PICKLE_SUFFIXES, Detection, detect, detect_diffusers_folder, detect_gguf, guess_from_path
 from .gguf_header import read_gguf_header
 from .safetensors_header import HeaderError, read_header
@@ -41,7 +41,7 @@ def parse_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
     for key, value in metadata.items():
         text = value.strip()
         parsed[key] = value
-        if len(text) > MAX_PARSED_VALUE or not ((text[:1], text[-1:]) in (("{", "}"), ("[", "]"))):
+        if len(text) > MAX_PARSED_VALUE or (text[:1], text[-1:]) not in (("{", "}"), ("[", "]")):
             continue
         try:
             parsed[key] = json.loads(text, parse_constant=_reject_constant)

@@ -4,7 +4,8 @@ detectors (Family.detect_denoiser, detect_controlnet) share."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 Shapes = Mapping[str, tuple[int, ...]]
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from ..atomic import write_json_atomic
 from ..errors import UnsafePath
 from ..paths import inside, open_regular
-from ..atomic import write_json_atomic
 
 FOLDER_SIDECAR_NAME = "sdworker.json"
 _MAX_BYTES = 16 * 2**20

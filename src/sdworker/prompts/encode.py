@@ -235,6 +235,8 @@ def encode(
         dtype = pipe.unet.dtype
     device = pipe._execution_device
     pos, pos_pooled = results[0]
+    neg: Any
+    neg_pooled: Any
     if zeros_negative:
         neg, neg_pooled = torch.zeros_like(pos), (torch.zeros_like(pos_pooled) if pos_pooled is not None else None)
     else:

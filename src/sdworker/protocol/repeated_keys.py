@@ -33,10 +33,11 @@ def _quotes_in(doc: Any) -> int:
     return total
 
 
-class _Pairs(dict):
+class _Pairs(dict[str, Any]):
     """A parsed object that remembers its repeated keys."""
 
     __slots__ = ("repeated",)
+    repeated: list[str]
 
 
 def _keep_pairs(pairs: list[tuple[str, Any]]) -> _Pairs:

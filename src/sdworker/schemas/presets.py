@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .base import Params, Result
 
 ConfigurationType = Literal["quality", "speed"]
+_BOTH: tuple[ConfigurationType, ...] = ("quality", "speed")
 
 # Contract section 7: the existing backend's architecture ids.
 BaseModelId = Literal[
@@ -73,7 +74,7 @@ class PresetUpdateParams(Params):
     model_specific_params: ModelSpecificParams | None = None
 
     @model_validator(mode="after")
-    def _no_nulls(self) -> "PresetUpdateParams":
+    def _no_nulls(self) -> PresetUpdateParams:
         nulls = [f for f in _NOT_NULL if f in self.model_fields_set and getattr(self, f) is None]
         if nulls:
             raise ValueError(f"{', '.join(nulls)} cannot be null")
@@ -99,7 +100,7 @@ class PresetResolveParams(Params):
     configuration_type: ConfigurationType
 
     @model_validator(mode="after")
-    def _one_of(self) -> "PresetResolveParams":
+    def _one_of(self) -> PresetResolveParams:
         if self.model_id is None and self.base_model is None:
             raise ValueError("send model_id or base_model (or both)")
         return self
@@ -107,7 +108,7 @@ class PresetResolveParams(Params):
 
 class PresetPopulateParams(Params):
     model_ids: list[str] | None = Field(default=None, description="only these models (default: every discovered model)")
-    configuration_types: list[ConfigurationType] = Field(default_factory=lambda: ["quality", "speed"], min_length=1)
+    configuration_types: list[ConfigurationType] = Field(default_factory=lambda: list(_BOTH), min_length=1)
     dry_run: bool = False
 
 
@@ -119,7 +120,7 @@ class PresetImportParams(Params):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PresetImportParams":
+    def _one_source(self) -> PresetImportParams:
         if (self.jsonl is None) == (self.path is None):
             raise ValueError("send exactly one of jsonl or path")
         return self

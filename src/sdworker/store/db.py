@@ -27,11 +27,11 @@ import itertools
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
 
 from ..errors import WorkerError
 
@@ -41,7 +41,7 @@ DB_FILE = "sdworker.db"
 MEMORY = ":memory:"
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
-Step = Union[str, Callable[[sqlite3.Connection], None]]
+Step = str | Callable[[sqlite3.Connection], None]
 
 
 @dataclass(frozen=True)

@@ -135,16 +135,16 @@ class SessionLedger:
 
     # ---- writes (called by the job engine at every transition) --------------------------------------
 
-    def record(self, session: "Session", status: str) -> None:
+    def record(self, session: Session, status: str) -> None:
         """Snapshot `session` at its transition to `status`; its first record and its end wait for their commit."""
         if self._closed:
             return
         now = time.time()
         snap = self._snapshot(session)
-        first = session.ledger_key is None
-        if first:
-            session.ledger_key = f"{self.run_id}:{next(self._seq)}"
-            key = session.ledger_key
+        key = session.ledger_key
+        first = key is None
+        if key is None:
+            key = session.ledger_key = f"{self.run_id}:{next(self._seq)}"
             head = {
                 "id": key,
                 "session_id": session.session_id,
@@ -156,7 +156,6 @@ class SessionLedger:
             }
             self.writes.put(lambda conn: self._insert(conn, head, snap, status, now))
         else:
-            key = session.ledger_key
             self.writes.put(lambda conn: self._update(conn, key, session.session_id, snap, status, now))
         # While the disk fails, a first record does not wait for a commit that cannot come (its retry
         # does); a job's end always waits, bounded, so its answer never outruns a working disk.
@@ -165,7 +164,7 @@ class SessionLedger:
             log.warning("ledger: session %s (%s) was not committed within %.1f s; going on", session.session_id, status, FINAL_WAIT_S)
 
     @staticmethod
-    def _snapshot(s: "Session") -> dict[str, Any]:
+    def _snapshot(s: Session) -> dict[str, Any]:
         """The session's changing fields now (the writer thread runs later, the job goes on)."""
         return {
             "status": s.status,

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import WorkerError
 from .db import Database
@@ -118,7 +118,7 @@ class WriteQueue:
             ops = [op for op, _ in batch if op is not None]
             if ops or self._backlog:
                 self._commit(ops)
-            for op, done in batch:
+            for _, done in batch:
                 if done is not None:
                     done.set()
             if any(op is None and done is None for op, done in batch):

@@ -18,8 +18,9 @@ weight 1 changes a tiny model's image visibly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ def _unet_targets(arch: str) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def _te_targets(pad: str) -> list[tuple[str, tuple[int, ...]]]:
+def _te_targets(pad: str) -> list[tuple[str, tuple[int, int]]]:
     """(module path as transformers 4 named it, with ``text_model.``, weight shape)."""
     from transformers import CLIPTextModel
 
@@ -75,7 +76,8 @@ def _te_targets(pad: str) -> list[tuple[str, tuple[int, ...]]]:
     for name, module in te.named_modules():
         if isinstance(module, torch.nn.Linear) and name.endswith(_TE_TARGETS):
             path = name if name.startswith("text_model.") else f"text_model.{name}"
-            out.append((path, tuple(module.weight.shape)))
+            out_f, in_f = module.weight.shape
+            out.append((path, (out_f, in_f)))
     return out
 
 

@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import (
@@ -31,7 +32,6 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from . import tokenizer as tok
-
 from .arches import ARCHES, FAMILY_ARCHES, FLUX_ARCHES, MODEL_ARCHES  # noqa: F401  (the registry, without torch)
 
 #: One fixed seed per component, so changing one component's config never changes the

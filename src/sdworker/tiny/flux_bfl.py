@@ -8,7 +8,7 @@ width (3072, MLP ratio 4) when it splits single blocks, so only full-width trans
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -22,14 +22,15 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from . import tokenizer as tok
 from ..atomic import write_atomic
 from ..managers.clip_tokenizers import CLIP_VOCAB_SIZE
+from . import tokenizer as tok
 from .builder import _TOKENIZER_PADS, ARCHES, SEEDS, build_pipeline
 
 #: Prefixes of the original checkpoint formats (SD 1.x: ldm, SDXL: sgm).

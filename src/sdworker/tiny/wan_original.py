@@ -9,7 +9,7 @@ can write files in the layout people download. Only names change; no tensor is t
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -237,7 +237,7 @@ def _linear_shapes(variant: str = "flux-dev") -> dict[str, tuple[int, int]]:
     """{module path: (out, in)} of the tiny transformer's Linear layers (built on the meta device)."""
     with torch.device("meta"):
         transformer = FluxTransformer2DModel(**TRANSFORMERS[variant])
-    return {n: tuple(m.weight.shape) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}  # type: ignore[misc]
+    return {n: (m.out_features, m.in_features) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 def _pair(shape: tuple[int, int], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,7 +273,7 @@ def make_tiny_flux_lora(path: str | Path, layout: str = "peft", seed: int | None
                     down, up = _pair(shape, rank)
                     state[f"transformer.{name}.lora_A.weight"], state[f"transformer.{name}.lora_B.weight"] = down, up
             for name, shape in _te_targets("eos"):
-                down, up = _pair(shape, rank)  # type: ignore[arg-type]
+                down, up = _pair(shape, rank)
                 state[f"text_encoder.{name}.lora_A.weight"], state[f"text_encoder.{name}.lora_B.weight"] = down, up
         else:
             def put(key: str, shape: tuple[int, int]) -> None:
@@ -287,7 +287,7 @@ def make_tiny_flux_lora(path: str | Path, layout: str = "peft", seed: int | None
             for i in range(TRANSFORMERS["flux-dev"]["num_single_layers"]):
                 put(f"lora_unet_single_blocks_{i}_linear2", shapes[f"single_transformer_blocks.{i}.proj_out"])
             for name, shape in _te_targets("eos"):
-                put("lora_te1_" + name.replace(".", "_"), shape)  # type: ignore[arg-type]
+                put("lora_te1_" + name.replace(".", "_"), shape)
             metadata = {"ss_base_model_version": "flux1", "ss_network_module": "networks.lora_flux", "ss_network_dim": str(rank)}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

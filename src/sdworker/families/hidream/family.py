@@ -40,13 +40,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
-from .presets import PRESETS
 from ..flux.family import vae_scale_factor
+from .presets import PRESETS
 
 if TYPE_CHECKING:
     from ...models.refs import ModelRef
@@ -73,7 +74,7 @@ ACCEPTED_SAMPLERS = (
 )
 
 
-def requested_algorithm(req: "GenerationRequest") -> str:
+def requested_algorithm(req: GenerationRequest) -> str:
     """The scheduler class the request names ("" when it names none, or only a schedule)."""
     return flow_samplers.requested(req, _SAMPLERS)
 
@@ -86,13 +87,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def missing_llama(ref: "ModelRef") -> bool:
+def missing_llama(ref: ModelRef) -> bool:
     """Whether the folder lacks the Llama encoder: HiDream-ai's own repos leave text_encoder_4/tokenizer_4 out."""
     index = _read_json(ref.path / "model_index.json")
     return any(not isinstance(index.get(c), list) or None in index[c] for c in ("text_encoder_4", "tokenizer_4"))
 
 
-def scheduler_config(ref: "ModelRef") -> dict[str, Any]:
+def scheduler_config(ref: ModelRef) -> dict[str, Any]:
     return _read_json(ref.path / "scheduler" / "scheduler_config.json")
 
 
@@ -102,7 +103,7 @@ def shift_of(config: Mapping[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def variant(ref: "ModelRef") -> str:
+def variant(ref: ModelRef) -> str:
     """full, dev or fast: the folder name when it says so, else the checkpoint's scheduler (module doc)."""
     named = _VARIANT_IN_NAME.search(ref.model_id.lower().replace("_", "-"))
     if named:
@@ -155,7 +156,7 @@ class HiDreamFamily(Family):
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS["full"]  # without a model at hand: the base model's (the quality preset's)
 
-    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+    def check(self, req: GenerationRequest, mode: str, ref: ModelRef) -> Checked:
         own = _DEFAULTS[variant(ref)]
         unset = {f: getattr(own, f) for f in ("steps", "guidance_scale") if f not in req.model_fields_set}
         checked = super().check(req.model_copy(update=unset) if unset else req, mode, ref)
@@ -167,7 +168,7 @@ class HiDreamFamily(Family):
             return Checked(checked.req, problems)
         return self._as_run(checked.req, ref)
 
-    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+    def refusals(self, req: GenerationRequest, ref: ModelRef) -> list[dict[str, str]]:
         """The request's options HiDream does not take, each a problem at its field."""
         from ...prompts.lora_tags import extract_lora_tags
 
@@ -195,10 +196,10 @@ class HiDreamFamily(Family):
         out = [problem(f"data.{fld}", f"{model}: {why}") for fld, (used, why) in unsupported.items() if used]
         return out + self.scheduler_problems(req)
 
-    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+    def scheduler_problems(self, req: GenerationRequest) -> list[dict[str, str]]:
         return flow_samplers.problems(req, _SAMPLERS, "HiDream", ACCEPTED_SAMPLERS)
 
-    def _as_run(self, req: "GenerationRequest", ref: "ModelRef") -> Checked:
+    def _as_run(self, req: GenerationRequest, ref: ModelRef) -> Checked:
         """The request as HiDream runs it (plain-text prompts) and what the host should know about it."""
         update, warnings = plain_text_prompts(req, "HiDream")
         kind = variant(ref)
@@ -218,28 +219,28 @@ class HiDreamFamily(Family):
             warnings.append(f"{asked_size[0]}x{asked_size[1]} made as {made[0]}x{made[1]}: HiDream rescales every image to its native area")
         return Checked(req.model_copy(update=update) if update else req, [], warnings)
 
-    def scheduler_for(self, req: "GenerationRequest", config: Mapping[str, Any]) -> Any:
+    def scheduler_for(self, req: GenerationRequest, config: Mapping[str, Any]) -> Any:
         """The run's fresh scheduler: the algorithm the request names, from the checkpoint's `config`."""
         return scheduler_from(config, requested_algorithm(req))
 
     @staticmethod
-    def sequence_length(req: "GenerationRequest") -> int:
+    def sequence_length(req: GenerationRequest) -> int:
         return int(req.max_sequence_length) if req.max_sequence_length is not None else MAX_SEQUENCE_LENGTH
 
-    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+    def prompt_kwargs(self, pipe: Any, req: GenerationRequest) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt": req.prompt}
         if req.guidance_scale > 1.0 and req.negative_prompt:
             out["negative_prompt"] = req.negative_prompt
         return out
 
-    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def call_kwargs(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         return {"guidance_scale": req.guidance_scale, "max_sequence_length": self.sequence_length(req)}
 
-    def native_size(self, ref: "ModelRef") -> int | None:
+    def native_size(self, ref: ModelRef) -> int | None:
         """HiDreamImagePipeline's default: 128 latent pixels x the VAE's scale factor (1024 for HiDream-I1)."""
         return DEFAULT_SAMPLE_SIZE * vae_scale_factor(ref)
 
-    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def effective(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         width, height = output_size(plan.width, plan.height, vae_scale_factor(plan.ref))
         out: dict[str, Any] = {
             "width": width,

@@ -2,8 +2,18 @@
 builder (tiny.py). Importing the package imports no torch."""
 
 from .family import (
-    DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, SAMPLERS, WanFamily, WanModel, WanSampler,
-    build_scheduler, read_model, sampler_choice, wan_base,
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    SAMPLERS,
+    WanFamily,
+    WanModel,
+    WanSampler,
+    build_scheduler,
+    read_model,
+    sampler_choice,
+    wan_base,
 )
 
 __all__ = [

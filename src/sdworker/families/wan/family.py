@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
@@ -73,7 +74,7 @@ SAMPLERS = {
 }
 
 
-def sampler_choice(req: "GenerationRequest") -> WanSampler | None:
+def sampler_choice(req: GenerationRequest) -> WanSampler | None:
     """The sampler the request names (None: the model's own scheduler). Names are checked by scheduler_problems."""
     cls = flow_samplers.requested(req, _CLASSES)
     return next((s for s in SAMPLERS.values() if s.class_name == cls), None) if cls else None
@@ -84,7 +85,7 @@ def model_shift(model_config: dict[str, Any]) -> float:
     return float(model_config.get("flow_shift", model_config.get("shift", 1.0)) or 1.0)
 
 
-def build_scheduler(choice: WanSampler | None, model_class: type, model_config: dict[str, Any], shift: float | None = None) -> Any:
+def build_scheduler(choice: WanSampler | None, model_class: type[Any], model_config: dict[str, Any], shift: float | None = None) -> Any:
     """A fresh scheduler for one run: the model's own, or the chosen one; with `shift`, or the model's flow shift."""
     import diffusers
 
@@ -145,7 +146,7 @@ class WanModel:
         return ("img2video",) if self.image_to_video else ("text2video",)
 
 
-def read_model(ref: "ModelRef") -> WanModel:
+def read_model(ref: ModelRef) -> WanModel:
     folder = ref.path
     index = _json(folder / "model_index.json")
     vae = _json(folder / "vae" / "config.json")
@@ -178,7 +179,7 @@ def wan_base(index: dict[str, Any], name: str = "") -> str:
 # ---- the family ------------------------------------------------------------------------------------------
 
 
-def _frames(req: "GenerationRequest") -> int:
+def _frames(req: GenerationRequest) -> int:
     value = getattr(req, "num_frames", None)
     return int(value) if value is not None else DEFAULT_FRAMES
 
@@ -192,7 +193,7 @@ class WanFamily(Family):
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
     companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"wan_2_1": ("wan_2_1",), "wan_2_2": ("wan_2_2",)}
 
-    def folder_base_model(self, folder: "Path", index: dict[str, Any]) -> str:
+    def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
         return wan_base(index, folder.name)
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ()  # video: not part of inference.batch_process
@@ -200,7 +201,7 @@ class WanFamily(Family):
     def defaults(self, base_model: str) -> Defaults:
         return _DEFAULTS.get(base_model, _DEFAULTS["wan_2_1"])
 
-    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+    def check(self, req: GenerationRequest, mode: str, ref: ModelRef) -> Checked:
         checked = super().check(req, mode, ref)
         if checked.problems:  # an image mode on a video model
             checked.problems[0]["message"] += "; send it to inference.text2video or inference.img2video"
@@ -227,7 +228,7 @@ class WanFamily(Family):
         return self._as_run(req, model)
 
     @staticmethod
-    def _video_problems(req: "GenerationRequest", ref: "ModelRef", model: WanModel) -> list[dict[str, str]]:
+    def _video_problems(req: GenerationRequest, ref: ModelRef, model: WanModel) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
         frames = _frames(req)
         if (frames - 1) % model.temporal:
@@ -249,7 +250,7 @@ class WanFamily(Family):
             ))
         return out
 
-    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+    def refusals(self, req: GenerationRequest, ref: ModelRef) -> list[dict[str, str]]:
         """The request's image-only options, each a problem at its field."""
         from ...prompts.lora_tags import extract_lora_tags
 
@@ -279,27 +280,27 @@ class WanFamily(Family):
         return out
 
     @staticmethod
-    def _as_run(req: "GenerationRequest", model: WanModel) -> Checked:
+    def _as_run(req: GenerationRequest, model: WanModel) -> Checked:
         """The request as Wan runs it (plain-text prompts) and what that changed."""
         update, warnings = plain_text_prompts(req, "Wan")
         if req.negative_prompt and req.guidance_scale <= 1.0:
             warnings.append("negative_prompt not used: guidance_scale <= 1 turns classifier-free guidance off")
         return Checked(req.model_copy(update=update) if update else req, [], warnings)
 
-    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+    def scheduler_problems(self, req: GenerationRequest) -> list[dict[str, str]]:
         return flow_samplers.problems(req, _CLASSES, "Wan", ACCEPTED_SAMPLERS)
 
     @staticmethod
-    def sequence_length(req: "GenerationRequest") -> int:
+    def sequence_length(req: GenerationRequest) -> int:
         return int(req.max_sequence_length) if req.max_sequence_length is not None else MAX_SEQUENCE_LENGTH
 
-    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+    def prompt_kwargs(self, pipe: Any, req: GenerationRequest) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt": req.prompt}
         if req.negative_prompt:
             out["negative_prompt"] = req.negative_prompt
         return out
 
-    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def call_kwargs(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         out: dict[str, Any] = {
             "guidance_scale": req.guidance_scale,
             "num_frames": _frames(req),
@@ -315,13 +316,15 @@ class WanFamily(Family):
 
     def probe_kwargs(self, pipe: Any, width: int, height: int) -> dict[str, Any]:
         # the fewest frames a Wan VAE takes (4k+1); sizes on the 16-pixel grid
-        side = lambda v: max(16, v // 16 * 16)  # noqa: E731
+        def side(v: int) -> int:
+            return max(16, v // 16 * 16)
+
         return {**super().probe_kwargs(pipe, side(width), side(height)), "num_frames": 5}
 
-    def native_size(self, ref: "ModelRef") -> int | None:
+    def native_size(self, ref: ModelRef) -> int | None:
         return None  # videos are not square: the video interface uses DEFAULT_WIDTH x DEFAULT_HEIGHT
 
-    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def effective(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         model = read_model(plan.ref)
         out: dict[str, Any] = {"max_sequence_length": self.sequence_length(req), "num_frames": _frames(req)}
         if model.two_experts:

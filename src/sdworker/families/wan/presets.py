@@ -16,7 +16,6 @@ from typing import Any
 
 from ..base import preset_row as _row
 
-
 PRESETS: tuple[dict[str, Any], ...] = (
     # ---- Wan video: real CFG; quality at 720P, speed at 480P with the 480P shift.
     _row("wan_2_1", "quality", 50, 5.0, "uni_pc", "simple", {"width": 1280, "height": 720, "num_frames": 81, "video_fps": 16, "shift": 5.0}, "[wan21-diffusers]"),

@@ -15,8 +15,9 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 from ..builtin_presets import CONFIGURATION_TYPES
 

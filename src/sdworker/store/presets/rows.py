@@ -10,6 +10,7 @@ from ...errors import ValidationFailed
 from ..builtin_presets import BuiltinPreset
 from .documents import _COLUMNS, DOC_FIELDS
 
+
 def builtin_document(b: BuiltinPreset) -> dict[str, Any]:
     return {
         "id": b.id,

@@ -6,16 +6,28 @@ clash is answered as a validation_error naming the preset it conflicts with.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ModelNotFound, ValidationFailed, WorkerError
 from ..builtin_presets import BUILTIN_PRESETS, CONFIGURATION_TYPES, builtin, builtin_by_id
 from ..db import Database
 from .apply import apply_preset, detect_base_model, request_values
-from .documents import _COLUMNS, DOC_FIELDS, TABLE, document_to_row, dumps_line, iter_documents, new_object_id, now_iso, row_to_document
+from .documents import (
+    _COLUMNS,
+    DOC_FIELDS,
+    TABLE,
+    document_to_row,
+    dumps_line,
+    iter_documents,
+    new_object_id,
+    now_iso,
+    row_to_document,
+)
 from .rows import _conflict, _not_found, _public, _row_dict, _where, builtin_document
 
 if TYPE_CHECKING:
@@ -29,7 +41,7 @@ _MAX_REPORTED = 50  # error details listed per failed import
 class PresetStore:
     """CRUD, resolve, populate and import/export of the presets. Returns plain dicts (wire shape)."""
 
-    def __init__(self, db: Database, locator: "ModelLocator | None" = None):
+    def __init__(self, db: Database, locator: ModelLocator | None = None):
         self.db = db
         self.locator = locator
 
@@ -107,7 +119,7 @@ class PresetStore:
 
     def create(self, values: dict[str, Any]) -> dict[str, Any]:
         """Insert one preset (id generated when absent; base_model detected when absent)."""
-        row = {k: values.get(k) for k in DOC_FIELDS}
+        row: dict[str, Any] = {k: values.get(k) for k in DOC_FIELDS}
         row["id"] = row["id"] or str(uuid.uuid4())
         if not row.get("base_model"):
             row["base_model"] = self.base_model_of(row["model_id"], field="data.base_model")
@@ -217,14 +229,14 @@ class PresetStore:
             )
         return builtin_document(b)
 
-    def for_request(self, req: "BaseModel", ref: "ModelRef", keep: Iterable[str] = ()) -> tuple["BaseModel", dict[str, Any]]:
+    def for_request(self, req: BaseModel, ref: ModelRef, keep: Iterable[str] = ()) -> tuple[BaseModel, dict[str, Any]]:
         """Apply the request's `preset` for its model; the request and what goes into `parameters`.
 
         `keep`: fields the preset does not set on this model (Family.preset_keeps: a FLUX.1 Fill
         model keeps its own steps and guidance); what the preset would have set there is reported
         as `preset_skipped`.
         """
-        ctype = getattr(req, "preset")
+        ctype = getattr(req, "preset")  # noqa: B009  (any request model with a `preset` field)
         try:
             base = self._stored_base(ref.model_id) or detect_base_model(ref)
             preset = self.resolve(ctype, model_id=ref.model_id, base_model=base)
@@ -253,7 +265,7 @@ class PresetStore:
 
     def populate(
         self,
-        refs: "Iterable[ModelRef] | None" = None,
+        refs: Iterable[ModelRef] | None = None,
         configuration_types: Iterable[str] = CONFIGURATION_TYPES,
         dry_run: bool = False,
     ) -> dict[str, Any]:
@@ -343,7 +355,7 @@ class PresetStore:
 
     def export_documents(
         self, model_id: str | None = None, base_model: str | None = None, configuration_type: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:  # builtins: `list` in this class is the method
         where, args = _where(model_id, base_model, configuration_type)
         return [row_to_document(r) for r in self._rows(f"SELECT * FROM {TABLE}{where} ORDER BY rowid", args)]
 
