@@ -104,21 +104,20 @@ def controlnet_base(item: "CatalogItem") -> str:
         if item.path.suffix.lower() == ".safetensors":
             from .single_file import checkpoint_shapes
 
-            names = [k.removeprefix(_LDM_PREFIX) for k in checkpoint_shapes(item.path)]
-            return "sdxl" if any(k.startswith(("label_emb.", "add_embedding.")) for k in names) else "sd"
+            from ..families import registry
+
+            return registry.controlnet_file_base([k.removeprefix(_LDM_PREFIX) for k in checkpoint_shapes(item.path)])
     except (OSError, ValueError, WorkerError):
         pass
     return "unknown"
 
 
 def family_of_config(cfg: Mapping[str, Any]) -> str:
-    """flux for Flux ControlNets/transformers, sdxl for SDXL-conditioned UNets/ControlNets (text_time
-    embedding), else SD 1.x/2.x by context width."""
-    if str(cfg.get("_class_name", "")).startswith("Flux"):
-        return "flux"
-    if cfg.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return {768: "sd_1_5", 1024: "sd_2"}.get(cfg.get("cross_attention_dim"), "sd")  # type: ignore[arg-type]
+    """The base model of a ControlNet (or denoiser) config.json, as the family of its class reads it
+    (Family.controlnet_config_base: flux, sdxl, sd_1_5 / sd_2, or "sd" for SD 1.x or 2.x)."""
+    from ..families import registry
+
+    return registry.controlnet_config_base(cfg)
 
 
 def _find(catalog: "ModelCatalog", name: str, path: str) -> "CatalogItem":
