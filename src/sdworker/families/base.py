@@ -211,6 +211,14 @@ class Family:
         family's (the default family reads any other); "sd" may stand for SD 1.x or 2.x."""
         return None
 
+    #: a base model ControlNet detection may give that names no model ("sd": SD 1.x or 2.x) -> its label in
+    #: messages and the ControlNet groups it fits
+    controlnet_vague_bases: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+
+    def controlnet_file_refusal(self, base: str) -> str | None:
+        """Why a single-file ControlNet of `base` cannot be loaded (None: it can)."""
+        return None
+
     def controlnet_file_base(self, names: list[str]) -> str | None:
         """The base model of a single-file ControlNet by its tensor names (LDM prefix removed)."""
         return None

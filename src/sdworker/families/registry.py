@@ -228,3 +228,14 @@ def controlnet_config_base(cfg: Mapping[str, Any]) -> str:
 def controlnet_file_base(names: list[str]) -> str:
     """The base model of a single-file ControlNet by its tensor names: the first family that reads them."""
     return next((b for fam in _default_last() if (b := fam.controlnet_file_base(names)) is not None), "unknown")
+
+
+def controlnet_vague_bases() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """ControlNet base models that name no model ("sd") -> (label, the ControlNet groups they fit)."""
+    return {b: v for fam in FAMILIES for b, v in fam.controlnet_vague_bases.items()}
+
+
+def controlnet_file_refusal(base: str) -> str | None:
+    """Why a single-file ControlNet of `base` cannot be loaded, as its family says (None: it can)."""
+    family = for_base_model(base)
+    return family.controlnet_file_refusal(base) if family is not None else None

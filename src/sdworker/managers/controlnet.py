@@ -137,8 +137,13 @@ def _fits(cn_base: str, model_base: str) -> str | None:
     model = groups[model_base]
     if cn_base == "unknown":
         return None  # a layout nothing here can read: the load compares it with the UNet
-    if cn_base == "sd":
-        return None if model in ("SD 1.x", "SD 2.x") else f"it is an SD 1.x/2.x ControlNet and the model is {model} ({model_base})"
+    from ..families import registry
+
+    vague = registry.controlnet_vague_bases().get(cn_base)  # "sd": SD 1.x or 2.x, the width unread
+    if vague is not None:
+        label, fits = vague
+        article = "an" if label.startswith("S") else "a"
+        return None if model in fits else f"it is {article} {label} ControlNet and the model is {model} ({model_base})"
     if cn_base not in groups:
         return f"it is a {cn_base} ControlNet; ControlNets here are for {_listed('and')} models"
     if groups[cn_base] != model:
@@ -275,8 +280,10 @@ def _model(
         raise pickle_refused(name, f"{at}.model")
     base = controlnet_base(item)
     why = _fits(base, model_base)
-    if why is None and base == "flux" and not item.path.is_dir():
-        why = "single-file Flux ControlNets are not supported; use its diffusers folder (config.json + weights)"
+    if why is None and not item.path.is_dir():
+        from ..families import registry
+
+        why = registry.controlnet_file_refusal(base)  # Flux's load from diffusers folders only
     if why is None and model_unet is not None and item.path.is_dir():
         try:
             why = mismatch(json.loads((item.path / "config.json").read_text(encoding="utf-8")), model_unet)

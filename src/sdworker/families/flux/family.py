@@ -336,6 +336,9 @@ class FluxFamily(Family):
     def controlnet_config_base(self, cfg: Mapping[str, Any]) -> str | None:
         return kn.controlnet_config_base(cfg)
 
+    def controlnet_file_refusal(self, base: str) -> str | None:
+        return kn.SINGLE_FILE_CONTROLNET if base == "flux" else None
+
     def base_from_version(self, version: str) -> str | None:
         return "flux" if version.startswith("flux") else None
 

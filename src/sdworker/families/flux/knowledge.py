@@ -115,6 +115,9 @@ def controlnet_config_base(cfg: Mapping[str, Any]) -> str | None:
     return "flux" if str(cfg.get("_class_name", "")).startswith("Flux") else None
 
 
+SINGLE_FILE_CONTROLNET = "single-file Flux ControlNets are not supported; use its diffusers folder (config.json + weights)"
+
+
 # ---- VAEs ----------------------------------------------------------------------------------------------
 
 #: one 16-channel VAE serves every FLUX.1 variant, filed under plain flux

@@ -78,6 +78,7 @@ class SDFamily(Family):
     controlnet_groups: ClassVar[dict[str, str]] = kn.CONTROLNET_GROUPS
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
     truncates_strength: ClassVar[bool] = True
+    controlnet_vague_bases: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = kn.CONTROLNET_VAGUE_BASES
     vae_latent_bases: ClassVar[dict[int, tuple[str, ...]]] = kn.VAE_LATENT_BASES
     embedding_layouts: ClassVar[dict[str, str]] = kn.EMBEDDING_LAYOUTS
     config_sets: ClassVar[tuple[str, ...]] = kn.CONFIG_SETS

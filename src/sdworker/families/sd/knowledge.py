@@ -190,6 +190,10 @@ def controlnet_config_base(cfg: Mapping[str, Any]) -> str:
     return {768: "sd_1_5", 1024: "sd_2"}.get(cfg.get("cross_attention_dim"), "sd")  # type: ignore[arg-type]
 
 
+#: "sd": an SD ControlNet whose text-context width nothing read (SD 1.x or 2.x, not SDXL)
+CONTROLNET_VAGUE_BASES = {"sd": ("SD 1.x/2.x", ("SD 1.x", "SD 2.x"))}
+
+
 def controlnet_file_base(names: list[str]) -> str:
     """sdxl when the single file has SDXL's adm embedding, else "sd" (SD 1.x or 2.x)."""
     return "sdxl" if any(k.startswith(("label_emb.", "add_embedding.")) for k in names) else "sd"
