@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..dispatch.registry import method
-from ..paths import resolve_in_roots
+from ..paths import FileTooLarge, read_regular, resolve_in_roots
 from ..protocol.envelopes import Call
 from ..errors import UnsafePath, ValidationFailed, WorkerError
 
@@ -102,10 +102,10 @@ class ConfigInstructor:
             if not roots:
                 raise UnsafePath("data.path: no --data-dir, --input-dir or --output-dir to read from", [{"path": field, "message": "no allowed roots"}])
             path = resolve_in_roots(params.path, roots, field)
-            try:
-                if path.stat().st_size > _MAX_IMPORT_BYTES:
-                    raise ValidationFailed(f"data.path: {path} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}])
-                text = path.read_text(encoding="utf-8-sig")
+            try:  # a regular file only: a FIFO would block this thread for good
+                text = read_regular(path, _MAX_IMPORT_BYTES).decode("utf-8-sig")
+            except FileTooLarge:
+                raise ValidationFailed(f"data.path: {path} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}]) from None
             except OSError as exc:
                 raise ValidationFailed(f"data.path: cannot read {path}: {exc.strerror or exc}", [{"path": field, "message": "cannot read"}]) from None
             except UnicodeDecodeError as exc:

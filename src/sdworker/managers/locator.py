@@ -57,7 +57,7 @@ def _base_model(folder: Path, index: dict) -> str:
 
 def pickle_refused(name: str, field: str) -> UnsafePath:
     return UnsafePath(
-        f"{field}: {name!r} is a pickle file (.ckpt/.pt/.bin), which can run code when loaded; "
+        f"{field}: {name!r} is a pickle file (.ckpt/.pt/.pth/.bin), which can run code when loaded; "
         "use its .safetensors version, or start the worker with --allow-pickle (then loaded with weights_only)",
         [{"path": field, "message": "pickle files need --allow-pickle"}],
     )
@@ -76,7 +76,7 @@ def folder_refused(model_id: str, field: str, tree: TreeReport, allow_pickle: bo
     if tree.pickle_dirs and not allow_pickle:
         dirs = ", ".join(Path(d).name for d in tree.pickle_dirs)
         return UnsafePath(
-            f"{field}: {model_id!r} keeps its weights as pickle files (.bin/.pt/.ckpt, no .safetensors) in {dirs}, which can run "
+            f"{field}: {model_id!r} keeps its weights as pickle files (.bin/.pt/.pth/.ckpt, no .safetensors) in {dirs}, which can run "
             "code when loaded; use a .safetensors copy, or start the worker with --allow-pickle (then loaded with weights_only)",
             [{"path": field, "message": "pickle files need --allow-pickle"}],
         )
