@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from ..families import registry
 from ..models.safetensors_header import HeaderError, read_header
 from ..paths import NotRegularFile
 from .clip_tokenizers import CLIP_VOCAB_SIZE, find_tokenizer
 from .pickle_files import is_pickle, pickle_state
-
-from ..families import registry
 
 #: the packaged sets, and their model_index.json class -> checkpoint layout, are the families'
 CONFIG_SETS: tuple[str, ...] = registry.config_sets()

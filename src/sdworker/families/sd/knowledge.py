@@ -191,7 +191,7 @@ def controlnet_config_base(cfg: Mapping[str, Any]) -> str:
 
 
 #: "sd": an SD ControlNet whose text-context width nothing read (SD 1.x or 2.x, not SDXL)
-CONTROLNET_VAGUE_BASES = {"sd": ("SD 1.x/2.x", ("SD 1.x", "SD 2.x"))}
+CONTROLNET_VAGUE_BASES: dict[str, tuple[str, tuple[str, ...]]] = {"sd": ("SD 1.x/2.x", ("SD 1.x", "SD 2.x"))}
 
 
 def controlnet_file_base(names: list[str]) -> str:
