@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_CHARS
-from .protocol.framing import DEFAULT_MAX_LINE
+from .limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_LINE, DEFAULT_MAX_PROMPT_CHARS
 
 #: --data-dir values that keep the database in memory (nothing survives the process).
 IN_MEMORY = ("none", ":memory:")

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ..dispatch.context import JobContext
+from ..jobs.context import JobContext
 from ..managers import modes
 from ..managers.adapters import AdapterManager
 from ..managers.denoise import denoiser_of, force_cancel_hooks, generators

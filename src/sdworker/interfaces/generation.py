@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import __version__
-from ..dispatch.context import JobContext
+from ..jobs.context import JobContext
 from ..families import Family, for_base_model, supported_base_models
 from ..families.sd import SDFamily
 from ..managers import hires, infotext, modes, precision, schedulers, weights

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .. import __version__
-from ..dispatch.context import JobContext
+from ..jobs.context import JobContext
 from ..families import Family, for_base_model
 from ..families.wan import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, WanFamily, WanModel, WanSampler, build_scheduler, read_model, sampler_choice
 from ..managers import precision, weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-from ..dispatch.context import JobContext
+from .progress import JobProgress
 
 
 def generators(torch: Any, seed: int, count: int) -> list[Any]:
@@ -20,12 +20,12 @@ def denoiser_of(pipe: Any) -> Any:
 
 
 def step_callback(
-    ctx: JobContext, on_step: Callable[[], None] | None = None, drill: Callable[[int], None] | None = None
+    ctx: JobProgress, on_step: Callable[[], None] | None = None, drill: Callable[[int], None] | None = None
 ) -> Callable[..., dict]:
     """callback_on_step_end: report the step, then stop here if the job was cancelled."""
 
     def callback(pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
-        total = int(getattr(pipe, "_num_timesteps", 0) or ctx.session.total_steps)
+        total = int(getattr(pipe, "_num_timesteps", 0) or ctx.session.total_steps)  # type: ignore[attr-defined]
         ctx.progress(step_index + 1, total)
         if on_step is not None:
             on_step()
@@ -38,7 +38,7 @@ def step_callback(
 
 
 @contextlib.contextmanager
-def force_cancel_hooks(denoiser: Any, ctx: JobContext) -> Iterator[None]:
+def force_cancel_hooks(denoiser: Any, ctx: JobProgress) -> Iterator[None]:
     """Forward pre-hooks on the denoiser's blocks so a force cancel or timeout stops mid-step."""
     handles = []
     if denoiser is not None:
