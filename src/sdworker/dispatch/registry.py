@@ -72,12 +72,15 @@ class MethodSpec:
             return None
 
     def describe(self) -> dict[str, Any]:
+        """The method's shapes as JSON Schema: params in every spelling a host may send, and the result."""
+        from ..schemas.wire_form import DIALECT, accepted_spellings
+
         return {
             "name": self.name,
             "job": self.job,
             "summary": self.summary,
-            "params_schema": self.params.model_json_schema(),
-            "result_schema": self.result.model_json_schema() if self.result else None,
+            "params_schema": {"$schema": DIALECT, **accepted_spellings(self.params.model_json_schema())},
+            "result_schema": {"$schema": DIALECT, **self.result.model_json_schema()} if self.result else None,
         }
 
 

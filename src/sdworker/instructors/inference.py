@@ -203,7 +203,7 @@ class InferenceInstructor:
     def _summary(self, s: Session) -> dict[str, Any]:
         return s.summary(self.app.engine.queue_position(s))
 
-    @method("inference.get_session_status", "sessions:SessionStatusParams")
+    @method("inference.get_session_status", "sessions:SessionStatusParams", "sessions:SessionStatusResult")
     def get_session_status(self, params: SessionStatusParams, call: Call) -> dict:
         """A session's status and progress; include_metrics/resources/logs add those."""
         rec = self._recorded(params.session_id)
@@ -243,7 +243,7 @@ class InferenceInstructor:
         action = self.app.engine.cancel(s.session_id, force=params.force_cancel, preserve=params.preserve_results)
         return {"session_id": s.session_id, "cancelled": action != "not_active", "status": s.status, "action": action, "step": s.step}
 
-    @method("inference.get_session_logs", "sessions:LogsParams")
+    @method("inference.get_session_logs", "sessions:LogsParams", "sessions:LogsResult")
     def get_session_logs(self, params: LogsParams, call: Call) -> dict:
         """The session's log lines, oldest first (from the ledger, with its transitions, for earlier runs)."""
         rec = self._recorded(params.session_id)
@@ -261,7 +261,7 @@ class InferenceInstructor:
         logs = [e for e in s.logs if params.level is None or e["level"] == params.level.lower()]
         return {"session_id": s.session_id, "logs": logs[-params.limit :], "count": len(logs)}
 
-    @method("inference.get_session_performance", "sessions:SessionParams")
+    @method("inference.get_session_performance", "sessions:SessionParams", "sessions:PerformanceResult")
     def get_session_performance(self, params: SessionParams, call: Call) -> dict:
         """Timings of the session so far (queue, load, inference, encode, steps/s)."""
         rec = self._recorded(params.session_id)
@@ -270,7 +270,7 @@ class InferenceInstructor:
         s = self._session(params.session_id)
         return {"session_id": s.session_id, "status": s.status, "performance": dict(s.performance)}
 
-    @method("inference.get_session_resources", "sessions:SessionParams")
+    @method("inference.get_session_resources", "sessions:SessionParams", "sessions:ResourcesResult")
     def get_session_resources(self, params: SessionParams, call: Call) -> dict:
         """Peak RSS and VRAM of the session, and the process's memory now."""
         s = self._session(params.session_id)
@@ -291,7 +291,7 @@ class InferenceInstructor:
             out["interrupted"] = self.app.ledger.interrupted()
         return out
 
-    @method("inference.get_status", "base:NoParams")
+    @method("inference.get_status", "base:NoParams", "sessions:StatusResult")
     def get_status(self, params: NoParams, call: Call) -> dict:
         """The worker's state: idle or busy, queue length, running session, loaded models."""
         running = self.app.engine.running()
@@ -332,7 +332,7 @@ class InferenceInstructor:
                 return d
         raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "data.device_id", "message": "unknown device"}])
 
-    @method("inference.get_device_capabilities", "sessions:DeviceParams", needs_runtime=True)
+    @method("inference.get_device_capabilities", "sessions:DeviceParams", "sessions:DeviceCapabilities", needs_runtime=True)
     def get_device_capabilities(self, params: DeviceParams, call: Call) -> dict:
         """One device's description and what it can run."""
         s = self.app.settings
@@ -344,18 +344,18 @@ class InferenceInstructor:
             "max_resolution": {"width": s.max_resolution, "height": s.max_resolution},
         }
 
-    @method("inference.get_supported_types", "base:NoParams")
+    @method("inference.get_supported_types", "base:NoParams", "sessions:SupportedTypes")
     def get_supported_types(self, params: NoParams, call: Call) -> dict:
         """Generation modes and schedulers this worker accepts."""
         return {"supported_types": self._types(), "schedulers": schedulers.accepted_names()}
 
-    @method("inference.get_device_supported_types", "sessions:DeviceParams", needs_runtime=True)
+    @method("inference.get_device_supported_types", "sessions:DeviceParams", "sessions:DeviceSupportedTypes", needs_runtime=True)
     def get_device_supported_types(self, params: DeviceParams, call: Call) -> dict:
         """Generation modes one device accepts."""
         d = self._device(params.device_id)
         return {"device_id": d["device_id"], "supported_types": self._types()}
 
-    @method("inference.get_pipeline_info", "sessions:PipelineInfoParams")
+    @method("inference.get_pipeline_info", "sessions:PipelineInfoParams", "sessions:PipelineInfoResult")
     def get_pipeline_info(self, params: PipelineInfoParams, call: Call) -> dict:
         """Loaded pipelines: class, components, scheduler, device, dtype, load time."""
         out = []

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ValidationFailed
-from .base import Params, Result
+from .base import JobResult, Params, Result
 
 MIN_TILE = 32
 MAX_TILE = 4096
@@ -134,7 +134,7 @@ class UpscaledImage(ImageFile):
     """An upscaled image (no seed: nothing was sampled)."""
 
 
-class UpscaleResult(Result):
+class UpscaleResult(JobResult):
     images: list[UpscaledImage]
     parameters: dict[str, Any]
     performance: Performance
