@@ -49,7 +49,7 @@ class MethodSpec:
     def result(self) -> "type[BaseModel] | None":
         return _resolve(self.result_ref)
 
-    def validate(self, params: dict[str, Any], prefix: str = "data") -> "BaseModel":
+    def validate(self, params: dict[str, Any], prefix: str = "") -> "BaseModel":
         if not params and self._empty is not None:
             return self._empty  # control-plane calls without params skip validation (hot path)
         from pydantic import ValidationError

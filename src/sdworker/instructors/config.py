@@ -72,7 +72,7 @@ class ConfigInstructor:
             if missing:
                 raise ValidationFailed(
                     f"model(s) not found in the models dirs: {', '.join(missing)}",
-                    [{"path": "data.model_ids", "message": f"not found: {m}"} for m in missing],
+                    [{"path": "model_ids", "message": f"not found: {m}"} for m in missing],
                 )
             refs = [r for r in refs if r.model_id in wanted]
         return self.store.populate(refs, params.configuration_types, params.dry_run)
@@ -95,21 +95,21 @@ class ConfigInstructor:
     def import_(self, params: PresetImportParams, call: Call) -> dict[str, Any]:
         """Load a mongoexport of the inference_configurations collection (JSON lines); all or nothing."""
         text = params.jsonl
-        field = "data.jsonl"
+        field = "jsonl"
         if params.path is not None:
-            field = "data.path"
+            field = "path"
             roots = self._roots(reading=True)
             if not roots:
-                raise UnsafePath("data.path: no --data-dir, --input-dir or --output-dir to read from", [{"path": field, "message": "no allowed roots"}])
+                raise UnsafePath("path: no --data-dir, --input-dir or --output-dir to read from", [{"path": field, "message": "no allowed roots"}])
             path = resolve_in_roots(params.path, roots, field)
             try:
                 if path.stat().st_size > _MAX_IMPORT_BYTES:
-                    raise ValidationFailed(f"data.path: {path} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}])
+                    raise ValidationFailed(f"path: {path} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}])
                 text = path.read_text(encoding="utf-8-sig")
             except OSError as exc:
-                raise ValidationFailed(f"data.path: cannot read {path}: {exc.strerror or exc}", [{"path": field, "message": "cannot read"}]) from None
+                raise ValidationFailed(f"path: cannot read {path}: {exc.strerror or exc}", [{"path": field, "message": "cannot read"}]) from None
             except UnicodeDecodeError as exc:
-                raise ValidationFailed(f"data.path: {path} is not UTF-8 text: {exc}", [{"path": field, "message": "not UTF-8"}]) from None
+                raise ValidationFailed(f"path: {path} is not UTF-8 text: {exc}", [{"path": field, "message": "not UTF-8"}]) from None
         assert text is not None
         return self.store.import_jsonl(text, params.on_conflict, field=field)
 
@@ -122,8 +122,8 @@ class ConfigInstructor:
             return {"count": count, "jsonl": text, "path": None}
         roots = self._roots(reading=False)
         if not roots:
-            raise UnsafePath("data.path: no --data-dir or --output-dir to write to", [{"path": "data.path", "message": "no allowed roots"}])
-        path = resolve_in_roots(params.path, roots, "data.path")
+            raise UnsafePath("path: no --data-dir or --output-dir to write to", [{"path": "path", "message": "no allowed roots"}])
+        path = resolve_in_roots(params.path, roots, "path")
         try:
             from ..store.presets import write_atomic
 

@@ -11,7 +11,7 @@ from ..managers import schedulers
 from ..managers.modes import MODES
 from ..jobs.sessions import Session, iso
 from ..protocol.envelopes import Call, map_inference_type
-from ..errors import ValidationFailed, WorkerError
+from ..errors import ValidationFailed, WorkerError, placed
 
 from .postprocess import PostprocessInstructor
 
@@ -32,7 +32,7 @@ def controlnet_request(req: GenerationRequest) -> GenerationRequest:
     """inference.controlnet is text2img whose controlnets list must not be empty."""
     if not req.controlnets:
         msg = "inference.controlnet needs at least one ControlNet: [{model, image, ...}]"
-        raise ValidationFailed(f"data.controlnets: {msg}", [{"path": "data.controlnets", "message": msg}])
+        raise ValidationFailed(f"controlnets: {msg}", [{"path": "controlnets", "message": msg}])
     return req
 
 
@@ -129,7 +129,7 @@ class InferenceInstructor:
             planner = self.app.video if mode in ("text2video", "img2video") else self.app.generation  # video: interfaces.video
             plan = planner.plan(req, mode, req.session_id or call.request_id)  # type: ignore[arg-type]
         except WorkerError as exc:
-            errors = exc.details or [{"path": "data", "message": exc.message}]
+            errors = placed(exc, "data")[1] or [{"path": "data", "message": exc.message}]
             return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
         normalized = plan.req.model_dump(mode="json")
         for key, sent in (("prompt", getattr(plan, "prompt_as_sent", None)), ("negative_prompt", getattr(plan, "negative_as_sent", None))):
@@ -179,7 +179,7 @@ class InferenceInstructor:
     def _unknown(session_id: str) -> ValidationFailed:
         return ValidationFailed(
             f"no session {session_id!r} in this worker's memory or its session ledger",
-            [{"path": "data.session_id", "message": "unknown session"}],
+            [{"path": "session_id", "message": "unknown session"}],
         )
 
     def _job_key(self, key: str) -> str:
@@ -330,7 +330,7 @@ class InferenceInstructor:
         for d in self.app.runtime.devices():
             if d["device_id"] == wanted:
                 return d
-        raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "data.device_id", "message": "unknown device"}])
+        raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "device_id", "message": "unknown device"}])
 
     @method("inference.get_device_capabilities", "sessions:DeviceParams", "sessions:DeviceCapabilities", needs_runtime=True)
     def get_device_capabilities(self, params: DeviceParams, call: Call) -> dict:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIELD = "data.controlnets"
+FIELD = "controlnets"
 MAX_SCALE = 2.0
 _LDM_PREFIX = "control_model."  # original-layout ControlNets saved inside a whole checkpoint
 # Base models that share ControlNets (a Pony model is an SDXL model; every FLUX.1 variant takes Flux ControlNets).

@@ -35,7 +35,11 @@ def _apply_aliases(data: dict[str, Any], path: str) -> dict[str, Any]:
         if alias in out:
             value = out.pop(alias)
             if name in out and out[name] != value:
-                raise ValidationFailed(f"{path}.{alias} and {path}.{name} disagree", [{"path": f"{path}.{alias}", "message": f"alias of {name}, which is also given"}])
+                raise ValidationFailed(
+                    f"{path}.{alias} and {path}.{name} disagree",
+                    [{"path": f"{path}.{alias}", "message": f"alias of {name}, which is also given"}],
+                    rooted=not path.startswith("data"),  # an item's alias is named as it was before paths were placed
+                )
             out[name] = value
     return out
 

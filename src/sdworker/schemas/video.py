@@ -62,7 +62,7 @@ class VideoRequest(GenerationRequest):
                 continue
             data[canonical] = value
         if problems:
-            raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
+            raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems, rooted=True)
         return data
 
 
