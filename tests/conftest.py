@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import orjson
 import pytest
@@ -128,7 +128,7 @@ class Worker:
     Every success it reads is checked against the method's committed result schema (wire_shapes.py);
     a mismatch fails the test that drove this worker."""
 
-    live: list["Worker"] = []  # the workers started so far, whose schema problems each test's teardown reports
+    live: ClassVar[list[Worker]] = []  # the workers started so far, whose schema problems each test's teardown reports
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, cmd: list[str] | None = None, cwd: Path | None = None):
         self.shapes = ResultChecker()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sdworker.errors import ModelNotFound, UnknownMethod, ValidationFailed, placed, under
+from sdworker.errors import (
+    ModelNotFound,
+    UnknownMethod,
+    ValidationFailed,
+    placed,
+    under,
+)
 from sdworker.protocol.envelopes import Call, Form, encode_error
 
 

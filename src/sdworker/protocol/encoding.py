@@ -20,7 +20,7 @@ _SESSION_ACTIONS = frozenset(
      "get_session_performance", "get_session_resources"}
 )
 
-def encode_success(call: "Call", data: Any) -> dict[str, Any] | None:
+def encode_success(call: Call, data: Any) -> dict[str, Any] | None:
     if call.form is Form.JSONRPC:
         return None if call.notification else {"jsonrpc": "2.0", "id": call.raw_id, "result": data}
     if call.form is Form.LEGACY:
@@ -36,7 +36,7 @@ def encode_success(call: "Call", data: Any) -> dict[str, Any] | None:
     return {"type": "response", "request_id": call.request_id, "success": True, "data": data}
 
 
-def encode_error(target: "Call | Rejection", error: WorkerError) -> dict[str, Any] | None:
+def encode_error(target: Call | Rejection, error: WorkerError) -> dict[str, Any] | None:
     """The failure answer, in the request's form; field paths go under `params.` (JSON-RPC) or `data.`."""
     form = target.form
     partial = getattr(error, "data", None)
@@ -82,7 +82,7 @@ def encode_error(target: "Call | Rejection", error: WorkerError) -> dict[str, An
     return out
 
 
-def encode_event(call: "Call", event: str, data: dict[str, Any], notification: bool = False) -> dict[str, Any]:
+def encode_event(call: Call, event: str, data: dict[str, Any], notification: bool = False) -> dict[str, Any]:
     body = {"event": event, "request_id": call.request_id, "session_id": call.session_id or call.request_id, "data": data}
     if notification or call.form is Form.JSONRPC:  # notification: --protocol jsonrpc, whatever the request's form
         return {"jsonrpc": "2.0", "method": f"event.{event}", "params": body}

@@ -14,15 +14,35 @@ import orjson
 
 from ..errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
 from .cancel_request import CANCEL_REQUEST, cancel_request_call
+
+# Encoding lives in encoding.py; the names stay importable from here, where callers found them.
+from .encoding import encode_error, encode_event, encode_success, ready_event
+from .form import Form
 from .keys import normalize_keys
-from .legacy_names import INFERENCE_TYPES, LEGACY_ACTIONS, map_inference_type  # noqa: F401  (also read from here)
+from .legacy_names import INFERENCE_TYPES, LEGACY_ACTIONS, map_inference_type
 from .repeated_keys import message as repeated_message
 from .repeated_keys import repeated_keys
 from .salvage import id_in_head, lenient_parse, wire_safe
 
-# Encoding lives in encoding.py; the names stay importable from here, where callers found them.
-from .encoding import encode_error, encode_event, encode_success, ready_event  # noqa: F401
-from .form import Form
+__all__ = [
+    "INFERENCE_TYPES",
+    "LEGACY_ACTIONS",
+    "Call",
+    "Decoded",
+    "Form",
+    "Rejection",
+    "decode_line",
+    "decode_object",
+    "encode_error",
+    "encode_event",
+    "encode_success",
+    "guess_form",
+    "map_inference_type",
+    "nesting_depth",
+    "new_request_id",
+    "ready_event",
+    "salvage",
+]
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ValidationFailed
-from .base import JobResult, Params, Result
+from .base import JobResult, Params
 
 MIN_TILE = 32
 MAX_TILE = 4096
@@ -86,7 +86,7 @@ class PostProcessStep(Params):
 
 # Imported after PostProcessStep on purpose: schemas.generation may take PostProcessStep from here
 # (an import at its end), and then either module can be imported first.
-from .generation import ImageFile, OutputOptions, Performance  # noqa: E402
+from .generation import ImageFile, OutputOptions, Performance
 
 
 class UpscaleRequest(Params):
