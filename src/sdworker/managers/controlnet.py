@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .catalog import CatalogItem, ModelCatalog
 
 
-FIELD = "data.controlnets"
+FIELD = "controlnets"
 MAX_SCALE = 2.0
 
 

@@ -260,7 +260,7 @@ class EmbeddingManager:
         return vec
 
     def ensure_loaded(
-        self, pipe: Any, items: Sequence[Union["CatalogItem", Triggered]], model_id: str = "", field_path: str = "data.prompt"
+        self, pipe: Any, items: Sequence[Union["CatalogItem", Triggered]], model_id: str = "", field_path: str = "prompt"
     ) -> list[str]:
         """Add these embeddings (catalog items or :class:`Triggered`) to the pipeline's tokenizers and
         text encoders under their private tokens, each once; a misfit is a ValidationFailed."""
