@@ -244,7 +244,7 @@ def test_apply_post_processing(upscalers_dir: Path, image: Image.Image) -> None:
         check_post_processing([{"type": "upscale", "model": "nope"}], ups)
     with pytest.raises(ValidationFailed) as err:
         check_post_processing([{"type": "upscale", "factor": 2}, {"type": "upscale", "factor": 20}], ups)
-    assert err.value.details[0]["path"] == "data.post_processing[1].factor"
+    assert err.value.details[0]["path"] == "post_processing[1].factor"
     with pytest.raises(ValidationFailed):
         check_post_processing([{"type": "face_restore"}], ups)
     with pytest.raises(ValidationFailed):
@@ -277,5 +277,5 @@ def test_without_spandrel_a_model_is_unsupported(upscalers_dir: Path, monkeypatc
     ups = up_mod.UpscalerManager(MemoryManager(), ModelCatalog([upscalers_dir]))
     with pytest.raises(Unsupported) as err:
         ups.resolve("tiny-x2")
-    assert err.value.details[0]["path"] == "data.model"
+    assert err.value.details[0]["path"] == "model"
     assert up_mod.check_post_processing([{"type": "upscale", "factor": 2}], ups)[0].model is None  # Lanczos needs no spandrel

@@ -114,7 +114,7 @@ class FrontInstructor:
             rows = [r for r in rows if r["device_id"] == params.device_id or (r["replica"] or {}).get("device") == params.device_id]
         return {"sessions": rows, "count": len(rows)}
 
-    @method("inference.get_status", "base:NoParams")
+    @method("inference.get_status", "base:NoParams", "sessions:StatusResult")
     def get_status(self, params: Any, call: Call) -> dict[str, Any]:
         """The cluster's state: busy or idle, the front's queue, what runs where, the models each replica holds."""
         f = self.front

@@ -161,7 +161,7 @@ class Dispatcher:
                 # action; a method that has no such field simply does not read them.
                 fields = spec.params.model_fields
                 raw = {k: v for k, v in raw.items() if k in fields or k not in LEGACY_COMMON}
-            params = spec.validate(raw, prefix="params" if call.form is Form.JSONRPC else "data")
+            params = spec.validate(raw)  # paths relative to the request; encode_error places them
         except WorkerError as exc:
             sink(encode_error(call, exc))
             return

@@ -54,7 +54,7 @@ class MethodSpec:
     def result(self) -> "type[BaseModel] | None":
         return _resolve(self.result_ref)
 
-    def validate(self, params: dict[str, Any], prefix: str = "data") -> "BaseModel":
+    def validate(self, params: dict[str, Any], prefix: str = "") -> "BaseModel":
         if not params and self._empty is not None:
             return self._empty  # control-plane calls without params skip validation (hot path)
         from pydantic import ValidationError
@@ -77,12 +77,15 @@ class MethodSpec:
             return None
 
     def describe(self) -> dict[str, Any]:
+        """The method's shapes as JSON Schema: params in every spelling a host may send, and the result."""
+        from ..schemas.wire_form import DIALECT, accepted_spellings
+
         return {
             "name": self.name,
             "job": self.job,
             "summary": self.summary,
-            "params_schema": self.params.model_json_schema(),
-            "result_schema": self.result.model_json_schema() if self.result else None,
+            "params_schema": {"$schema": DIALECT, **accepted_spellings(self.params.model_json_schema())},
+            "result_schema": {"$schema": DIALECT, **self.result.model_json_schema()} if self.result else None,
         }
 
 

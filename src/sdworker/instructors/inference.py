@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 from ..dispatch.registry import method
 from ..dispatch.work import Work
 from ..protocol.envelopes import Call, map_inference_type
-from ..errors import ValidationFailed, WorkerError
+from ..errors import ValidationFailed, WorkerError, placed
 
 if TYPE_CHECKING:
     from ..dispatch.registry import Registry
@@ -35,7 +35,7 @@ def controlnet_request(req: GenerationRequest) -> GenerationRequest:
     """inference.controlnet is text2img whose controlnets list must not be empty."""
     if not req.controlnets:
         msg = "inference.controlnet needs at least one ControlNet: [{model, image, ...}]"
-        raise ValidationFailed(f"data.controlnets: {msg}", [{"path": "data.controlnets", "message": msg}])
+        raise ValidationFailed(f"controlnets: {msg}", [{"path": "controlnets", "message": msg}])
     return req
 
 
@@ -134,7 +134,7 @@ class InferenceInstructor:
 
     # ---- sessions ----------------------------------------------------------------------------------
 
-    @method("inference.get_session_status", "sessions:SessionStatusParams", inline=True)
+    @method("inference.get_session_status", "sessions:SessionStatusParams", "sessions:SessionStatusResult", inline=True)
     def get_session_status(self, params: SessionStatusParams, call: Call) -> dict:
         """A session's status and progress; include_metrics/resources/logs add those."""
         p = params
@@ -145,17 +145,17 @@ class InferenceInstructor:
         """Drop a queued job or stop a running one at its next step (force: inside the step)."""
         return self.sessions.cancel(params.session_id, params.force_cancel, params.preserve_results)
 
-    @method("inference.get_session_logs", "sessions:LogsParams", inline=True)
+    @method("inference.get_session_logs", "sessions:LogsParams", "sessions:LogsResult", inline=True)
     def get_session_logs(self, params: LogsParams, call: Call) -> dict:
         """The session's log lines, oldest first (from the ledger, with its transitions, for earlier runs)."""
         return self.sessions.logs(params.session_id, params.level, params.limit)
 
-    @method("inference.get_session_performance", "sessions:SessionParams", inline=True)
+    @method("inference.get_session_performance", "sessions:SessionParams", "sessions:PerformanceResult", inline=True)
     def get_session_performance(self, params: SessionParams, call: Call) -> dict:
         """Timings of the session so far (queue, load, inference, encode, steps/s)."""
         return self.sessions.performance(params.session_id)
 
-    @method("inference.get_session_resources", "sessions:SessionParams", inline=True)
+    @method("inference.get_session_resources", "sessions:SessionParams", "sessions:ResourcesResult", inline=True)
     def get_session_resources(self, params: SessionParams, call: Call) -> dict:
         """Peak RSS and VRAM of the session, and the process's memory now."""
         return self.sessions.resources_of(params.session_id)
@@ -165,7 +165,7 @@ class InferenceInstructor:
         """Queued and running sessions; include_interrupted adds those earlier runs left unfinished (ledger)."""
         return self.sessions.active(params.device_id, params.include_interrupted)
 
-    @method("inference.get_status", "base:NoParams", inline=True)
+    @method("inference.get_status", "base:NoParams", "sessions:StatusResult", inline=True)
     def get_status(self, params: NoParams, call: Call) -> dict:
         """The worker's state: idle or busy, queue length, running session, loaded models."""
         return self.worker.status(self.sessions.summary)
@@ -177,23 +177,23 @@ class InferenceInstructor:
         """What this worker can do, on which devices."""
         return self.worker.capabilities()
 
-    @method("inference.get_device_capabilities", "sessions:DeviceParams")
+    @method("inference.get_device_capabilities", "sessions:DeviceParams", "sessions:DeviceCapabilities")
     def get_device_capabilities(self, params: DeviceParams, call: Call) -> dict:
         """One device's description and what it can run."""
         return {**self.worker.device(params.device_id), "supported_types": self.worker.supported_types(), **self.worker.limits()}
 
-    @method("inference.get_supported_types", "base:NoParams", inline=True)
+    @method("inference.get_supported_types", "base:NoParams", "sessions:SupportedTypes", inline=True)
     def get_supported_types(self, params: NoParams, call: Call) -> dict:
         """Generation modes and schedulers this worker accepts."""
         return {"supported_types": self.worker.supported_types(), "schedulers": self.worker.schedulers()}
 
-    @method("inference.get_device_supported_types", "sessions:DeviceParams")
+    @method("inference.get_device_supported_types", "sessions:DeviceParams", "sessions:DeviceSupportedTypes")
     def get_device_supported_types(self, params: DeviceParams, call: Call) -> dict:
         """Generation modes one device accepts."""
         d = self.worker.device(params.device_id)
         return {"device_id": d["device_id"], "supported_types": self.worker.supported_types()}
 
-    @method("inference.get_pipeline_info", "sessions:PipelineInfoParams", inline=True)
+    @method("inference.get_pipeline_info", "sessions:PipelineInfoParams", "sessions:PipelineInfoResult", inline=True)
     def get_pipeline_info(self, params: PipelineInfoParams, call: Call) -> dict:
         """Loaded pipelines: class, components, scheduler, device, dtype, load time."""
         return self.worker.pipelines_info(params.model_id)

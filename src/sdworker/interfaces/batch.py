@@ -46,7 +46,7 @@ from ..managers.adapters import AdapterManager
 from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
 from ..managers.runtime import RssSampler
 from ..protocol.envelopes import map_inference_type
-from ..errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation
+from ..errors import Cancelled, TimedOut, ValidationFailed, WorkerError, from_validation, placed
 from ..schemas.batch import BatchRequest
 from ..schemas.generation import GenerationRequest
 
@@ -137,12 +137,16 @@ def _batched_prompt_kwargs(torch: Any, kws: list[dict[str, Any]]) -> dict[str, A
 
 
 def _error_entry(exc: WorkerError) -> dict[str, Any]:
-    return {"error_code": exc.code, "error": exc.message, "error_details": list(exc.details)}
+    message, details = placed(exc, "data")  # an entry of the result: paths as a native answer spells them
+    return {"error_code": exc.code, "error": message, "error_details": list(details)}
 
 
 def _reprefix(exc: WorkerError, index: int) -> WorkerError:
     """Point the detail paths of an item's error at the item: data.width -> data.requests[2].width."""
     prefix = f"data.requests[{index}]"
+    exc.message, exc.details = placed(exc, "data")
+    exc.details = [dict(d) for d in exc.details]
+    exc.rooted = True  # final: the item's entry shows them as they are
     for d in exc.details:
         path = str(d.get("path", ""))
         if path == "data" or path.startswith("data."):

@@ -13,7 +13,7 @@ from ..jobs.context import JobContext
 from ..families import Family, for_base_model
 from ..managers import transformer_files
 from ..managers.memory import MB
-from ..errors import WorkerError
+from ..errors import WorkerError, placed
 
 if TYPE_CHECKING:
     from .models import ModelInterface
@@ -51,7 +51,7 @@ class ModelChecks:
                 meta = self.models.metadata(item.model_id, item.kind, hashes=False)
                 _check(checks, "header", True, f"{meta.get('tensor_count') or 'folder'} tensors, format {meta['format']}")
             except WorkerError as exc:
-                ok = _check(checks, "header", False, exc.message)
+                ok = _check(checks, "header", False, placed(exc, "data")[0])
         if ok:
             ok = _check(checks, "architecture", item.base_model != "unknown" or item.kind == "upscaler", f"{item.kind}, {item.base_model}")
         if ok and item.pickle:
@@ -68,7 +68,7 @@ class ModelChecks:
                     self._smoke(loaded)
                     _check(checks, "smoke", True, f"one step at 64x64 in {(time.perf_counter() - t0) * 1000:.0f} ms")
             except WorkerError as exc:
-                _check(checks, "loadable" if not any(c["name"] == "loadable" for c in checks) else "smoke", False, exc.message)
+                _check(checks, "loadable" if not any(c["name"] == "loadable" for c in checks) else "smoke", False, placed(exc, "data")[0])
             except Exception as exc:  # noqa: BLE001  (a broken model is a finding, not a crash)
                 _check(checks, "smoke", False, f"{type(exc).__name__}: {exc}")
         elif ok and (load or smoke) and item.kind == "vae":
@@ -76,7 +76,7 @@ class ModelChecks:
                 self.models.load_vae(item.model_id, None, None)
                 _check(checks, "loadable", True, "VAE loaded")
             except WorkerError as exc:
-                _check(checks, "loadable", False, exc.message)
+                _check(checks, "loadable", False, placed(exc, "data")[0])
         valid = all(c["ok"] for c in checks)
         return {"model_id": item.model_id, "kind": item.kind, "base_model": item.base_model, "valid": valid, "checks": checks}
 
@@ -182,7 +182,7 @@ class ModelChecks:
         dev, dtype = self.models.device(device), self.models.dtype(None)
         s = self.models.settings
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
-        pics = [decode_image(v, f"data.images[{i}]", roots).convert("RGB").resize((size, size)) for i, v in enumerate(images)] if images else vae_quality.builtin_images(size)
+        pics = [decode_image(v, f"images[{i}]", roots).convert("RGB").resize((size, size)) for i, v in enumerate(images)] if images else vae_quality.builtin_images(size)
         ctx.set_status("running")
         rows = []
         for vid in vae_ids:
@@ -200,7 +200,7 @@ class ModelChecks:
         if vid.startswith("model:"):
             out = self.models.load_vae(vid.split(":", 1)[1], "ram", dtype)
             return self.models.memory.get(out["components"][0]["key"])
-        item = self.models.loadable(self.models.item(vid, "vae", "data.vae_ids"))
+        item = self.models.loadable(self.models.item(vid, "vae", "vae_ids"))
         return self.models.vaes.load_standalone(Path(item.path), item.model_id, dtype, item.base_model)
 
 

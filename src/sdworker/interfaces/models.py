@@ -74,17 +74,17 @@ class ModelInterface:
         found = self.catalog.search(query, kind, base_model, fmt, min_mb, max_mb, limit)
         return {"items": [i.public() for i in found], "count": len(found)}
 
-    def item(self, model_id: str, kind: str | None = None, field: str = "data.model_id") -> CatalogItem:
+    def item(self, model_id: str, kind: str | None = None, field: str = "model_id") -> CatalogItem:
         return self.catalog.find(model_id, kind, field)
 
     @staticmethod
-    def readable(item: CatalogItem, field: str = "data.model_id") -> CatalogItem:
+    def readable(item: CatalogItem, field: str = "model_id") -> CatalogItem:
         """The item, unless its file could not even be inspected: then model_load_failed with why."""
         if item.kind == "unknown" and item.details.get("error"):
             raise ModelLoadFailed(f"{field}: {item.model_id!r} was found at {item.path} but cannot be read: {item.details['error']}", [{"path": field, "message": "found, but unreadable"}])
         return item
 
-    def loadable(self, item: CatalogItem, field: str = "data.model_id") -> CatalogItem:
+    def loadable(self, item: CatalogItem, field: str = "model_id") -> CatalogItem:
         if item.pickle and not self.settings.allow_pickle:
             raise pickle_refused(item.model_id, field)
         return self.readable(item, field)
@@ -126,7 +126,7 @@ class ModelInterface:
         try:
             merged = sidecar.update(item.path, metadata, replace=replace, root=item.root)
         except sidecar.SidecarError as exc:
-            raise ValidationFailed(f"data.metadata: {exc}", [{"path": "data.metadata", "message": str(exc)}]) from exc
+            raise ValidationFailed(f"metadata: {exc}", [{"path": "metadata", "message": str(exc)}]) from exc
         return {"model_id": item.model_id, "sidecar_path": str(sidecar.sidecar_path(item.path)), "metadata": merged}
 
     def components(self, model_id: str) -> dict[str, Any]:
@@ -203,7 +203,7 @@ class ModelInterface:
                     continue
                 entries.append(self.pipelines.manager_for(name).load(ref.path / name, spec[0], spec[1], dt, ref.model_id, name))
         if not entries:
-            raise ValidationFailed(f"model {ref.model_id!r} has none of {', '.join(names)}", [{"path": "data.component", "message": "not in this model"}])
+            raise ValidationFailed(f"model {ref.model_id!r} has none of {', '.join(names)}", [{"path": "component", "message": "not in this model"}])
         if dev != "ram":
             self.memory.place([e.key for e in entries], dev)
         return {
@@ -219,7 +219,7 @@ class ModelInterface:
 
     def load_encoder(self, model_id: str, component: str | None, device: str | None, dtype: str | None) -> dict[str, Any]:
         if component is not None and component not in _ENCODERS:
-            raise ValidationFailed(f"data.component: {component!r} is not one of {', '.join(_ENCODERS)}", [{"path": "data.component", "message": "not a text encoder"}])
+            raise ValidationFailed(f"component: {component!r} is not one of {', '.join(_ENCODERS)}", [{"path": "component", "message": "not a text encoder"}])
         return self._component_entries(model_id, (component,) if component else _ENCODERS, device, dtype)
 
     def load_vae(self, model_id: str, device: str | None, dtype: str | None) -> dict[str, Any]:
@@ -227,7 +227,7 @@ class ModelInterface:
         if item.kind == "checkpoint":
             return self._component_entries(model_id, ("vae",), device, dtype)
         if item.kind != "vae":
-            raise ValidationFailed(f"data.model_id: {item.model_id!r} is a {item.kind}, not a VAE", [{"path": "data.model_id", "message": f"a {item.kind}"}])
+            raise ValidationFailed(f"model_id: {item.model_id!r} is a {item.kind}, not a VAE", [{"path": "model_id", "message": f"a {item.kind}"}])
         self.loadable(item)
         dev, dt = self.device(device), self.dtype(dtype)
         t0 = time.perf_counter()
@@ -311,7 +311,7 @@ class ModelInterface:
         ref = self.checkpoint_ref(model_id)
         resident = self.pipelines.find(ref.model_id)
         if not resident:
-            raise ValidationFailed(f"model {ref.model_id!r} is not loaded; model.load_model it first", [{"path": "data.model_id", "message": "not loaded"}])
+            raise ValidationFailed(f"model {ref.model_id!r} is not loaded; model.load_model it first", [{"path": "model_id", "message": "not loaded"}])
         chosen = self._auto_mode(resident[0]) if mode == "auto" else mode
         applied = []
         for lp in resident:

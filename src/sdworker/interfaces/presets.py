@@ -57,7 +57,7 @@ class PresetInterface:
             if missing:
                 raise ValidationFailed(
                     f"model(s) not found in the models dirs: {', '.join(missing)}",
-                    [{"path": "data.model_ids", "message": f"not found: {m}"} for m in missing],
+                    [{"path": "model_ids", "message": f"not found: {m}"} for m in missing],
                 )
             refs = [r for r in refs if r.model_id in wanted]
         return self.store.populate(refs, configuration_types, dry_run)
@@ -77,21 +77,21 @@ class PresetInterface:
     def import_(self, jsonl: str | None, path: str | None, on_conflict: str) -> dict[str, Any]:
         """A mongoexport of the inference_configurations collection (JSON lines), sent or read from path; all or nothing."""
         text = jsonl
-        field = "data.jsonl"
+        field = "jsonl"
         if path is not None:
-            field = "data.path"
+            field = "path"
             roots = self._roots(reading=True)
             if not roots:
-                raise UnsafePath("data.path: no --data-dir, --input-dir or --output-dir to read from", [{"path": field, "message": "no allowed roots"}])
+                raise UnsafePath("path: no --data-dir, --input-dir or --output-dir to read from", [{"path": field, "message": "no allowed roots"}])
             file = resolve_in_roots(path, roots, field)
             try:
                 text = read_regular(file, _MAX_IMPORT_BYTES).decode("utf-8-sig")  # a FIFO is refused, never waited on
             except FileTooLarge:
-                raise ValidationFailed(f"data.path: {file} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}]) from None
+                raise ValidationFailed(f"path: {file} is over {_MAX_IMPORT_BYTES >> 20} MiB", [{"path": field, "message": "too large"}]) from None
             except OSError as exc:
-                raise ValidationFailed(f"data.path: cannot read {file}: {exc.strerror or exc}", [{"path": field, "message": "cannot read"}]) from None
+                raise ValidationFailed(f"path: cannot read {file}: {exc.strerror or exc}", [{"path": field, "message": "cannot read"}]) from None
             except UnicodeDecodeError as exc:
-                raise ValidationFailed(f"data.path: {file} is not UTF-8 text: {exc}", [{"path": field, "message": "not UTF-8"}]) from None
+                raise ValidationFailed(f"path: {file} is not UTF-8 text: {exc}", [{"path": field, "message": "not UTF-8"}]) from None
         assert text is not None
         return self.store.import_jsonl(text, on_conflict, field=field)
 
@@ -102,8 +102,8 @@ class PresetInterface:
             return {"count": count, "jsonl": text, "path": None}
         roots = self._roots(reading=False)
         if not roots:
-            raise UnsafePath("data.path: no --data-dir or --output-dir to write to", [{"path": "data.path", "message": "no allowed roots"}])
-        file = resolve_in_roots(path, roots, "data.path")
+            raise UnsafePath("path: no --data-dir or --output-dir to write to", [{"path": "path", "message": "no allowed roots"}])
+        file = resolve_in_roots(path, roots, "path")
         try:
             from ..atomic import write_text_atomic
 

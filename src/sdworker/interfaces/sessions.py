@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _unknown(session_id: str) -> ValidationFailed:
     return ValidationFailed(
         f"no session {session_id!r} in this worker's memory or its session ledger",
-        [{"path": "data.session_id", "message": "unknown session"}],
+        [{"path": "session_id", "message": "unknown session"}],
     )
 
 

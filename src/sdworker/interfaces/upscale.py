@@ -62,16 +62,16 @@ class UpscaleInterface:
         from ..managers.upscale import target_size
 
         s = self.settings
-        item = self.upscalers.resolve(req.model, "data.model") if req.model is not None else None
+        item = self.upscalers.resolve(req.model, "model") if req.model is not None else None
         device = self.runtime.check_device(req.device_id)
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
-        image = decode_image(req.image, "data.image", roots)
+        image = decode_image(req.image, "image", roots)
         width, height = target_size(image.width, image.height, req.factor)
         max_pixels = limits.current().max_image_pixels
         if width * height > max_pixels:
             raise ValidationFailed(
-                f"data.factor: the result would be {width}x{height}, over the limit of {max_pixels} pixels (--max-image-pixels)",
-                [{"path": "data.factor", "message": f"result {width}x{height} is over {max_pixels} pixels"}],
+                f"factor: the result would be {width}x{height}, over the limit of {max_pixels} pixels (--max-image-pixels)",
+                [{"path": "factor", "message": f"result {width}x{height} is over {max_pixels} pixels"}],
             )
         opts = req.output
         path = self.output.plan(opts.save_path, session_id, 1, opts.format, opts.overwrite)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import WorkerError
+from ..errors import WorkerError, placed
 
 if TYPE_CHECKING:
     from .batch import BatchInterface
@@ -56,7 +56,7 @@ class RequestChecks:
 
     @staticmethod
     def invalid(exc: WorkerError) -> dict[str, Any]:
-        errors = exc.details or [{"path": "data", "message": exc.message}]
+        errors = placed(exc, "data")[1] or [{"path": "data", "message": exc.message}]
         return {"valid": False, "errors": [{**e, "error_code": exc.code} for e in errors], "normalized": None}
 
     def _batch_checks(self, req: Any, session_id: str) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class WorkerInterface:
         for d in self.runtime.devices():
             if d["device_id"] == wanted:
                 return d
-        raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "data.device_id", "message": "unknown device"}])
+        raise ValidationFailed(f"device {device_id!r} is not available", [{"path": "device_id", "message": "unknown device"}])
 
     def pipelines_info(self, model_id: str | None) -> dict[str, Any]:
         """Loaded pipelines: class, components, scheduler, device, dtype, load time."""

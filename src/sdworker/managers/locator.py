@@ -113,7 +113,7 @@ class ModelLocator:
                 return real_root
         raise UnsafePath(f"{path} is outside the models dirs")
 
-    def _ref(self, model_id: str, folder: Path, field: str = "data.model_id") -> ModelRef:
+    def _ref(self, model_id: str, folder: Path, field: str = "model_id") -> ModelRef:
         """A diffusers folder as a ModelRef, after checking every file a load would read."""
         where = real(folder)
         if where is None:  # gone (resolve says model_not_found), or a link to nowhere
@@ -135,7 +135,7 @@ class ModelLocator:
                     continue
         return out
 
-    def _from_item(self, item: "CatalogItem", field: str = "data.model_id") -> ModelRef:
+    def _from_item(self, item: "CatalogItem", field: str = "model_id") -> ModelRef:
         if item.format == "diffusers":
             return self._ref(item.model_id, item.path, field)
         if transformer_files.runs_alone(item):
@@ -171,7 +171,7 @@ class ModelLocator:
             self._pickle_bases[key] = (det.kind, det.base_model)
         return self._pickle_bases[key]
 
-    def resolve(self, model_id: str | None, field: str = "data.model_id") -> ModelRef:
+    def resolve(self, model_id: str | None, field: str = "model_id") -> ModelRef:
         if not model_id:
             raise ValidationFailed(
                 "model_id is required (or start the worker with --default-model)",

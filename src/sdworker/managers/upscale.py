@@ -136,7 +136,7 @@ class UpscalerManager:
         self.catalog = catalog
         self.allow_pickle = allow_pickle
 
-    def resolve(self, model_id: str, field: str = "data.model") -> "CatalogItem":
+    def resolve(self, model_id: str, field: str = "model") -> "CatalogItem":
         """The catalog item of an upscaler; every refusal happens here, before a job is queued."""
         try:
             item = self.catalog.find(model_id, "upscaler", field)
@@ -321,7 +321,7 @@ def upscale(
 def check_post_processing(
     specs: Sequence[PostProcessStep | dict[str, Any]],
     upscalers: UpscalerManager,
-    field: str = "data.post_processing",
+    field: str = "post_processing",
     max_pixels: int | None = None,
     size: tuple[int, int] | None = None,
 ) -> list[PostProcessStep]:
