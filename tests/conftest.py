@@ -9,11 +9,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import orjson
 import pytest
+
 from wire_shapes import ResultChecker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def tiny_models_dir(factory: pytest.TempPathFactory, tag: str, models: dict[str,
     return root
 
 
-def family_worker(models_dir: Path, factory: pytest.TempPathFactory, tag: str, out_dir: Path | None = None) -> "Worker":
+def family_worker(models_dir: Path, factory: pytest.TempPathFactory, tag: str, out_dir: Path | None = None) -> Worker:
     """A worker over `models_dir` with its own output and data dirs (a test module's shared worker)."""
     out = out_dir or factory.mktemp(f"{tag}-out")
     return Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--data-dir", str(factory.mktemp(f"{tag}-data"))])

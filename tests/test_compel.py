@@ -13,9 +13,9 @@ from compel import Compel, CompelForSD, CompelForSDXL
 from diffusers import DiffusionPipeline, StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
+from sdworker.errors import ValidationFailed
 from sdworker.prompts.compel_syntax import check_compel, compel_prompt_kwargs
 from sdworker.prompts.encode import encode, pipeline_prompt_kwargs
-from sdworker.errors import ValidationFailed
 
 MODELS = ["tiny-sd15", "tiny-sdxl"]
 WEIGHTED = ("a (red)1.3 cube++, blue--", "ugly, blurry-")

@@ -12,22 +12,19 @@ import io
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import diffusers
 from diffusers import ControlNetModel, DiffusionPipeline
 from diffusers.models.controlnets import MultiControlNetModel
+from PIL import Image
 from safetensors.torch import save_file
 
-from sdworker.errors import placed
-from sdworker.managers import controlnet as cnm
-from sdworker.managers import modes, preprocessors
+from sdworker.errors import ModelNotFound, ValidationFailed, placed
+from sdworker.managers import controlnet as cnm, modes, preprocessors
 from sdworker.managers.catalog import ModelCatalog
 from sdworker.managers.memory import MemoryManager
-from sdworker.errors import ModelNotFound, ValidationFailed
 from sdworker.tiny.controlnet import make_tiny_controlnet
 
 BASES = {"sd15": "sd_1_5", "sdxl": "sdxl"}

@@ -20,9 +20,9 @@ from diffusers import AutoencoderKL, AutoPipelineForImage2Image, DiffusionPipeli
 from PIL import Image
 
 from conftest import Worker
+from sdworker.errors import ValidationFailed
 from sdworker.managers import hires
 from sdworker.managers.output import OutputWriter
-from sdworker.errors import ValidationFailed
 from sdworker.schemas.generation import HiresOptions
 from sdworker.tiny.builder import ADDITION_TIME_EMBED_DIM, SDXL_UNET, TEXT_HIDDEN_SIZE, TEXT_PROJECTION_DIM
 

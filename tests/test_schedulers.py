@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
+from sdworker.errors import Unsupported, ValidationFailed, placed
 from sdworker.managers import schedulers as S
 from sdworker.managers.schedulers import SchedulerChoice, build, display_name, resolve
-from sdworker.errors import Unsupported, ValidationFailed, placed
 
 # The scheduler config SDXL base ships (scheduler/scheduler_config.json).
 SDXL_CONFIG = {

@@ -9,14 +9,15 @@ validator); and the response check that every worker round trip in the suite goe
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
-from wire_shapes import ResultChecker
 
 from sdworker.protocol.legacy_names import LEGACY_ACTIONS, map_inference_type
+from wire_shapes import ResultChecker
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "schemas"

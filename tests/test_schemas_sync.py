@@ -58,7 +58,7 @@ def test_export_removes_stale_method_files(tmp_path: Path) -> None:
 def test_every_registered_method_has_a_schema_file() -> None:
     docs = method_documents()
     assert "inference.text2img" in docs and "system.ping" in docs
-    for name, doc in docs.items():
+    for name in docs:
         path = COMMITTED / "methods" / f"{name}.json"
         assert path.is_file(), f"{HINT} (no {path.relative_to(REPO)})"
         on_disk = json.loads(path.read_text(encoding="utf-8"))

@@ -226,10 +226,10 @@ def test_result_size_limit(upscalers_dir: Path, image: Image.Image) -> None:
 
 @needs_spandrel
 def test_apply_post_processing(upscalers_dir: Path, image: Image.Image) -> None:
+    from sdworker.errors import ModelNotFound, ValidationFailed
     from sdworker.managers.catalog import ModelCatalog
     from sdworker.managers.memory import MemoryManager
     from sdworker.managers.upscale import UpscalerManager, apply_post_processing, check_post_processing
-    from sdworker.errors import ModelNotFound, ValidationFailed
 
     memory = MemoryManager()
     ups = UpscalerManager(memory, ModelCatalog([upscalers_dir]))
@@ -269,9 +269,9 @@ def test_validate_helper(upscalers_dir: Path, image: Image.Image) -> None:
 
 def test_without_spandrel_a_model_is_unsupported(upscalers_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sdworker.managers.upscale as up_mod
+    from sdworker.errors import Unsupported
     from sdworker.managers.catalog import ModelCatalog
     from sdworker.managers.memory import MemoryManager
-    from sdworker.errors import Unsupported
 
     monkeypatch.setattr(up_mod, "spandrel_installed", lambda: False)
     ups = up_mod.UpscalerManager(MemoryManager(), ModelCatalog([upscalers_dir]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ METHODS_DIR = Path(__file__).resolve().parents[1] / "schemas" / "methods"
 _MAX_REPORTED = 5
 
 
-@lru_cache(maxsize=None)
+@cache
 def result_validator(method: str) -> Draft202012Validator | None:
     """The compiled validator of a method's result, or None for a name with no schema file."""
     path = METHODS_DIR / f"{method}.json"
@@ -33,7 +33,7 @@ def result_validator(method: str) -> Draft202012Validator | None:
     return Draft202012Validator(schema)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _legacy_actions() -> dict[str, str]:
     from sdworker.protocol.legacy_names import LEGACY_ACTIONS
 

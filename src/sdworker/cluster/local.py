@@ -49,7 +49,7 @@ class FrontConfig(ConfigInstructor):
 
 
 class FrontInstructor:
-    def __init__(self, front: "Front"):
+    def __init__(self, front: Front):
         self.front = front
 
     @method("system.ping", "system:PingParams", "system:PingResult")
@@ -134,18 +134,18 @@ class FrontInstructor:
 class PresetsHolder:
     """The front's preset store (opened on first use)."""
 
-    def __init__(self, front: "Front"):
+    def __init__(self, front: Front):
         self.front = front
         self.settings = front.settings
 
     @built_once
-    def presets(self) -> "PresetStore":
+    def presets(self) -> PresetStore:
         from ..store.presets import PresetStore
 
         return PresetStore(self.front.db, None)
 
 
-def build_registry(front: "Front") -> Registry:
+def build_registry(front: Front) -> Registry:
     registry = Registry()
     registry.add(FrontInstructor(front))
     holder = PresetsHolder(front)

@@ -15,7 +15,6 @@ from ..errors import ValidationFailed, WorkerError
 from ..jobs.sessions import iso
 from ..protocol.envelopes import Call, Form, encode_error, encode_success
 from .jobs import ClusterJob, Sink
-from .wire import child_line
 
 if TYPE_CHECKING:
     from .front import Front
@@ -49,7 +48,7 @@ def _unknown(session_id: str) -> ValidationFailed:
     )
 
 
-def route(front: "Front", call: Call, sink: Sink) -> None:
+def route(front: Front, call: Call, sink: Sink) -> None:
     spec = _SPECS[call.method]
     try:
         params = validate(spec, call)
@@ -78,7 +77,7 @@ def _owner_answer(call: Call, sink: Sink, replica: dict[str, Any], data: Any, er
     sink(encode_success(call, data))
 
 
-def replica_of(job: "ClusterJob | Spread | None") -> dict[str, Any] | None:
+def replica_of(job: ClusterJob | Spread | None) -> dict[str, Any] | None:
     if isinstance(job, ClusterJob):
         return job.replica.public() if job.replica is not None else (job.history[-1] if job.history else None)
     if job is not None:
@@ -86,7 +85,7 @@ def replica_of(job: "ClusterJob | Spread | None") -> dict[str, Any] | None:
     return None
 
 
-def summary(front: "Front", job: "ClusterJob | Spread") -> dict[str, Any]:
+def summary(front: Front, job: ClusterJob | Spread) -> dict[str, Any]:
     """A session row: the worker's shape plus `replica` (null while it waits at the front)."""
     s = job.session
     queued = front.router.position(job) if isinstance(job, ClusterJob) else None
@@ -100,7 +99,7 @@ def summary(front: "Front", job: "ClusterJob | Spread") -> dict[str, Any]:
     return row
 
 
-def _local(front: "Front", method: str, params: Any, job: "ClusterJob | Spread | None") -> dict[str, Any]:
+def _local(front: Front, method: str, params: Any, job: ClusterJob | Spread | None) -> dict[str, Any]:
     sid = params.session_id
     if job is None:
         rec = front.ledger.lookup(sid)
@@ -131,7 +130,7 @@ def _local(front: "Front", method: str, params: Any, job: "ClusterJob | Spread |
     return out
 
 
-def _cancel(front: "Front", params: Any, job: "ClusterJob | Spread") -> dict[str, Any]:
+def _cancel(front: Front, params: Any, job: ClusterJob | Spread) -> dict[str, Any]:
     s = job.session
     if s.status not in ("queued", "loading", "running", "postprocessing"):
         return {"session_id": s.session_id, "cancelled": False, "status": s.status, "action": "not_active", "step": s.step}

@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from ..errors import InvalidRequest, WorkerError
 from ..jobs.engine import Job, JobEngine
 from ..jobs.executor import classify
 from ..jobs.sessions import Session
 from ..protocol.envelopes import (
-    Call,
     DEFAULT_MAX_DEPTH,
+    Call,
     Decoded,
     Form,
     Rejection,
@@ -28,7 +30,6 @@ from ..protocol.envelopes import (
     guess_form,
     salvage,
 )
-from ..errors import InvalidRequest, WorkerError
 from ..protocol.events import EventEmitter
 from ..protocol.framing import LineWriter, Oversize
 from .lane import Lane

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import UnknownMethod, from_validation
 
@@ -27,11 +28,16 @@ if TYPE_CHECKING:
 ShapeRef = Union[str, "type[BaseModel]"]  # a class, or "module:Class" under sdworker.schemas
 
 
-def _resolve(ref: ShapeRef | None) -> Any:
-    if ref is None or not isinstance(ref, str):
+def _resolve(ref: ShapeRef) -> type[BaseModel]:
+    if not isinstance(ref, str):
         return ref
+    from pydantic import BaseModel
+
     module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(f"sdworker.schemas.{module}"), name)
+    shape = getattr(importlib.import_module(f"sdworker.schemas.{module}"), name)
+    if not (isinstance(shape, type) and issubclass(shape, BaseModel)):
+        raise TypeError(f"{ref} is not a pydantic model")
+    return shape
 
 _TAG = "__sdworker_method__"
 
@@ -47,14 +53,14 @@ class MethodSpec:
     inline: bool = False  # cheap: answered on the stdin reader; else on the worker lane
 
     @cached_property
-    def params(self) -> "type[BaseModel]":
+    def params(self) -> type[BaseModel]:
         return _resolve(self.params_ref)
 
     @cached_property
-    def result(self) -> "type[BaseModel] | None":
-        return _resolve(self.result_ref)
+    def result(self) -> type[BaseModel] | None:
+        return None if self.result_ref is None else _resolve(self.result_ref)
 
-    def validate(self, params: dict[str, Any], prefix: str = "") -> "BaseModel":
+    def validate(self, params: dict[str, Any], prefix: str = "") -> BaseModel:
         if not params and self._empty is not None:
             return self._empty  # control-plane calls without params skip validation (hot path)
         from pydantic import ValidationError
@@ -65,7 +71,7 @@ class MethodSpec:
             raise from_validation(exc, prefix) from None
 
     @cached_property
-    def _empty(self) -> "BaseModel | None":
+    def _empty(self) -> BaseModel | None:
         """The params of a call that sends none, when that is valid for this method (job params never)."""
         if self.job:
             return None

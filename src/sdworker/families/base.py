@@ -19,9 +19,10 @@ A family holds no state; the registry (families.registry) has one instance of ea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from ..models.refs import ModelRef
@@ -34,7 +35,7 @@ class RunPlan(Protocol):
     mode: str
     width: int
     height: int
-    ref: "ModelRef"
+    ref: ModelRef
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Defaults:
 class Checked:
     """The outcome of Family.check."""
 
-    req: "GenerationRequest"  # the request as it will run: defaults applied, unusable parts dropped
+    req: GenerationRequest  # the request as it will run: defaults applied, unusable parts dropped
     problems: list[dict[str, str]] = field(default_factory=list)  # [{path, message}]: a validation_error
     warnings: list[str] = field(default_factory=list)  # what changed or is ignored, for the result's warnings
 
@@ -69,7 +70,7 @@ def preset_row(
     }
 
 
-def plain_text_prompts(req: "GenerationRequest", family: str) -> tuple[dict[str, Any], list[str]]:
+def plain_text_prompts(req: GenerationRequest, family: str) -> tuple[dict[str, Any], list[str]]:
     """For families that take no A1111 weighting (T5/Llama encoders): with prompt_syntax "a1111",
     a prompt with weights, brackets or BREAK is sent as its plain text; the request update and
     a warning for each prompt changed."""
@@ -251,7 +252,7 @@ class Family:
         """Steps and guidance when the request (and its preset) sets none: the schema's defaults."""
         return Defaults(steps=20, guidance_scale=7.0)
 
-    def with_defaults(self, req: "GenerationRequest", base_model: str) -> "GenerationRequest":
+    def with_defaults(self, req: GenerationRequest, base_model: str) -> GenerationRequest:
         """`req` with the family's defaults under the fields it did not set (a preset's count as set)."""
         d = self.defaults(base_model)
         update: dict[str, Any] = {}
@@ -261,13 +262,13 @@ class Family:
             update["guidance_scale"] = d.guidance_scale
         return req.model_copy(update=update) if update else req
 
-    def preset_keeps(self, ref: "ModelRef") -> tuple[str, ...]:
+    def preset_keeps(self, ref: ModelRef) -> tuple[str, ...]:
         """Request fields a preset does not set on this model: presets are made per base model, and a
         variant whose own defaults differ (Flux Fill) keeps them (check applies them); the request's
         own values still win."""
         return ()
 
-    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+    def check(self, req: GenerationRequest, mode: str, ref: ModelRef) -> Checked:
         """The request's problems for this family, its warnings, and the request as it will run."""
         req = self.with_defaults(req, ref.base_model)
         if mode not in self.pipelines:
@@ -275,11 +276,11 @@ class Family:
             return Checked(req, [problem("data.model_id", f"{ref.model_id} is a {ref.base_model} model, which runs {runs}, not {mode}")])
         return Checked(req)
 
-    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+    def prompt_kwargs(self, pipe: Any, req: GenerationRequest) -> dict[str, Any]:
         """The prompt arguments of the pipeline call (text or embeddings)."""
         raise NotImplementedError
 
-    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def call_kwargs(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         """The family's other arguments of the call: guidance and options (not prompt, not mode inputs)."""
         raise NotImplementedError
 
@@ -291,16 +292,16 @@ class Family:
         """Arguments a mode needs on this family beyond managers.modes.call_kwargs."""
         return {}
 
-    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+    def scheduler_problems(self, req: GenerationRequest) -> list[dict[str, str]]:
         """For families without the SD sampler table: problems with data.sampler / data.scheduler."""
         return []
 
-    def scheduler_for(self, req: "GenerationRequest", config: Any) -> Any | None:
+    def scheduler_for(self, req: GenerationRequest, config: Any) -> Any | None:
         """The run's fresh scheduler when the family picks it itself (from the checkpoint's scheduler
         `config`); None: the generation interface's choice (the SD sampler table or the model's own)."""
         return None
 
-    def fit_size(self, ref: "ModelRef", width: int, height: int) -> tuple[int, int]:
+    def fit_size(self, ref: ModelRef, width: int, height: int) -> tuple[int, int]:
         """The planned output size, fitted to what the model can make (SD: as planned)."""
         return width, height
 
@@ -322,10 +323,10 @@ class Family:
             kwargs["mask_image"] = Image.new("L", (width, height), 255)
         return kwargs
 
-    def native_size(self, ref: "ModelRef") -> int | None:
+    def native_size(self, ref: ModelRef) -> int | None:
         """The default side in pixels; None: the generation interface's SD rule (unet x VAE)."""
         return None
 
-    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def effective(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         """Extra entries of the result's `parameters` (values this family used)."""
         return {}

@@ -14,11 +14,20 @@ from ..protocol.envelopes import Call
 
 if TYPE_CHECKING:
     from ..interfaces.presets import PresetInterface
-    from ..schemas.presets import Preset, PresetCreateParams, PresetDeleteResult, PresetExportParams, PresetExportResult, PresetIdParams, PresetImportParams, PresetImportResult, PresetListParams, PresetListResult, PresetPopulateParams, PresetPopulateResult, PresetResolveParams, PresetUpdateParams
+    from ..schemas.presets import (
+        PresetCreateParams,
+        PresetExportParams,
+        PresetIdParams,
+        PresetImportParams,
+        PresetListParams,
+        PresetPopulateParams,
+        PresetResolveParams,
+        PresetUpdateParams,
+    )
 
 
 class ConfigInstructor:
-    def __init__(self, presets: "PresetInterface"):
+    def __init__(self, presets: PresetInterface):
         self.presets = presets
 
     @method("config.list", "presets:PresetListParams", "presets:PresetListResult")

@@ -6,12 +6,13 @@ sessions answer status and cancel; the worker interface knows devices and capabi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
+from ..errors import ValidationFailed, WorkerError
 from ..protocol.envelopes import Call, map_inference_type
-from ..errors import ValidationFailed, WorkerError, placed
 
 if TYPE_CHECKING:
     from ..dispatch.registry import Registry
@@ -22,9 +23,18 @@ if TYPE_CHECKING:
     from ..interfaces.validation import RequestChecks
     from ..interfaces.worker import WorkerInterface
     from ..schemas.base import NoParams
-    from ..schemas.batch import BatchRequest, BatchResult
-    from ..schemas.generation import GenerationRequest, GenerationResult, ParsePromptParams, ParsePromptResult, ValidateResult
-    from ..schemas.sessions import ActiveSessionsParams, ActiveSessionsResult, CancelParams, CancelResult, Capabilities, DeviceParams, LogsParams, PipelineInfoParams, SessionParams, SessionStatusParams, ValidateParams
+    from ..schemas.batch import BatchRequest
+    from ..schemas.generation import GenerationRequest, ParsePromptParams
+    from ..schemas.sessions import (
+        ActiveSessionsParams,
+        CancelParams,
+        DeviceParams,
+        LogsParams,
+        PipelineInfoParams,
+        SessionParams,
+        SessionStatusParams,
+        ValidateParams,
+    )
 
 
 # Methods that run a mode under another name.
@@ -42,13 +52,13 @@ def controlnet_request(req: GenerationRequest) -> GenerationRequest:
 class InferenceInstructor:
     def __init__(
         self,
-        worker: "WorkerInterface",
-        sessions: "SessionInterface",
-        generation: Callable[[], "GenerationInterface"],
-        batch: Callable[[], "BatchInterface"],
-        prompts: Callable[[], "PromptInterface"],
-        checks: "RequestChecks",
-        registry: "Registry",
+        worker: WorkerInterface,
+        sessions: SessionInterface,
+        generation: Callable[[], GenerationInterface],
+        batch: Callable[[], BatchInterface],
+        prompts: Callable[[], PromptInterface],
+        checks: RequestChecks,
+        registry: Registry,
     ):
         self.worker = worker
         self.sessions = sessions

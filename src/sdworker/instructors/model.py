@@ -9,32 +9,47 @@ so they are jobs on the device queue like generations.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from ..lazy import built_once
 from ..dispatch.registry import method
 from ..dispatch.work import Work
+from ..lazy import built_once
 from ..protocol.envelopes import Call
 
 if TYPE_CHECKING:
     from ..interfaces.model_checks import ModelChecks
     from ..interfaces.models import ModelInterface
-    from ..schemas.base import NoParams
-    from ..schemas.models import BenchmarkParams, ClearCacheParams, CompareVaesParams, ListModelsParams, ListModelsResult, LoadComponentParams, LoadParams, MetadataParams, ModelRefParams, OptimizeModelParams, SearchParams, UnloadParams, UpdateMetadataParams, ValidateModelParams
     from ..interfaces.worker import WorkerInterface
+    from ..schemas.base import NoParams
+    from ..schemas.models import (
+        BenchmarkParams,
+        ClearCacheParams,
+        CompareVaesParams,
+        ListModelsParams,
+        LoadComponentParams,
+        LoadParams,
+        MetadataParams,
+        ModelRefParams,
+        OptimizeModelParams,
+        SearchParams,
+        UnloadParams,
+        UpdateMetadataParams,
+        ValidateModelParams,
+    )
 
 
 class ModelInstructor:
-    def __init__(self, models: Callable[[], "ModelInterface"], worker: "WorkerInterface"):
+    def __init__(self, models: Callable[[], ModelInterface], worker: WorkerInterface):
         self._models = models  # built on first use: the ready event never waits for it
         self.worker = worker
 
     @property
-    def models(self) -> "ModelInterface":
+    def models(self) -> ModelInterface:
         return self._models()
 
     @built_once
-    def checks(self) -> "ModelChecks":
+    def checks(self) -> ModelChecks:
         from ..interfaces.model_checks import ModelChecks
 
         return ModelChecks(self.models)

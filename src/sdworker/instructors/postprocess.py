@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class PostprocessInstructor:
-    def __init__(self, upscale: Callable[[], "UpscaleInterface"]):
+    def __init__(self, upscale: Callable[[], UpscaleInterface]):
         self._upscale = upscale
 
     @method("inference.upscale", "postprocess:UpscaleRequest", "postprocess:UpscaleResult", job=True)

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..jobs.context import JobContext
+from ..errors import WorkerError, placed
 from ..families import Family, for_base_model
+from ..jobs.context import JobContext
 from ..managers import transformer_files
 from ..managers.memory import MB
-from ..errors import WorkerError, placed
 
 if TYPE_CHECKING:
     from .models import ModelInterface
@@ -30,7 +30,7 @@ def _family(loaded: Any) -> Family:
 
 
 class ModelChecks:
-    def __init__(self, models: "ModelInterface"):
+    def __init__(self, models: ModelInterface):
         self.models = models
 
     # ---- validate -----------------------------------------------------------------------------

@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ModelLoadFailed, Unsupported, ValidationFailed, WorkerError
 from ..managers.catalog import CatalogItem
 from ..managers.locator import ModelRef, pickle_refused
 from ..managers.memory import MB, CacheEntry, collect
-from ..errors import ModelLoadFailed, Unsupported, ValidationFailed, WorkerError
 
 if TYPE_CHECKING:
     from ..managers.catalog import ModelCatalog
-    from ..managers.lora import LoRAManager
     from ..managers.locator import ModelLocator
+    from ..managers.lora import LoRAManager
     from ..managers.memory import MemoryManager
     from ..managers.pipelines import PipelineManager
     from ..managers.runtime import Runtime
@@ -33,14 +33,14 @@ def _rss_mb() -> float:
 class ModelInterface:
     def __init__(
         self,
-        settings: "Settings",
-        runtime: "Runtime",
-        catalog: "ModelCatalog",
-        locator: "ModelLocator",
-        memory: "MemoryManager",
-        pipelines: "PipelineManager",
-        vaes: "VAEManager",
-        loras: "LoRAManager",
+        settings: Settings,
+        runtime: Runtime,
+        catalog: ModelCatalog,
+        locator: ModelLocator,
+        memory: MemoryManager,
+        pipelines: PipelineManager,
+        vaes: VAEManager,
+        loras: LoRAManager,
     ):
         self.settings = settings
         self.runtime = runtime

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from .context import JobContext
 from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError, placed
 from ..protocol.events import EventEmitter
+from .context import JobContext
 from .executor import DeviceExecutor
 from .queue import JobQueue
 from .sessions import FINAL, Session, SessionRegistry
@@ -52,7 +53,7 @@ class JobEngine:
         self._executors: dict[str, DeviceExecutor] = {}
         self._jobs: dict[str, Job] = {}  # unfinished jobs by session id
         self.accepting = True
-        self.ledger: "SessionLedger | None" = None  # set by the App: every transition is recorded there
+        self.ledger: SessionLedger | None = None  # set by the App: every transition is recorded there
 
     # ---- admission ---------------------------------------------------------------------------
 

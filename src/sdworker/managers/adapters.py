@@ -31,9 +31,10 @@ import inspect
 import logging
 import threading
 import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ModelLoadFailed, ValidationFailed
 from .memory import CacheEntry
@@ -81,7 +82,7 @@ class PlannedLoRA:
     """A LoRA resolved at plan time (catalog item found, base checked); loaded at run time."""
 
     name: str
-    item: "CatalogItem"
+    item: CatalogItem
     weight: float
     source: str  # "request" (data.loras) or "prompt" (an A1111 tag)
 
@@ -117,7 +118,7 @@ class AdapterManager:
         self._lock = threading.RLock()
         # module -> {adapter name: whether diffusers injected layers for it (False: the LoRA has
         # no tensors for this component, nothing to inject, do not try again)}
-        self._injected: "weakref.WeakKeyDictionary[Any, dict[str, bool]]" = weakref.WeakKeyDictionary()
+        self._injected: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
         self.injections = 0  # LoRA injections into a module (one per LoRA per new module)
         self.activations = 0  # set_adapters calls
 
@@ -125,7 +126,7 @@ class AdapterManager:
 
     @staticmethod
     def plan(
-        catalog: "ModelCatalog",
+        catalog: ModelCatalog,
         wanted: Sequence[tuple[str, float, str]],
         model_id: str,
         model_base: str,
@@ -151,7 +152,7 @@ class AdapterManager:
         return list(planned.values()), warnings
 
     @staticmethod
-    def load(loras: "LoRAManager", planned: Sequence[PlannedLoRA]) -> list[LoRAUse]:
+    def load(loras: LoRAManager, planned: Sequence[PlannedLoRA]) -> list[LoRAUse]:
         """Read the planned LoRAs (from the RAM cache when they are there)."""
         out = []
         for p in planned:

@@ -138,13 +138,14 @@ class ModelCatalog:
         while folders or links:
             if folders:
                 folder, depth = folders.popleft()
-                target: Path | None = folder
+                target = folder
             else:
                 folder, depth = links.popleft()
-                target = real(folder)
-                if target is None:
+                linked = real(folder)
+                if linked is None:
                     self._warn(f"skipping {folder}: a symlink that cannot be resolved (a loop, or its target is gone)")
                     continue
+                target = linked
                 if not is_under(target, real_root):
                     self._warn(f"skipping {folder}: it links outside the models dir {root} (to {target})")
                     continue

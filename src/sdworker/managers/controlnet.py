@@ -19,9 +19,10 @@ share ControlNets, which pipeline runs them and which config fields must match i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelNotFound, Unsupported, ValidationFailed, WorkerError
 from . import modes, preprocessors
@@ -91,7 +92,7 @@ def _number(value: Any, default: float) -> float | None:
 # ---- planning -------------------------------------------------------------------------------------
 
 
-def controlnet_base(item: "CatalogItem") -> str:
+def controlnet_base(item: CatalogItem) -> str:
     """The base model a ControlNet was made for: the catalog's word, else its config or tensor names.
 
     "sd" means SD 1.x or 2.x (not SDXL) where the width of its text context cannot say which.
@@ -102,9 +103,8 @@ def controlnet_base(item: "CatalogItem") -> str:
         if item.path.is_dir():
             return family_of_config(json.loads((item.path / "config.json").read_text(encoding="utf-8")))
         if item.path.suffix.lower() == ".safetensors":
-            from .single_file import checkpoint_shapes
-
             from ..families import registry
+            from .single_file import checkpoint_shapes
 
             return registry.controlnet_file_base([k.removeprefix(_LDM_PREFIX) for k in checkpoint_shapes(item.path)])
     except (OSError, ValueError, WorkerError):
@@ -120,7 +120,7 @@ def family_of_config(cfg: Mapping[str, Any]) -> str:
     return registry.controlnet_config_base(cfg)
 
 
-def _find(catalog: "ModelCatalog", name: str, path: str) -> "CatalogItem":
+def _find(catalog: ModelCatalog, name: str, path: str) -> CatalogItem:
     try:
         return catalog.find(name, "controlnet", path)
     except ModelNotFound as not_found:
@@ -182,7 +182,7 @@ def plan_controlnets(
     width: int,
     height: int,
     roots: list[Path],
-    catalog: "ModelCatalog",
+    catalog: ModelCatalog,
     allow_pickle: bool = False,
     model_unet: Mapping[str, Any] | None = None,
 ) -> list[ControlSpec]:
@@ -205,7 +205,7 @@ def plan_controlnets(
         at = f"{FIELD}[{i}]"
         found = len(problems)
 
-        def bad(fld: str, message: str) -> None:
+        def bad(fld: str, message: str, at: str = at) -> None:  # `at` bound now: called within this round
             problems.append({"path": f"{at}.{fld}", "message": message})
 
         nums = _numbers(spec, bad)
@@ -263,11 +263,11 @@ def _model(
     spec: Any,
     at: str,
     bad: Callable[[str, str], None],
-    catalog: "ModelCatalog",
+    catalog: ModelCatalog,
     model_base: str,
     model_unet: Mapping[str, Any] | None,
     allow_pickle: bool,
-) -> "tuple[CatalogItem, str] | None":
+) -> tuple[CatalogItem, str] | None:
     """The ControlNet's catalog item and base model, when it is one and fits the model."""
     name = _get(spec, "model")
     if not isinstance(name, str) or not name.strip():

@@ -29,10 +29,11 @@ import logging
 import re
 import threading
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadFailed, ValidationFailed
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def triggers_of(item: "CatalogItem") -> list[str]:
+def triggers_of(item: CatalogItem) -> list[str]:
     """The words that trigger an embedding: its file name stem, and a diffusers file's own token."""
     names = [item.path.stem if item.path.suffix else item.path.name]
     token = item.details.get("token") if isinstance(item.details, dict) else None
@@ -51,7 +52,7 @@ def triggers_of(item: "CatalogItem") -> list[str]:
     return names
 
 
-def token_of(item: "CatalogItem") -> str:
+def token_of(item: CatalogItem) -> str:
     """The file's private token: no user prompt holds it, and A1111's syntax has no character of it."""
     stem = re.sub(r"[^a-z0-9_-]+", "_", triggers_of(item)[0].lower()).strip("_") or "emb"
     return f"<ti-{stem[:40]}-{hashlib.sha1(str(item.path).encode()).hexdigest()[:8]}>"
@@ -66,7 +67,7 @@ def _pattern(word: str) -> re.Pattern[str]:
 class Triggered:
     """An embedding a prompt triggers, and the word that did it."""
 
-    item: "CatalogItem"
+    item: CatalogItem
     trigger: str
 
     @property
@@ -74,12 +75,12 @@ class Triggered:
         return token_of(self.item)
 
 
-def find_triggers(prompt: str | None, negative: str | None, available: Iterable["CatalogItem"]) -> list["CatalogItem"]:
+def find_triggers(prompt: str | None, negative: str | None, available: Iterable[CatalogItem]) -> list[CatalogItem]:
     """Embeddings of ``available`` whose trigger appears in the prompt or the negative prompt."""
     return [t.item for t in find_triggered(prompt, negative, available)]
 
 
-def find_triggered(prompt: str | None, negative: str | None, available: Iterable["CatalogItem"]) -> list[Triggered]:
+def find_triggered(prompt: str | None, negative: str | None, available: Iterable[CatalogItem]) -> list[Triggered]:
     text = "\n".join(t for t in (prompt, negative) if t)
     out: list[Triggered] = []
     if not text:
@@ -93,7 +94,7 @@ def find_triggered(prompt: str | None, negative: str | None, available: Iterable
     return out
 
 
-def _known_misfit(item: "CatalogItem", model_base: str) -> str | None:
+def _known_misfit(item: CatalogItem, model_base: str) -> str | None:
     """Why the catalog already knows ``item`` cannot fit a ``model_base`` model (None: it may fit).
     Which bases take single-encoder or clip_l + clip_g embeddings is the families' (Family.embedding_layouts)."""
     from ..families import registry
@@ -137,12 +138,17 @@ def appears(word: str, texts: Iterable[str | None]) -> bool:
     return any(t and _pattern(word).search(t) for t in texts)
 
 
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement that inserts `text` as it is (no backslash escapes)."""
+    return lambda _m: text
+
+
 def rewrite(prompt: str | None, triggered: Sequence[Triggered]) -> str | None:
     """The prompt with each trigger word replaced by its embedding's private token."""
     if not prompt:
         return prompt
     for t in triggered:
-        prompt = _pattern(t.trigger).sub(lambda _m, tok=t.token: tok, prompt)
+        prompt = _pattern(t.trigger).sub(_literal(t.token), prompt)
     return prompt
 
 
@@ -225,7 +231,11 @@ class _Registry:
             return hit[1]
         tokens: dict[str, str] = {}
         key = id(obj)
-        self._data[key] = (weakref.ref(obj, lambda _r, k=key: self._data.pop(k, None)), tokens)
+
+        def forget(_: object) -> None:
+            self._data.pop(key, None)
+
+        self._data[key] = (weakref.ref(obj, forget), tokens)
         return tokens
 
 
@@ -252,7 +262,7 @@ class EmbeddingManager:
         self._vectors: dict[str, Vectors] = {}  # path key -> vectors (small; read once)
         self.loads = 0  # embeddings added to a text encoder
 
-    def _read(self, item: "CatalogItem") -> Vectors:
+    def _read(self, item: CatalogItem) -> Vectors:
         key = f"{item.path}:{item.size_bytes}:{item.mtime}"
         vec = self._vectors.get(key)
         if vec is None:
@@ -260,7 +270,7 @@ class EmbeddingManager:
         return vec
 
     def ensure_loaded(
-        self, pipe: Any, items: Sequence[Union["CatalogItem", Triggered]], model_id: str = "", field_path: str = "prompt"
+        self, pipe: Any, items: Sequence[CatalogItem | Triggered], model_id: str = "", field_path: str = "prompt"
     ) -> list[str]:
         """Add these embeddings (catalog items or :class:`Triggered`) to the pipeline's tokenizers and
         text encoders under their private tokens, each once; a misfit is a ValidationFailed."""
@@ -295,7 +305,7 @@ class EmbeddingManager:
                 return f"has {slot} vectors of width {got}; the model's text encoder ({slot}) takes {want}"
         return None
 
-    def _load(self, pipe: Any, slots: list[tuple[str, Any, Any]], token: str, item: "CatalogItem", vec: Vectors, field_path: str) -> None:
+    def _load(self, pipe: Any, slots: list[tuple[str, Any, Any]], token: str, item: CatalogItem, vec: Vectors, field_path: str) -> None:
         key = str(item.path)
         for slot, tokenizer, te in slots:
             vectors = vec.clip_l if slot == "clip_l" else vec.clip_g

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ModelLoadFailed, ModelNotFound, UnsafePath, ValidationFailed
-from ..paths import NotRegularFile, TreeReport, inside, is_under, read_regular, real, resolve_in_roots, survey
-from ..errors import WorkerError as WorkerErrorBase
+from ..errors import ModelLoadFailed, ModelNotFound, UnsafePath, ValidationFailed, WorkerError as WorkerErrorBase
 from ..models.refs import ModelRef  # re-exported: the locator is where a ModelRef comes from
+from ..paths import NotRegularFile, TreeReport, inside, is_under, read_regular, real, resolve_in_roots, survey
 from . import transformer_files
 
 if TYPE_CHECKING:
@@ -86,7 +85,7 @@ def folder_refused(model_id: str, field: str, tree: TreeReport, allow_pickle: bo
 class ModelLocator:
     """Resolves the checkpoint a generation request names (diffusers folder or single file)."""
 
-    def __init__(self, models_dirs: list[Path], catalog: "ModelCatalog | None" = None, allow_pickle: bool = False):
+    def __init__(self, models_dirs: list[Path], catalog: ModelCatalog | None = None, allow_pickle: bool = False):
         self.roots = [d for d in models_dirs]
         self.allow_pickle = allow_pickle
         if catalog is None:
@@ -135,7 +134,7 @@ class ModelLocator:
                     continue
         return out
 
-    def _from_item(self, item: "CatalogItem", field: str = "model_id") -> ModelRef:
+    def _from_item(self, item: CatalogItem, field: str = "model_id") -> ModelRef:
         if item.format == "diffusers":
             return self._ref(item.model_id, item.path, field)
         if transformer_files.runs_alone(item):
@@ -156,7 +155,7 @@ class ModelLocator:
 
         return ModelRef(item.model_id, item.path, single_file_pipelines().get(base, "unknown"), base, "single_file")
 
-    def _pickle_kind(self, item: "CatalogItem") -> tuple[str, str]:
+    def _pickle_kind(self, item: CatalogItem) -> tuple[str, str]:
         """A pickle checkpoint's kind and base: from its names, else from its tensors (read weights-only:
         only reached with --allow-pickle), once per file version."""
         if not self.allow_pickle or (item.kind == "checkpoint" and item.base_model != "unknown"):

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import atomic
-from ..paths import resolve_in_roots, safe_file_name
 from ..errors import ValidationFailed, WorkerError
+from ..paths import resolve_in_roots, safe_file_name
 
 _EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _NAME_LIMIT = 80

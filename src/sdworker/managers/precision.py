@@ -16,7 +16,8 @@ slicing by `model.optimize_model` stays sliced):
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..errors import ValidationFailed
 from . import weights

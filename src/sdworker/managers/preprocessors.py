@@ -18,7 +18,8 @@ are imported when a preprocessor runs, not when the worker starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationFailed
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def _rgb(array: "np.ndarray") -> Any:
+def _rgb(array: np.ndarray) -> Any:
     import numpy as np
     from PIL import Image
 
@@ -43,7 +44,7 @@ def _rgb(array: "np.ndarray") -> Any:
     return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGB")
 
 
-def _sobel(channel: "np.ndarray") -> "tuple[np.ndarray, np.ndarray]":
+def _sobel(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's 3x3 Sobel (dx, dy) with BORDER_REPLICATE, as float64."""
     import numpy as np
 
@@ -53,7 +54,7 @@ def _sobel(channel: "np.ndarray") -> "tuple[np.ndarray, np.ndarray]":
     return dx, dy
 
 
-def canny_edges(image: Any, low: float = CANNY_LOW, high: float = CANNY_HIGH, blur_sigma: float = 0.0) -> "np.ndarray":
+def canny_edges(image: Any, low: float = CANNY_LOW, high: float = CANNY_HIGH, blur_sigma: float = 0.0) -> np.ndarray:
     """Canny edge map of a PIL image (or HxW / HxWxC uint8 array): bool HxW, True on edges."""
     import numpy as np
     from scipy import ndimage
@@ -78,11 +79,11 @@ def canny_edges(image: Any, low: float = CANNY_LOW, high: float = CANNY_HIGH, bl
     # Non-maximum suppression: a pixel survives when it is the ridge across its gradient
     # direction. Outside the image the magnitude is 0; ties go one way (">" on one side,
     # ">=" on the other) so a two-pixel-wide plateau keeps one pixel, as in OpenCV.
-    h, w = mag.shape
+    h, w = pixels.shape[:2]  # mag's shape
     p = np.pad(mag, 1)
     centre = p[1:-1, 1:-1]
 
-    def at(oy: int, ox: int) -> "np.ndarray":
+    def at(oy: int, ox: int) -> np.ndarray:
         return p[1 + oy : 1 + oy + h, 1 + ox : 1 + ox + w]
 
     ax, ay = np.abs(dx), np.abs(dy)

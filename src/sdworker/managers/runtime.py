@@ -39,11 +39,9 @@ class Runtime:
             os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
             os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            import torch
-
             import diffusers  # noqa: F401  (the import is the point: pay for it now, not in a job)
+            import torch
             from diffusers.utils import logging as dlog
-
             from transformers.utils import logging as tlog
 
             dlog.disable_progress_bar()

@@ -51,11 +51,19 @@ from functools import cache
 from typing import Any
 
 from ..errors import Unsupported
-from .scheduler_names import _ALGO_BY_ID as _ALGO_BY_ID  # the tables, as tests read them here
-from .scheduler_names import _ALGOS, _SCHEDS, SIGMA_FLAGS, SchedulerChoice, accepted_names, catalog, schedule_names
-from .scheduler_names import _CLASSES as _CLASSES
-from .scheduler_names import _norm as _norm
-from .scheduler_names import _tables as _tables
+from .scheduler_names import (
+    _ALGO_BY_ID as _ALGO_BY_ID,  # the tables, as tests read them here
+    _ALGOS,
+    _CLASSES as _CLASSES,
+    _SCHEDS,
+    SIGMA_FLAGS,
+    SchedulerChoice,
+    _norm as _norm,
+    _tables as _tables,
+    accepted_names,
+    catalog,
+    schedule_names,
+)
 from .scheduler_parse import resolve
 
 __all__ = [

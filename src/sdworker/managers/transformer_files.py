@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadFailed, ModelNotFound, ValidationFailed
 
 if TYPE_CHECKING:
-    from .catalog import CatalogItem
     from ..models.refs import ModelRef
+    from .catalog import CatalogItem
 
 FORMATS = ("safetensors", "gguf")
 
@@ -68,7 +69,7 @@ def expert_pair(path: Path) -> tuple[Path, Path] | None:
     return (path, sibling) if word.lower() == "high" else (sibling, path)
 
 
-def runs_alone(item: "CatalogItem") -> bool:
+def runs_alone(item: CatalogItem) -> bool:
     """Whether `item` is a transformer file this module can run (given a companion folder)."""
     return item.format in FORMATS and item.kind in ("unet", "checkpoint") and item.base_model in companion_bases()
 
@@ -89,7 +90,7 @@ def _two_experts(folder: Path) -> bool:
     return isinstance(index.get("transformer_2"), list) and None not in index["transformer_2"]
 
 
-def fits(item: "CatalogItem", folder: "ModelRef", pair: bool = False) -> str | None:
+def fits(item: CatalogItem, folder: ModelRef, pair: bool = False) -> str | None:
     """Why `folder` cannot lend its components to `item` (None: it can); `pair`: the file is one of two experts."""
     cfg = _transformer_config(folder.path)
     if not cfg:
@@ -107,7 +108,7 @@ def fits(item: "CatalogItem", folder: "ModelRef", pair: bool = False) -> str | N
     return None
 
 
-def companion(item: "CatalogItem", folders: Iterable["ModelRef"], field: str = "model_id", pair: bool = False) -> "ModelRef":
+def companion(item: CatalogItem, folders: Iterable[ModelRef], field: str = "model_id", pair: bool = False) -> ModelRef:
     """The diffusers folder that lends `item` its text encoders, tokenizers, VAE and scheduler."""
     wanted = companion_bases()[item.base_model]
     candidates = sorted((f for f in folders if f.base_model in wanted), key=lambda f: (wanted.index(f.base_model), f.model_id))

@@ -8,7 +8,7 @@ through families.registry.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 #: Metadata keys that name the model a LoRA/fine-tune was trained on (not the file's own title).
 TRAINING_BASE_KEYS = ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture")

@@ -25,8 +25,9 @@ package (Family.detect_denoiser, detect_controlnet, refine_base), asked through 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import _hints
 from ._folder import detect_diffusers_folder
@@ -35,9 +36,7 @@ from ._pickles import PICKLE_SUFFIXES, guess_from_path
 from ._types import BASE_MODELS, KINDS, Detection
 from .gguf_header import GGUFHeader, read_gguf_header
 from .safetensors_header import read_header
-from .shapes import first_dim as _first_dim
-from .shapes import has_prefix as _has_prefix
-from .shapes import sub as _sub
+from .shapes import first_dim as _first_dim, has_prefix as _has_prefix, sub as _sub
 
 __all__ = [
     "BASE_MODELS",

@@ -45,7 +45,8 @@ What it computes, and that it equals compel's own wrappers
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import ValidationFailed
 

@@ -20,8 +20,7 @@ from .encoding import encode_error, encode_event, encode_success, ready_event
 from .form import Form
 from .keys import normalize_keys
 from .legacy_names import INFERENCE_TYPES, LEGACY_ACTIONS, map_inference_type
-from .repeated_keys import message as repeated_message
-from .repeated_keys import repeated_keys
+from .repeated_keys import message as repeated_message, repeated_keys
 from .salvage import id_in_head, lenient_parse, wire_safe
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, overload
 
 from ..errors import ValidationFailed
 
@@ -24,6 +24,12 @@ def to_snake(key: str) -> str:
     key = _ACRONYM_END.sub(r"\1_\2", key)
     key = _LOWER_UPPER.sub(r"\1_\2", key)
     return key.lower()
+
+
+@overload
+def normalize_keys(value: dict[str, Any], path: str = "") -> dict[str, Any]: ...
+@overload
+def normalize_keys(value: Any, path: str = "") -> Any: ...
 
 
 def normalize_keys(value: Any, path: str = "") -> Any:

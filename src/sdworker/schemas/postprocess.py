@@ -86,7 +86,7 @@ class PostProcessStep(Params):
 
 # Imported after PostProcessStep on purpose: schemas.generation may take PostProcessStep from here
 # (an import at its end), and then either module can be imported first.
-from .generation import ImageFile, OutputOptions, Performance
+from .generation import ImageFile, OutputOptions, Performance  # noqa: E402  (after PostProcessStep, see above)
 
 
 class UpscaleRequest(Params):

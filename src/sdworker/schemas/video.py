@@ -44,7 +44,7 @@ class VideoRequest(GenerationRequest):
         description="the flow-matching sigma shift of the sampler; default: the preset's shift, else the model's scheduler config "
         "(Wan: 3.0 for 480P, 5.0 for 720P)",
     )
-    output: VideoOutputOptions = Field(default_factory=VideoOutputOptions)  # type: ignore[assignment]
+    output: VideoOutputOptions = Field(default_factory=VideoOutputOptions)
 
     @model_validator(mode="before")
     @classmethod

@@ -49,13 +49,14 @@ How a request maps onto FluxPipeline (diffusers 0.42):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
-from .presets import PRESETS
 from . import knowledge as kn
+from .presets import PRESETS
 
 if TYPE_CHECKING:
     from ...models.refs import ModelRef
@@ -80,7 +81,7 @@ ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler,
 _SAMPLERS = (flow_samplers.EULER,)
 
 
-def true_cfg_scale(req: "GenerationRequest") -> float | None:
+def true_cfg_scale(req: GenerationRequest) -> float | None:
     """The true-CFG scale of the call; None when real CFG is off (the negative prompt is unused)."""
     scale = req.true_cfg_scale
     if scale is None or scale <= 1.0 or not req.negative_prompt:
@@ -88,7 +89,7 @@ def true_cfg_scale(req: "GenerationRequest") -> float | None:
     return float(scale)
 
 
-def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
+def _config(ref: ModelRef, component: str) -> dict[str, Any]:
     try:
         cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -96,14 +97,15 @@ def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def vae_scale_factor(ref: "ModelRef") -> int:
+def vae_scale_factor(ref: ModelRef) -> int:
     try:
-        return 2 ** (len(_config(ref, "vae")["block_out_channels"]) - 1)
+        factor: int = 2 ** (len(_config(ref, "vae")["block_out_channels"]) - 1)  # int ** int types as Any
+        return factor
     except (KeyError, TypeError):
         return 8  # FLUX.1's VAE
 
 
-def transformer_variant(ref: "ModelRef") -> str:
+def transformer_variant(ref: ModelRef) -> str:
     """"fill" (FLUX.1 Fill: latents + masked-image latents + mask in), "control" (Depth/Canny:
     latents + control latents in) or "base", from the transformer's input width."""
     if ref.pipeline_class == "FluxFillPipeline":
@@ -128,7 +130,7 @@ def pipeline_name(mode: str, variant: str, controlnets: bool) -> str:
     return FluxFamily.pipelines[mode]
 
 
-def size_multiple(ref: "ModelRef") -> int:
+def size_multiple(ref: ModelRef) -> int:
     """Width and height must be multiples of this: the VAE's factor x Flux's 2x2 latent packing."""
     return 2 * vae_scale_factor(ref)
 
@@ -173,20 +175,20 @@ class FluxFamily(Family):
             return "flux_dev"
         return named if named in ("flux_dev", "flux_schnell") else "flux"
 
-    def preset_keeps(self, ref: "ModelRef") -> tuple[str, ...]:
+    def preset_keeps(self, ref: ModelRef) -> tuple[str, ...]:
         """A Fill model's presets are flux_dev's (its base model), made for the base transformer: at
         their guidance 3.5 Fill repaints poorly, so it keeps FluxFillPipeline's steps and guidance
         (the preset's sampler, sequence length and size still apply)."""
         return ("steps", "guidance_scale") if transformer_variant(ref) == "fill" else ()
 
     @staticmethod
-    def sequence_length(req: "GenerationRequest", base_model: str) -> int:
+    def sequence_length(req: GenerationRequest, base_model: str) -> int:
         asked = req.max_sequence_length
         if asked is not None:
             return int(asked)
         return 256 if base_model == "flux_schnell" else MAX_SEQUENCE_LENGTH
 
-    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+    def check(self, req: GenerationRequest, mode: str, ref: ModelRef) -> Checked:
         variant = transformer_variant(ref)
         if variant == "fill":
             req = self._fill_defaults(req)
@@ -209,13 +211,13 @@ class FluxFamily(Family):
         return self._as_run(req, ref, pipeline_name(mode, variant, bool(req.controlnets)))
 
     @staticmethod
-    def _fill_defaults(req: "GenerationRequest") -> "GenerationRequest":
+    def _fill_defaults(req: GenerationRequest) -> GenerationRequest:
         """FluxFillPipeline's own steps, guidance and strength under the fields the request did not set."""
         wanted = {"steps": _FILL.steps, "guidance_scale": _FILL.guidance_scale, "strength": FILL_STRENGTH}
         update = {k: v for k, v in wanted.items() if k not in req.model_fields_set and getattr(req, k) != v}
         return req.model_copy(update=update) if update else req
 
-    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+    def refusals(self, req: GenerationRequest, ref: ModelRef) -> list[dict[str, str]]:
         """The request's options Flux does not take (yet), each a problem at its field."""
         model = f"{ref.model_id} is a {ref.base_model} model"
         out: list[dict[str, str]] = []
@@ -244,7 +246,7 @@ class FluxFamily(Family):
         return out
 
     @staticmethod
-    def _as_run(req: "GenerationRequest", ref: "ModelRef", pipeline: str) -> Checked:
+    def _as_run(req: GenerationRequest, ref: ModelRef, pipeline: str) -> Checked:
         """The request as `pipeline` runs it (plain-text prompts, schnell without guidance, true CFG
         only where the pipeline has it) and what that changed."""
         update, warnings = plain_text_prompts(req, "Flux")
@@ -264,16 +266,16 @@ class FluxFamily(Family):
             warnings.append("true_cfg_scale ignored: real CFG on Flux needs a negative_prompt")
         return Checked(req.model_copy(update=update) if update else req, [], warnings)
 
-    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+    def scheduler_problems(self, req: GenerationRequest) -> list[dict[str, str]]:
         return flow_samplers.problems(req, _SAMPLERS, "Flux", ACCEPTED_SAMPLERS)
 
-    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+    def prompt_kwargs(self, pipe: Any, req: GenerationRequest) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt": req.prompt}
         if true_cfg_scale(req) is not None:
             out["negative_prompt"] = req.negative_prompt
         return out
 
-    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def call_kwargs(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         out: dict[str, Any] = {"guidance_scale": req.guidance_scale, "max_sequence_length": self.sequence_length(req, plan.ref.base_model)}
         scale = true_cfg_scale(req)
         if scale is not None:
@@ -302,17 +304,17 @@ class FluxFamily(Family):
         # FluxImg2ImgPipeline sizes its output from width/height, not from the init image.
         return {"width": plan.width, "height": plan.height} if plan.mode == "img2img" else {}
 
-    def fit_size(self, ref: "ModelRef", width: int, height: int) -> tuple[int, int]:
+    def fit_size(self, ref: ModelRef, width: int, height: int) -> tuple[int, int]:
         """Sides taken from an init image (a multiple of 8) rounded down to the latent packing's multiple:
         FluxFillPipeline cannot pack a mask of any other size (sides the request sets were checked)."""
         m = size_multiple(ref)
         return max(m, width - width % m), max(m, height - height % m)
 
-    def native_size(self, ref: "ModelRef") -> int | None:
+    def native_size(self, ref: ModelRef) -> int | None:
         """FluxPipeline's default: 128 latent pixels x the VAE's scale factor (1024 for FLUX.1)."""
         return 128 * vae_scale_factor(ref)
 
-    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def effective(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         out: dict[str, Any] = {"max_sequence_length": self.sequence_length(req, plan.ref.base_model)}
         scale = true_cfg_scale(req)
         out["true_cfg_scale"] = scale if scale is not None else 1.0

@@ -7,8 +7,9 @@ has dev's shapes and is told by its name or metadata only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 VARIANTS = ("flux_dev", "flux_schnell", "flux_krea")
 

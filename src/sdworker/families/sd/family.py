@@ -9,12 +9,13 @@ embeddings, standalone VAEs) is planned by the generation interface itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..base import Checked, Family, RunPlan
-from .presets import PRESETS
 from . import knowledge as kn
+from .presets import PRESETS
 
 if TYPE_CHECKING:
     from ...models.refs import ModelRef
@@ -54,19 +55,19 @@ class SDFamily(Family):
             pass
         return "sd_1_5"
 
-    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+    def check(self, req: GenerationRequest, mode: str, ref: ModelRef) -> Checked:
         checked = super().check(req, mode, ref)
         for fld in ("true_cfg_scale", "max_sequence_length"):
             if getattr(checked.req, fld) is not None:
                 checked.warnings.append(f"{fld} ignored: it is a Flux option; {ref.model_id} is a {ref.base_model} model")
         return checked
 
-    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+    def prompt_kwargs(self, pipe: Any, req: GenerationRequest) -> dict[str, Any]:
         from ...prompts.encode import pipeline_prompt_kwargs
 
         return pipeline_prompt_kwargs(pipe, req.prompt, req.negative_prompt, req.clip_skip, req.prompt_syntax)
 
-    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def call_kwargs(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         return {"guidance_scale": req.guidance_scale}
 
     # ---- detection, ControlNets, previews (families.sd.knowledge) ----

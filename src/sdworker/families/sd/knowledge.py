@@ -9,8 +9,9 @@ family claims is read by its rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 CONTEXT_BASE = {768: "sd_1_5", 1024: "sd_2", 2048: "sdxl", 1280: "sdxl_refiner"}
 _XL = r"sdxl|(?<![a-z])xl(?![a-z])|xl(?=v?\d|[\s_.-]|$)"

@@ -24,8 +24,9 @@ How a request maps onto StableDiffusion3Pipeline (diffusers 0.42):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
@@ -42,7 +43,7 @@ ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler,
 _SAMPLERS = (flow_samplers.EULER,)
 
 
-def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
+def _config(ref: ModelRef, component: str) -> dict[str, Any]:
     try:
         cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -50,17 +51,17 @@ def _config(ref: "ModelRef", component: str) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def vae_scale_factor(ref: "ModelRef") -> int:
+def vae_scale_factor(ref: ModelRef) -> int:
     blocks = _config(ref, "vae").get("block_out_channels")
     return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
 
 
-def is_medium(ref: "ModelRef") -> bool:
+def is_medium(ref: ModelRef) -> bool:
     """SD 3.5 Medium's MMDiT-X: dual-attention layers in its transformer config."""
     return bool(_config(ref, "transformer").get("dual_attention_layers"))
 
 
-def size_multiple(ref: "ModelRef") -> int:
+def size_multiple(ref: ModelRef) -> int:
     patch = _config(ref, "transformer").get("patch_size", 2)
     return vae_scale_factor(ref) * (patch if isinstance(patch, int) and patch > 0 else 2)
 
@@ -82,12 +83,12 @@ class SD3Family(Family):
     def defaults(self, base_model: str) -> Defaults:
         return _LARGE
 
-    def with_defaults(self, req: "GenerationRequest", base_model: str, medium: bool = False) -> "GenerationRequest":
+    def with_defaults(self, req: GenerationRequest, base_model: str, medium: bool = False) -> GenerationRequest:
         d = _MEDIUM if medium else _LARGE
         update = {k: v for k, v in (("steps", d.steps), ("guidance_scale", d.guidance_scale)) if k not in req.model_fields_set and getattr(req, k) != v}
         return req.model_copy(update=update) if update else req
 
-    def check(self, req: "GenerationRequest", mode: str, ref: "ModelRef") -> Checked:
+    def check(self, req: GenerationRequest, mode: str, ref: ModelRef) -> Checked:
         req = self.with_defaults(req, ref.base_model, is_medium(ref))
         model = f"{ref.model_id} is a {ref.base_model} model"
         if mode not in self.pipelines:
@@ -100,7 +101,7 @@ class SD3Family(Family):
             warnings.append(f"negative_prompt not used: guidance_scale {req.guidance_scale:g} runs no classifier-free guidance")
         return Checked(req.model_copy(update=update) if update else req, [], warnings)
 
-    def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
+    def refusals(self, req: GenerationRequest, ref: ModelRef) -> list[dict[str, str]]:
         """The request's options SD3 does not take (yet), each a problem at its field."""
         model = f"{ref.model_id} is a {ref.base_model} model"
         out: list[dict[str, str]] = []
@@ -129,35 +130,35 @@ class SD3Family(Family):
                 out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x 2x2 patches)"))
         return out
 
-    def scheduler_problems(self, req: "GenerationRequest") -> list[dict[str, str]]:
+    def scheduler_problems(self, req: GenerationRequest) -> list[dict[str, str]]:
         return flow_samplers.problems(req, _SAMPLERS, "SD3", ACCEPTED_SAMPLERS)
 
-    def prompt_kwargs(self, pipe: Any, req: "GenerationRequest") -> dict[str, Any]:
+    def prompt_kwargs(self, pipe: Any, req: GenerationRequest) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt": req.prompt}
         if req.negative_prompt:
             out["negative_prompt"] = req.negative_prompt
         return out
 
     @staticmethod
-    def sequence_length(req: "GenerationRequest") -> int:
+    def sequence_length(req: GenerationRequest) -> int:
         return int(req.max_sequence_length) if req.max_sequence_length is not None else DEFAULT_SEQUENCE_LENGTH
 
-    def call_kwargs(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def call_kwargs(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         out: dict[str, Any] = {"guidance_scale": req.guidance_scale, "max_sequence_length": self.sequence_length(req)}
         if req.clip_skip is not None:
             out["clip_skip"] = req.clip_skip
         return out
 
-    def fit_size(self, ref: "ModelRef", width: int, height: int) -> tuple[int, int]:
+    def fit_size(self, ref: ModelRef, width: int, height: int) -> tuple[int, int]:
         """Sides taken from an init image rounded down to the patch multiple (sides the request sets were checked)."""
         m = size_multiple(ref)
         return max(m, width - width % m), max(m, height - height % m)
 
-    def native_size(self, ref: "ModelRef") -> int | None:
+    def native_size(self, ref: ModelRef) -> int | None:
         sample = _config(ref, "transformer").get("sample_size", 128)
         return (sample if isinstance(sample, int) else 128) * vae_scale_factor(ref)
 
-    def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
+    def effective(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
         return {"max_sequence_length": self.sequence_length(req)}
 
     # ---- detection and LoRAs ----
