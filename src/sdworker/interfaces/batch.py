@@ -225,7 +225,11 @@ class BatchInterface(BatchPlanning):
                 "generator": gens,
                 "output_type": "pil",
             }
-            steps = Steps(lambda n, _off=offset, _rem=remaining: _off + (n or call_steps) + _rem, offset, chunk[0][1], extra)
+
+            def total(n: int, _off: int = offset, _rem: int = remaining) -> int:
+                return _off + (n or call_steps) + _rem
+
+            steps = Steps(total, offset, chunk[0][1], extra)
             t_inf = time.perf_counter()
             # a batch's requests carry the default precision (Plan.single_run_only): no offload, no drill
             out = gen.runner.call(ctx, pipe, kwargs, steps, rss=rss, request=first.req, device=device, drill=False)
