@@ -21,7 +21,6 @@ import json
 import logging
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -415,24 +414,16 @@ class ControlNetManager(ComponentManager):
             key = fingerprint.of_file(path, f"controlnet-file:{dtype}")
         except OSError as exc:
             raise ModelLoadFailed(f"ControlNet {model_id!r}: cannot read {path}: {exc}") from exc
-        hit = self.memory.get(key)
-        if hit is not None:
-            hit.model_ids.add(model_id)
-            return hit
-        t0 = time.perf_counter()
-        try:
-            net = load_single_file(path, self._torch_dtype(dtype), base_model)
-        except WorkerError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
-            raise ModelLoadFailed(
+        return self.cached(
+            key, model_id, lambda: load_single_file(path, self._torch_dtype(dtype), base_model).eval(),
+            lambda net: self.entry(key, "controlnet", net, dtype, path, model_id),
+            label=lambda _: f"ControlNet {model_id}",
+            failure=lambda exc: (
                 f"ControlNet {model_id!r} could not be loaded from {path.name}: {type(exc).__name__}: {exc}; "
                 "a diffusers folder (config.json + weights) always loads"
-            ) from exc
-        net.eval()
-        self.disk_loads += 1
-        log.info("read ControlNet %s from disk in %.0f ms", model_id, (time.perf_counter() - t0) * 1000)
-        return self.memory.put(self.entry(key, "controlnet", net, dtype, path, model_id))
+            ),
+            passes=(WorkerError,),
+        )
 
     def loaded(self) -> list[CacheEntry]:
         return [e for e in self.memory.entries() if e.component == "controlnet"]
