@@ -5,15 +5,15 @@ stand-in (the runner reads progress, cancel and log from it); diffusers runs for
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import cpu_gens
 
 from sdworker.errors import Cancelled, OutOfMemory, is_oom
-
-from conftest import cpu_gens
 
 
 class Ctx:
@@ -73,7 +73,7 @@ def test_call_wraps_once_reports_every_step_and_equals_plain_diffusers(pipe: Any
     from sdworker.managers.runner import PipelineCall, Steps
     from sdworker.managers.runtime import RssSampler
 
-    runner, ctx, seen = _runner(), Ctx(), []
+    runner, ctx, seen = _runner(), Ctx(), list[tuple[Any, ...]]()
 
     @contextlib.contextmanager
     def wrapper(call: PipelineCall) -> Iterator[None]:
@@ -106,7 +106,7 @@ def test_out_of_memory_retries_once_in_low_memory_mode(pipe: Any, drill: str, ok
     from sdworker.managers.runner import Steps
     from sdworker.managers.runtime import RssSampler
 
-    runner, ctx, warnings = _runner(drill), Ctx(), []
+    runner, ctx, warnings = _runner(drill), Ctx(), list[str | None]()
 
     def attempt(warning: str | None) -> Any:
         warnings.append(warning)
@@ -118,7 +118,7 @@ def test_out_of_memory_retries_once_in_low_memory_mode(pipe: Any, drill: str, ok
     if ok:
         out = run()  # attention slicing sums in another order: equal to float rounding
         np.testing.assert_allclose(out.images, _plain(pipe), atol=1e-5)
-        assert warnings[0] is None and warnings[1].startswith("ran out of memory at first; retried once with attention_slicing")
+        assert warnings[0] is None and str(warnings[1]).startswith("ran out of memory at first; retried once with attention_slicing")
         assert ctx.logs[0][1] == "warning" and "retrying once in low-memory mode" in ctx.logs[0][0]
     else:
         with pytest.raises(OutOfMemory, match=r"gave up \(CUDA out of memory \(injected at step 2"):

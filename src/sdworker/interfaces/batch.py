@@ -16,12 +16,12 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import Cancelled, TimedOut, WorkerError
 from ..managers import modes
 from ..managers.adapters import AdapterManager
 from ..managers.denoise import generators
 from ..managers.runner import Steps, ran
 from ..managers.runtime import RssSampler
-from ..errors import Cancelled, TimedOut, WorkerError
 from .batch_plan import BatchItem, BatchPlan, BatchPlanning, Group, _error_entry
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def _batched_prompt_kwargs(torch: Any, kws: list[dict[str, Any]]) -> dict[str, A
 
 
 class BatchInterface(BatchPlanning):
-    def __init__(self, gen: "GenerationInterface"):
+    def __init__(self, gen: GenerationInterface):
         self.gen = gen
 
     # ---- the job ---------------------------------------------------------------------------------

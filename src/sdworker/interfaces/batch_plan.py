@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from ..errors import ValidationFailed, WorkerError, from_validation
 from ..managers import modes
 from ..managers.denoise import denoiser_of
 from ..protocol.envelopes import map_inference_type
-from ..errors import ValidationFailed, WorkerError, from_validation
 from ..schemas.batch import BatchRequest
 from ..schemas.generation import GenerationRequest
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 @dataclass
 class BatchItem:
     index: int
-    plan: "Plan | None" = None
+    plan: Plan | None = None
     error: WorkerError | None = None
 
 
@@ -86,7 +86,7 @@ class BatchPlan:
         return None
 
 
-def group_key(plan: "Plan") -> tuple:
+def group_key(plan: Plan) -> tuple:
     """What must be equal for two images to share one diffusers call (see the module docstring)."""
     req = plan.req
     return (
@@ -124,7 +124,7 @@ def _reprefix(exc: WorkerError, index: int) -> WorkerError:
 class BatchPlanning:
     """BatchInterface's planning (on the reader thread, before queueing) and its call sizing."""
 
-    gen: "GenerationInterface"
+    gen: GenerationInterface
 
     def plan_all(self, params: BatchRequest, session_id: str) -> BatchPlan:
         warnings: list[str] = []
@@ -157,7 +157,7 @@ class BatchPlanning:
             warnings.append("no request of the batch is valid; nothing was run (see each item's error)")
         return BatchPlan(session_id, items, groups, batch_size, cfg.enable_dynamic_sizing, cfg.memory_threshold, warnings)
 
-    def _plan_one(self, raw: Any, i: int, params: BatchRequest, session_id: str) -> "Plan":
+    def _plan_one(self, raw: Any, i: int, params: BatchRequest, session_id: str) -> Plan:
         if not isinstance(raw, dict):
             raise ValidationFailed("a batch item must be an object", [{"path": "data", "message": "expected an object"}])
         data = dict(raw)
@@ -208,7 +208,7 @@ class BatchPlanning:
     # ---- memory ----------------------------------------------------------------------------------
 
     @staticmethod
-    def estimate_image_bytes(pipe: Any, plan: "Plan") -> int:
+    def estimate_image_bytes(pipe: Any, plan: Plan) -> int:
         """A rough, deliberately simple estimate of one image's working memory in a call.
 
         With T = latent positions ((W/f) x (H/f), f the VAE scale factor) and C the UNet's first block
@@ -239,7 +239,7 @@ class BatchPlanning:
 
         return int(psutil.virtual_memory().available)
 
-    def _images_per_call(self, bplan: BatchPlan, pipe: Any, plan: "Plan", device: str, notes: list[dict[str, Any]], warnings: list[str], g: int) -> int:
+    def _images_per_call(self, bplan: BatchPlan, pipe: Any, plan: Plan, device: str, notes: list[dict[str, Any]], warnings: list[str], g: int) -> int:
         if not bplan.dynamic:
             return bplan.batch_size
         per_image = self.estimate_image_bytes(pipe, plan)

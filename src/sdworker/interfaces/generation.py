@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..managers import hires, infotext, modes
-from ..managers.controlnet import ControlNetManager, controlnet_call_kwargs
 from ..managers.adapters import AdapterManager
+from ..managers.controlnet import ControlNetManager, controlnet_call_kwargs
 from ..managers.denoise import generators
 from ..managers.embeddings import EmbeddingManager
 from ..managers.locator import ModelLocator
@@ -21,14 +22,21 @@ from ..managers.lora import LoRAManager
 from ..managers.output import OutputWriter
 from ..managers.pipelines import PipelineManager
 from ..managers.runner import PipelineRunner, Steps, ran
-from ..managers.runtime import Runtime, RssSampler
+from ..managers.runtime import RssSampler, Runtime
 from ..managers.vae import VAEManager
 from ..prompts.encode import pipeline_prompt_kwargs
 from ..schemas.generation import GenerationRequest
 from ..settings import Settings
 from .generation_load import GenerationLoading, RunPipes
 from .generation_output import GenerationOutput, finish_job, start_job
-from .generation_plan import GenerationPlanning, Plan, blame_preset, kept_from_preset, limit_problems, native_size
+from .generation_plan import (
+    GenerationPlanning,
+    Plan,
+    blame_preset,
+    kept_from_preset,
+    limit_problems,
+    native_size,
+)
 
 if TYPE_CHECKING:
     from ..dispatch.context import JobContext
@@ -47,7 +55,7 @@ class GenerationInterface(GenerationPlanning, GenerationLoading, GenerationOutpu
         runtime: Runtime,
         locator: ModelLocator,
         pipelines: PipelineManager,
-        presets: "PresetStore | None" = None,
+        presets: PresetStore | None = None,
         vaes: VAEManager | None = None,
         loras: LoRAManager | None = None,
         adapters: AdapterManager | None = None,

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..managers import infotext, modes
+from ..managers import infotext, modes, weights
 from ..managers.controlnet import ControlNetManager, check_against_unet, pipeline_for
 from ..managers.denoise import denoiser_of
 from ..managers.locator import ModelLocator
 from ..managers.pipelines import LoadedPipeline, PipelineManager
 from ..managers.vae import VAEManager, folder_is_fp16_safe, fp16_safe
-from ..managers import weights
 from .generation_plan import SDXL_BASES, Plan
 
 if TYPE_CHECKING:
@@ -107,7 +106,7 @@ class GenerationLoading:
         pipes.fresh = pipes.fresh or self.controlnets.disk_loads > before
         ctx.log(f"ControlNet(s) {', '.join(s.model_id for s in plan.controlnets)} for this run")
 
-    def _fp16_vae(self, plan: Plan, loaded: LoadedPipeline, dtype: str, warnings: list[str]) -> "CatalogItem | None":
+    def _fp16_vae(self, plan: Plan, loaded: LoadedPipeline, dtype: str, warnings: list[str]) -> CatalogItem | None:
         """fp16 on SDXL with no VAE asked for: an fp16-safe VAE of the models dirs, when there is one.
 
         SDXL's original VAE overflows in fp16; without a safe one diffusers upcasts it to fp32

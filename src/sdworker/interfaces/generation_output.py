@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..managers import infotext, precision, schedulers
 from ..managers.output import OutputWriter, b64, encode, unique_names
-from ..managers.runtime import Runtime, RssSampler
+from ..managers.runtime import RssSampler, Runtime
 from ..settings import Settings
 from .generation_load import RunPipes
 from .generation_plan import Plan

@@ -14,17 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ModelNotFound, ValidationFailed, WorkerError
 from ..families import Family, for_base_model, supported_base_models
 from ..families.sd import SDFamily
 from ..managers import hires, modes, precision, schedulers
-from ..managers.controlnet import ControlSpec, plan_controlnets, unet_config
 from ..managers.adapters import AdapterManager, PlannedLoRA
-from ..managers.embeddings import Triggered, find_triggered, rewrite, select, triggers_of
+from ..managers.controlnet import ControlSpec, plan_controlnets, unet_config
+from ..managers.embeddings import (
+    Triggered,
+    find_triggered,
+    rewrite,
+    select,
+    triggers_of,
+)
 from ..managers.locator import ModelLocator, ModelRef, pickle_refused
 from ..managers.output import OutputWriter
 from ..managers.runtime import Runtime
 from ..prompts.lora_tags import extract_lora_tags
-from ..errors import ModelNotFound, ValidationFailed, WorkerError
 from ..schemas.generation import GenerationRequest
 from ..settings import Settings
 
@@ -54,7 +60,7 @@ class Plan:
     preset: dict[str, Any] | None = None  # preset, preset_origin, ... for the result's parameters
     scheduler: schedulers.SchedulerChoice | None = None  # None: the model's own scheduler
     inputs: modes.ModeInputs | None = None
-    vae: "CatalogItem | None" = None  # a standalone VAE the request names
+    vae: CatalogItem | None = None  # a standalone VAE the request names
     refiner: ModelRef | None = None
     hires: hires.HiresPlan | None = None
     dtype: str | None = None  # None: the worker's dtype
@@ -125,7 +131,7 @@ class GenerationPlanning:
     """GenerationInterface's planning half (runs inline, before queueing)."""
 
     settings: Settings
-    presets: "PresetStore | None"
+    presets: PresetStore | None
     runtime: Runtime
     locator: ModelLocator
     output: OutputWriter
@@ -266,7 +272,7 @@ class GenerationPlanning:
             return None
         return "cuda:0" if name == "cuda" else name
 
-    def _plan_vae(self, req: GenerationRequest, ref: ModelRef, warnings: list[str]) -> "CatalogItem | None":
+    def _plan_vae(self, req: GenerationRequest, ref: ModelRef, warnings: list[str]) -> CatalogItem | None:
         """The standalone VAE the request names (None: the model's own, or the fp16 choice at run time)."""
         if req.vae is None or req.vae == "model":
             return None

@@ -20,9 +20,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..errors import ValidationFailed
 from ..families import Family, for_base_model
-from ..families.wan import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, WanFamily, WanModel, WanSampler, build_scheduler, read_model, sampler_choice
-from ..managers import precision, weights
+from ..families.wan import (
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    WanFamily,
+    WanModel,
+    WanSampler,
+    build_scheduler,
+    read_model,
+    sampler_choice,
+)
+from ..managers import precision, video_out, weights
 from ..managers.denoise import generators
 from ..managers.images_in import decode_image
 from ..managers.locator import ModelRef
@@ -30,8 +42,6 @@ from ..managers.output import OutputWriter, b64, unique_names
 from ..managers.pipelines import LoadedPipeline
 from ..managers.runner import Steps, ran
 from ..managers.runtime import RssSampler
-from ..managers import video_out
-from ..errors import ValidationFailed
 from ..schemas.video import VideoRequest
 from .generation_output import finish_job, start_job
 from .generation_plan import blame_preset, limit_problems
@@ -80,7 +90,7 @@ class VideoPlan:
 class VideoInterface:
     """Plans and runs video jobs over the generation interface's services (locator, presets, pipelines)."""
 
-    def __init__(self, generation: "GenerationInterface"):
+    def __init__(self, generation: GenerationInterface):
         self.gen = generation
         self.settings = generation.settings
         self.runtime = generation.runtime

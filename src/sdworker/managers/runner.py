@@ -27,8 +27,10 @@ model cache. The factory reads its options from `call.request` (the job's reques
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import OutOfMemory, is_oom
 from . import precision
@@ -65,14 +67,14 @@ class Steps:
 class PipelineCall:
     """What a wrapper factory sees of the call it wraps."""
 
-    ctx: "JobContext"
+    ctx: JobContext
     pipe: Any
     kwargs: dict[str, Any]
     request: Any  # the job's request model (GenerationRequest, VideoRequest): its options
     device: str
 
 
-CallWrapper = Callable[[PipelineCall], ContextManager[Any]]
+CallWrapper = Callable[[PipelineCall], AbstractContextManager[Any]]
 
 
 @dataclass
@@ -85,12 +87,12 @@ class PipelineRunner:
 
     def call(
         self,
-        ctx: "JobContext",
+        ctx: JobContext,
         pipe: Any,
         kwargs: dict[str, Any],
         steps: Steps,
         *,
-        rss: "RssSampler",
+        rss: RssSampler,
         request: Any = None,
         device: str = "cpu",
         offload: str = "none",
@@ -127,7 +129,7 @@ class PipelineRunner:
             return pipe(**info.kwargs, callback_on_step_end=callback)
 
     @staticmethod
-    def settings(pipes: list[Any], opts: Any) -> ContextManager[list[str]]:
+    def settings(pipes: list[Any], opts: Any) -> AbstractContextManager[list[str]]:
         """The request's attention/VAE slicing and tiling on the run's pipelines, restored after."""
         return precision.shared_settings(pipes, opts)
 
@@ -137,13 +139,13 @@ class PipelineRunner:
         return "none" if loaded.offloaded else opts.cpu_offload
 
     def retrying(
-        self, ctx: "JobContext", attempt: Callable[[str | None], T], pipe: Any, device: str, keys: list[str], give_up: Callable[[str], str]
+        self, ctx: JobContext, attempt: Callable[[str | None], T], pipe: Any, device: str, keys: list[str], give_up: Callable[[str], str]
     ) -> T:
         """Run `attempt(None)`; out of memory: free what is idle, then `attempt(warning)` once in the
         lower-memory mode. Out of memory again: OutOfMemory with `give_up(first line of the error)`."""
         try:
             return attempt(None)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not is_oom(exc):
                 raise
             ctx.log(f"out of memory ({_first_line(exc)}); freeing idle memory and retrying once in low-memory mode", "warning")
@@ -152,7 +154,7 @@ class PipelineRunner:
         try:
             with low_memory_mode(pipe, device, self.memory, keys) as used:
                 return attempt(f"ran out of memory at first; retried once with {', '.join(used)}")
-        except Exception as again:  # noqa: BLE001
+        except Exception as again:
             if is_oom(again):
                 collect()
                 raise OutOfMemory(give_up(_first_line(again))) from again
@@ -169,7 +171,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def force_cancel_hooks(pipe: Any, ctx: "JobContext") -> Iterator[None]:
+def force_cancel_hooks(pipe: Any, ctx: JobContext) -> Iterator[None]:
     """Forward pre-hooks on the denoisers' blocks (both Wan 2.2 experts), so a force cancel or a
     timeout stops inside a step rather than at its end."""
     handles = []
