@@ -1,14 +1,15 @@
 """model.*: discovery, metadata, loading components into the caches, memory, validation, benchmarks.
 
-Discovery and metadata never touch torch and are answered at once. Loading waits for torch
-(answered off the reader thread) and shares the caches with running jobs under their locks;
-what a running job uses is pinned, so a load never evicts it. validate_model, benchmark_model
-and compare_vaes run models, so they are jobs on the device queue like generations.
+Everything here reads the disk, a device or the caches, so it runs on the worker lane, never on
+the stdin reader: ping, status and cancel are answered while a checkpoint loads. Loading waits
+for torch and shares the caches with running jobs under their locks; what a running job uses is
+pinned, so a load never evicts it. validate_model, benchmark_model and compare_vaes run models,
+so they are jobs on the device queue like generations.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..lazy import built_once
 from ..dispatch.registry import method
@@ -20,18 +21,17 @@ if TYPE_CHECKING:
     from ..interfaces.models import ModelInterface
     from ..schemas.base import NoParams
     from ..schemas.models import BenchmarkParams, ClearCacheParams, CompareVaesParams, ListModelsParams, ListModelsResult, LoadComponentParams, LoadParams, MetadataParams, ModelRefParams, OptimizeModelParams, SearchParams, UnloadParams, UpdateMetadataParams, ValidateModelParams
-    from ..app import App
+    from ..interfaces.worker import WorkerInterface
 
 
 class ModelInstructor:
-    def __init__(self, app: "App"):
-        self.app = app
+    def __init__(self, models: Callable[[], "ModelInterface"], worker: "WorkerInterface"):
+        self._models = models  # built on first use: the ready event never waits for it
+        self.worker = worker
 
-    @built_once
+    @property
     def models(self) -> "ModelInterface":
-        from ..interfaces.models import ModelInterface  # on first use: the ready event never waits for it
-
-        return ModelInterface(self.app)
+        return self._models()
 
     @built_once
     def checks(self) -> "ModelChecks":
@@ -44,18 +44,13 @@ class ModelInstructor:
     @method("model.list_models", "models:ListModelsParams", "models:ListModelsResult")
     def list_models(self, params: ListModelsParams, call: Call) -> dict[str, Any]:
         """Every model in the models dirs with kind, base_model, format, path and size."""
-        items = [
-            i.public()
-            for i in self.app.catalog.items(params.refresh)
-            if (params.kind is None or i.kind == params.kind) and (params.base_model is None or i.base_model == params.base_model)
-        ]
-        return {"items": items, "count": len(items)}
+        return self.models.list(params.kind, params.base_model, params.refresh)
 
     @method("model.search", "models:SearchParams", "models:ListModelsResult")
     def search(self, params: SearchParams, call: Call) -> dict[str, Any]:
         """Models whose id, file name or title hold every word of `query`, filtered by kind/base/format/size."""
-        found = self.app.catalog.search(params.query, params.kind, params.base_model, params.format, params.min_size_mb, params.max_size_mb, params.limit)
-        return {"items": [i.public() for i in found], "count": len(found)}
+        p = params
+        return self.models.search(p.query, p.kind, p.base_model, p.format, p.min_size_mb, p.max_size_mb, p.limit)
 
     @method("model.get_model_info", "models:ModelRefParams")
     def get_model_info(self, params: ModelRefParams, call: Call) -> dict[str, Any]:
@@ -79,32 +74,32 @@ class ModelInstructor:
 
     # ---- loading ---------------------------------------------------------------------------------
 
-    @method("model.load_model", "models:LoadParams", needs_runtime=True)
+    @method("model.load_model", "models:LoadParams")
     def load_model(self, params: LoadParams, call: Call) -> dict[str, Any]:
         """Load a checkpoint; device "ram" keeps it in the RAM cache only (a later run promotes it)."""
         return self.models.load_model(params.model_id, params.device, params.dtype)
 
-    @method("model.unload_model", "models:UnloadParams", needs_runtime=True)
+    @method("model.unload_model", "models:UnloadParams")
     def unload_model(self, params: UnloadParams, call: Call) -> dict[str, Any]:
         """Drop a model's pipeline; keep_in_ram moves its weights to the RAM cache instead of freeing them."""
         return self.models.unload(params.model_id, params.keep_in_ram)
 
-    @method("model.load_vae", "models:LoadParams", needs_runtime=True)
+    @method("model.load_vae", "models:LoadParams")
     def load_vae(self, params: LoadParams, call: Call) -> dict[str, Any]:
         """Load a standalone VAE (folder or single file), or a checkpoint's own VAE."""
         return self.models.load_vae(params.model_id, params.device, params.dtype)
 
-    @method("model.load_unet", "models:LoadParams", needs_runtime=True)
+    @method("model.load_unet", "models:LoadParams")
     def load_unet(self, params: LoadParams, call: Call) -> dict[str, Any]:
         """Load a checkpoint's UNet (or transformer) alone."""
         return self.models.load_unet(params.model_id, params.device, params.dtype)
 
-    @method("model.load_encoder", "models:LoadComponentParams", needs_runtime=True)
+    @method("model.load_encoder", "models:LoadComponentParams")
     def load_encoder(self, params: LoadComponentParams, call: Call) -> dict[str, Any]:
         """Load a checkpoint's text encoders (or the one `component` names)."""
         return self.models.load_encoder(params.model_id, params.component, params.device, params.dtype)
 
-    @method("model.load_lora", "models:ModelRefParams", needs_runtime=True)
+    @method("model.load_lora", "models:ModelRefParams")
     def load_lora(self, params: ModelRefParams, call: Call) -> dict[str, Any]:
         """Read a LoRA into the RAM cache (applied per request by the generation methods)."""
         return self.models.load_lora(params.model_id)
@@ -116,7 +111,7 @@ class ModelInstructor:
         """Cache entries (component, models, device, bytes, last used, pinned) and totals against the budgets."""
         return self.models.cache_status()
 
-    @method("model.get_vram_model_status", "base:NoParams", needs_runtime=True)
+    @method("model.get_vram_model_status", "base:NoParams")
     def get_vram_model_status(self, params: NoParams, call: Call) -> dict[str, Any]:
         """Per GPU: total, free, allocated, budget and the models whose weights are on it."""
         return self.models.vram_status()
@@ -126,12 +121,12 @@ class ModelInstructor:
         """Drop unpinned cache entries: all, or those of a model_id / component."""
         return self.models.clear_cache(params.model_id, params.component)
 
-    @method("model.optimize_memory", "base:NoParams", needs_runtime=True)
+    @method("model.optimize_memory", "base:NoParams")
     def optimize_memory(self, params: NoParams, call: Call) -> dict[str, Any]:
         """Offload idle GPU weights to RAM, collect garbage, return cached CUDA blocks."""
         return self.models.optimize_memory()
 
-    @method("model.optimize_model", "models:OptimizeModelParams", needs_runtime=True)
+    @method("model.optimize_model", "models:OptimizeModelParams")
     def optimize_model(self, params: OptimizeModelParams, call: Call) -> dict[str, Any]:
         """Run a loaded model in a lower-memory mode (cpu offload, slicing, tiling); auto picks by memory pressure."""
         return self.models.optimize_model(params.model_id, params.mode)
@@ -140,7 +135,7 @@ class ModelInstructor:
 
     def _job(self, call: Call, model_id: str | None, run: Any) -> Work:
         call.session_id = call.session_id or call.request_id
-        return Work(run=run, model_id=model_id, device_id=self.app.runtime.device_name("default"))
+        return Work(run=run, model_id=model_id, device_id=self.worker.device_name("default"))
 
     @method("model.validate_model", "models:ValidateModelParams", job=True)
     def validate_model(self, params: ValidateModelParams, call: Call) -> Work:

@@ -25,7 +25,7 @@ from ..managers.runtime import RssSampler
 from .batch_plan import BatchItem, BatchPlan, BatchPlanning, Group, _error_entry
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
+    from ..jobs.context import JobContext
     from .generation import GenerationInterface
 
 

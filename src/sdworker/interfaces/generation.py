@@ -39,7 +39,7 @@ from .generation_plan import (
 )
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
+    from ..jobs.context import JobContext
     from ..store.presets import PresetStore
 
 __all__ = ["GenerationInterface", "Plan", "RunPipes", "blame_preset", "finish_job", "kept_from_preset", "limit_problems", "native_size", "start_job"]

@@ -17,7 +17,7 @@ from ..managers.vae import VAEManager, folder_is_fp16_safe, fp16_safe
 from .generation_plan import SDXL_BASES, Plan
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
+    from ..jobs.context import JobContext
     from ..managers.catalog import CatalogItem
 
 

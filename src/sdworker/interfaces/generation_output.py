@@ -15,7 +15,7 @@ from .generation_load import RunPipes
 from .generation_plan import Plan
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
+    from ..jobs.context import JobContext
 
 
 def start_job(ctx: JobContext, runtime: Runtime, plan: Any) -> tuple[float, dict[str, Any], RssSampler, str, str, list[str]]:

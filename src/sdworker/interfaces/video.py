@@ -47,7 +47,7 @@ from .generation_output import finish_job, start_job
 from .generation_plan import blame_preset, limit_problems
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
+    from ..jobs.context import JobContext
     from .generation import GenerationInterface
 
 VIDEO_METHODS = {"inference.text2video": "text2video", "inference.img2video": "img2video"}

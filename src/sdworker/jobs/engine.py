@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..dispatch.context import JobContext
+from .context import JobContext
 from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError
 from ..protocol.events import EventEmitter
 from .executor import DeviceExecutor

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..dispatch.context import JobContext
+from .context import JobContext
 from ..errors import Cancelled, InternalError, OutOfMemory, WorkerError, is_oom
 
 if TYPE_CHECKING:

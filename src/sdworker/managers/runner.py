@@ -38,9 +38,9 @@ from .denoise import denoiser_of
 from .lowmem import OomInjector, low_memory_mode
 from .memory import MemoryManager, collect
 from .preview import preview_extra, preview_maker
+from .progress import JobProgress
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
     from .runtime import RssSampler
 
 T = TypeVar("T")

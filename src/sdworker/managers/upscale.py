@@ -37,7 +37,7 @@ from .memory import CacheEntry, MemoryManager, collect, module_bytes
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..dispatch.context import JobContext
+    from .progress import JobProgress
     from .catalog import CatalogItem, ModelCatalog
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def check_post_processing(
 def apply_post_processing(
     images: list["Image.Image"],
     specs: Sequence[PostProcessStep | dict[str, Any]],
-    ctx: "JobContext | None",
+    ctx: "JobProgress | None",
     upscalers: UpscalerManager,
     device: str = "cpu",
 ) -> list["Image.Image"]:
