@@ -38,9 +38,9 @@ from .denoise import denoiser_of
 from .lowmem import OomInjector, low_memory_mode
 from .memory import MemoryManager, collect
 from .preview import preview_extra, preview_maker
-from .progress import JobProgress
 
 if TYPE_CHECKING:
+    from .progress import JobProgress
     from .runtime import RssSampler
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ class Steps:
 class PipelineCall:
     """What a wrapper factory sees of the call it wraps."""
 
-    ctx: JobContext
+    ctx: JobProgress
     pipe: Any
     kwargs: dict[str, Any]
     request: Any  # the job's request model (GenerationRequest, VideoRequest): its options
@@ -87,7 +87,7 @@ class PipelineRunner:
 
     def call(
         self,
-        ctx: JobContext,
+        ctx: JobProgress,
         pipe: Any,
         kwargs: dict[str, Any],
         steps: Steps,
@@ -139,7 +139,7 @@ class PipelineRunner:
         return "none" if loaded.offloaded else opts.cpu_offload
 
     def retrying(
-        self, ctx: JobContext, attempt: Callable[[str | None], T], pipe: Any, device: str, keys: list[str], give_up: Callable[[str], str]
+        self, ctx: JobProgress, attempt: Callable[[str | None], T], pipe: Any, device: str, keys: list[str], give_up: Callable[[str], str]
     ) -> T:
         """Run `attempt(None)`; out of memory: free what is idle, then `attempt(warning)` once in the
         lower-memory mode. Out of memory again: OutOfMemory with `give_up(first line of the error)`."""
@@ -171,7 +171,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def force_cancel_hooks(pipe: Any, ctx: JobContext) -> Iterator[None]:
+def force_cancel_hooks(pipe: Any, ctx: JobProgress) -> Iterator[None]:
     """Forward pre-hooks on the denoisers' blocks (both Wan 2.2 experts), so a force cancel or a
     timeout stops inside a step rather than at its end."""
     handles = []
