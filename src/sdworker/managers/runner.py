@@ -21,7 +21,11 @@ and returns a context manager; all are entered, in list order, inside the offloa
 hooks and outside `torch.inference_mode`, around the one `pipe(**kwargs)`. A factory may change
 `call.kwargs` or the pipeline's modules for the call (a compiled denoiser, a step cache) and must
 restore what it changed when its context exits: the pipelines and their modules are shared by the
-model cache. The factory reads its options from `call.request` (the job's request model).
+model cache. The factory reads its options from `call.request` (the job's request model). The
+cancel pre-hooks are already on the denoiser's blocks when a factory runs (a compiled denoiser
+keeps them only if it wraps the same modules). The worker has one runner, GenerationInterface's
+`runner`, which batch and video use too: register a factory there once
+(`runner.wrappers.append(factory)`), and it wraps every call of every job.
 """
 
 from __future__ import annotations
