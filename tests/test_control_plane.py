@@ -58,26 +58,56 @@ def test_ping_is_answered_while_a_write_waits_for_the_database(spawn, tmp_path: 
     assert _index(w, _answer("p1")) < _index(w, _answer("slow"))
 
 
-def test_ping_is_answered_while_a_job_is_planned(spawn) -> None:
-    """Decoding a large init image is planning work: it runs off the reader, so the ping comes first."""
+class _HeldDatabase:
+    """Holds sdworker.db's write lock (as another process could), so a `config.create` sent now waits on
+    the worker lane, and every call queued behind it there waits too, for as long as the test holds it."""
+
+    def __init__(self, w: Worker, data_dir: Path):
+        assert w.call("config.list")["success"]  # the worker has opened sdworker.db
+        self.w = w
+        self.db = sqlite3.connect(data_dir / "sdworker.db", isolation_level=None, timeout=30)
+
+    def __enter__(self) -> "_HeldDatabase":
+        self.db.execute("BEGIN IMMEDIATE")
+        self.w.send({"type": "config.create", "request_id": "held", "data": {"model_id": "m", "base_model": "sdxl", "configuration_type": "speed", "steps": 4, "cfg_scale": 1}})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.execute("ROLLBACK")
+        self.db.close()
+        assert self.w.response("held")["success"]
+
+
+def _said(w: Worker, rid: str) -> bool:
+    return any(isinstance(m, dict) and m.get("request_id") == rid for m in w.pending)
+
+
+def test_ping_is_answered_while_a_job_waits_to_be_planned(spawn, tmp_path: Path) -> None:
+    """Job planning (decoding the init image, resolving the model) is lane work: a ping sent behind a
+    job that cannot be planned yet is answered at once, before the job says anything."""
     w = spawn()
-    w.send({"type": "inference.img2img", "request_id": "big", "data": {**JOB, "init_image": _noise_png(2048)}})
-    w.send({"type": "system.ping", "request_id": "p"})
-    w.response("p")
-    w.wait_for(lambda m: m.get("request_id") == "big", timeout=120)  # its queued event (or its answer)
-    assert _index(w, _answer("p")) < _index(w, lambda m: m.get("request_id") == "big")
+    with _HeldDatabase(w, tmp_path / "data"):
+        w.send({"type": "inference.img2img", "request_id": "big", "data": {**JOB, "init_image": _noise_png(256)}})
+        w.send({"type": "system.ping", "request_id": "p"})
+        assert w.response("p")["success"]
+        assert not _said(w, "big")  # still behind the held write on the lane
     assert w.response("big", timeout=300)["success"]
+    assert _index(w, _answer("p")) < _index(w, lambda m: m.get("request_id") == "big")
 
 
-def test_status_and_cancel_of_a_job_being_planned_see_it_queued(spawn) -> None:
+def test_status_and_cancel_of_a_job_being_planned_see_it_queued(spawn, tmp_path: Path) -> None:
     """A call naming a job that is still being planned waits for that plan: it never says 'unknown session'."""
     w = spawn("--max-steps", "1000")
     endless = {"model_id": "tiny-sdxl", "prompt": "long", "width": 64, "height": 64, "steps": 1000, "seed": 1}
     w.send({"type": "inference.text2img", "request_id": "run", "data": endless})  # runs until cancelled
     w.wait_for(lambda m: m.get("event") == "progress" and m.get("request_id") == "run", timeout=120)
-    w.send({"type": "inference.img2img", "request_id": "planned", "data": {**JOB, "init_image": _noise_png(1024)}})
-    w.send({"type": "inference.get_session_status", "request_id": "st", "data": {"session_id": "planned"}})
-    w.send({"type": "inference.cancel_session", "request_id": "cx", "data": {"session_id": "planned"}})
+    with _HeldDatabase(w, tmp_path / "data"):
+        w.send({"type": "inference.img2img", "request_id": "planned", "data": {**JOB, "init_image": _noise_png(64)}})
+        w.send({"type": "inference.get_session_status", "request_id": "st", "data": {"session_id": "planned"}})
+        w.send({"type": "inference.cancel_session", "request_id": "cx", "data": {"session_id": "planned"}})
+        w.send({"type": "system.ping", "request_id": "p"})
+        assert w.response("p")["success"]
+        assert not _said(w, "st") and not _said(w, "cx")  # they wait for the plan, which waits for the lane
     st = w.response("st")
     assert st["success"] and st["data"]["status"] == "queued", st
     cx = w.response("cx")

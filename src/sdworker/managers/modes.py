@@ -124,15 +124,16 @@ def call_kwargs(mode: str, inputs: ModeInputs, width: int, height: int, strength
 
 
 # How an img2img/inpainting pipeline turns steps and strength into denoising steps (diffusers'
-# get_timesteps). SD 1.x/2.x/SDXL pipelines (ControlNet ones too): min(int(steps * strength), steps),
-# which is 0 when steps * strength < 1 and the call then fails. Flux's: steps - int(steps * (1 -
-# strength)), at least 1 for any strength > 0.
-_TRUNCATING_FAMILIES = ("sd",)
+# get_timesteps): a family that truncates (Family.truncates_strength: SD's pipelines, ControlNet ones
+# too) runs min(int(steps * strength), steps), which is 0 when steps * strength < 1 and the call then
+# fails; the others steps - int(steps * (1 - strength)), at least 1 for any strength > 0.
 
 
 def denoising_steps(steps: int, strength: float, family: str = "sd") -> int:
     """Denoising steps the first pass of an img2img/inpainting call runs (as the family's pipelines count)."""
-    if family in _TRUNCATING_FAMILIES:
+    from ..families import registry
+
+    if registry.truncates_strength(family):
         return min(int(steps * strength), steps)
     return steps - int(max(steps - steps * strength, 0))
 
