@@ -249,7 +249,9 @@ def test_kill_9_right_after_queued_then_pid_reused(spawn, tmp_path: Path) -> Non
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         with sqlite3.connect(tmp_path / "data" / "sdworker.db") as conn:
-            conn.execute("UPDATE sessions SET pid = ? WHERE pid = ?", (stranger.pid, dead))
+            # the dead run started an hour before the stranger (pids wrap around slowly): without this, a
+            # worker killed within a second of its start would share the stranger's start time
+            conn.execute("UPDATE sessions SET pid = ?, pid_started = pid_started - 3600 WHERE pid = ?", (stranger.pid, dead))
         w2 = spawn()  # same --data-dir
         for rid in ids:
             st = w2.call("inference.get_session_status", {"session_id": rid})

@@ -104,6 +104,12 @@ class OutOfMemory(WorkerError):
     code = "out_of_memory"
 
 
+def is_oom(exc: BaseException) -> bool:
+    """The one test for out of memory: torch's OutOfMemoryError by name (no torch import here), or
+    an error whose text says so (CPU allocators, MPS, other backends)."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
 class Cancelled(WorkerError):
     code = "cancelled"
 

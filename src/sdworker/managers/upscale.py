@@ -29,10 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from ..errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed
+from ..errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed, is_oom
 from ..schemas.postprocess import PostProcessStep
 from . import fingerprint
-from .lowmem import is_oom
 from .memory import CacheEntry, MemoryManager, collect, module_bytes
 
 if TYPE_CHECKING:
