@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import cpu_gens
 
+from conftest import cpu_gens
 from sdworker.errors import Cancelled, OutOfMemory, is_oom
 
 

@@ -150,11 +150,11 @@ class BatchPlanning:
         groups = self.group([it for it in items if it.plan is not None])
         for g in groups:
             if g.alone:
-                plan = g.items[0].plan
-                assert plan is not None
-                batched = ", ".join(plan.family.batch_modes) or "no mode"
+                lone = g.items[0].plan
+                assert lone is not None
+                batched = ", ".join(lone.family.batch_modes) or "no mode"
                 warnings.append(
-                    f"item {g.items[0].index}: {plan.mode} on {plan.ref.base_model} models does not batch (batch_process batches {batched} there); "
+                    f"item {g.items[0].index}: {lone.mode} on {lone.ref.base_model} models does not batch (batch_process batches {batched} there); "
                     "it runs alone, as its own request would"
                 )
         if not groups:

@@ -7,8 +7,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .context import JobContext
 from ..errors import Cancelled, InternalError, OutOfMemory, WorkerError, is_oom
+from .context import JobContext
 
 if TYPE_CHECKING:
     from .engine import Job, JobEngine
@@ -29,7 +29,7 @@ def classify(exc: BaseException) -> WorkerError:
 
 
 class DeviceExecutor:
-    def __init__(self, device_id: str, queue: "JobQueue[Job]", engine: "JobEngine"):
+    def __init__(self, device_id: str, queue: JobQueue[Job], engine: JobEngine):
         self.device_id = device_id
         self.queue = queue
         self.engine = engine
@@ -53,7 +53,7 @@ class DeviceExecutor:
             finally:
                 self.current = None
 
-    def _run(self, job: "Job") -> None:
+    def _run(self, job: Job) -> None:
         s = job.session
         ctx = JobContext(s, job.events, lambda sess, st: self.engine.status(sess, st, job), preview=job.preview)
         s.started_at = time.time()

@@ -15,7 +15,8 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .memory import MemoryManager
 

@@ -25,9 +25,10 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed, is_oom
 from ..schemas.postprocess import PostProcessStep
@@ -37,8 +38,8 @@ from .memory import CacheEntry, MemoryManager, collect, module_bytes
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .progress import JobProgress
     from .catalog import CatalogItem, ModelCatalog
+    from .progress import JobProgress
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,12 @@ class UpscalerManager:
     over the same memory and catalog share every loaded model.
     """
 
-    def __init__(self, memory: MemoryManager, catalog: "ModelCatalog", allow_pickle: bool = False):
+    def __init__(self, memory: MemoryManager, catalog: ModelCatalog, allow_pickle: bool = False):
         self.memory = memory
         self.catalog = catalog
         self.allow_pickle = allow_pickle
 
-    def resolve(self, model_id: str, field: str = "model") -> "CatalogItem":
+    def resolve(self, model_id: str, field: str = "model") -> CatalogItem:
         """The catalog item of an upscaler; every refusal happens here, before a job is queued."""
         try:
             item = self.catalog.find(model_id, "upscaler", field)
@@ -159,14 +160,14 @@ class UpscalerManager:
             )
         return item
 
-    def _other_kind(self, model_id: str, field: str) -> "CatalogItem | None":
+    def _other_kind(self, model_id: str, field: str) -> CatalogItem | None:
         try:
             return self.catalog.find(model_id, None, field)
         except Exception:  # noqa: BLE001  (not found, or ambiguous: the upscaler's own error stands)
             return None
 
     @contextmanager
-    def use(self, item: "CatalogItem", device: str) -> Iterator[tuple[Any, LoadInfo]]:
+    def use(self, item: CatalogItem, device: str) -> Iterator[tuple[Any, LoadInfo]]:
         """The model's spandrel descriptor on `device`, pinned in the cache while the block runs."""
         t0 = time.perf_counter()
         key = fingerprint.of_file(item.path, "upscaler")
@@ -183,7 +184,7 @@ class UpscalerManager:
             self.memory.place([key], device)
             yield entry.obj, LoadInfo(round((time.perf_counter() - t0) * 1000, 2), fresh)
 
-    def load(self, item: "CatalogItem") -> Any:
+    def load(self, item: CatalogItem) -> Any:
         """Read the file and let spandrel build the model (fp32, on the CPU, in eval mode)."""
         spandrel = spandrel_module()
         try:
@@ -199,7 +200,7 @@ class UpscalerManager:
         log.info("loaded upscaler %s: %s x%d", item.model_id, descriptor.architecture.name, descriptor.scale)
         return descriptor
 
-    def _state_dict(self, item: "CatalogItem") -> dict[str, Any]:
+    def _state_dict(self, item: CatalogItem) -> dict[str, Any]:
         if item.path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
@@ -238,10 +239,10 @@ def overlap_for(tile: int) -> int:
 
 def run_model(
     descriptor: Any,
-    image: "Image.Image",
+    image: Image.Image,
     tile: int = DEFAULT_TILE,
     on_tile: Callable[[int, int], None] | None = None,
-) -> "Image.Image":
+) -> Image.Image:
     """The model's output for an RGB image (its own scale), computed tile by tile."""
     import numpy as np
     import torch
@@ -292,7 +293,7 @@ def _tiled(descriptor: Any, x: Any, tile: int, on_tile: Callable[[int, int], Non
     return y
 
 
-def lanczos(image: "Image.Image", size: tuple[int, int]) -> "Image.Image":
+def lanczos(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     from PIL import Image
 
     if image.size == size:
@@ -301,12 +302,12 @@ def lanczos(image: "Image.Image", size: tuple[int, int]) -> "Image.Image":
 
 
 def upscale(
-    image: "Image.Image",
+    image: Image.Image,
     factor: float,
     descriptor: Any | None = None,
     tile: int | None = None,
     on_tile: Callable[[int, int], None] | None = None,
-) -> "Image.Image":
+) -> Image.Image:
     """The image at round(factor x its size): the model at its own scale (if any), then Lanczos."""
     size = target_size(image.width, image.height, factor)
     if descriptor is not None:
@@ -350,12 +351,12 @@ def check_post_processing(
 
 
 def apply_post_processing(
-    images: list["Image.Image"],
+    images: list[Image.Image],
     specs: Sequence[PostProcessStep | dict[str, Any]],
-    ctx: "JobProgress | None",
+    ctx: JobProgress | None,
     upscalers: UpscalerManager,
     device: str = "cpu",
-) -> list["Image.Image"]:
+) -> list[Image.Image]:
     """Run each step over every image, in order; checks for cancellation between tiles.
 
     `specs` should have been through `check_post_processing` at plan time; it is validated
