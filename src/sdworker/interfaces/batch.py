@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ..dispatch.context import JobContext
-from ..managers import modes
+from ..managers import modes, optimize
 from ..managers.adapters import AdapterManager
 from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
 from ..managers.runtime import RssSampler
@@ -113,6 +113,7 @@ def group_key(plan: "Plan") -> tuple:
         req.strength if plan.mode != "text2img" else None,
         req.negative_prompt is None,
         tuple((p.item.model_id, p.weight) for p in plan.loras),  # one LoRA set per diffusers call
+        repr(req.optimize),  # one set of speed options per diffusers call
     )
 
 
@@ -456,7 +457,8 @@ class BatchInterface:
             own = first.family.scheduler_for(first.req, loaded.scheduler_config)  # HiDream builds its own
             pipe.scheduler = own if own is not None else gen.pipelines.fresh_scheduler(loaded, first.scheduler)
             t_inf = time.perf_counter()
-            with force_cancel_hooks(denoiser_of(pipe), ctx), torch.inference_mode():
+            opt = optimize.optimized(pipe, first.req.optimize, gen.settings.optimize, ctx.session.performance, gen.settings.data_dir, bool(first.loras))
+            with opt, force_cancel_hooks(denoiser_of(pipe), ctx), torch.inference_mode():
                 out = pipe(
                     **prompt_kwargs,
                     **modes.call_kwargs(first.mode, inputs, first.width, first.height, first.req.strength),

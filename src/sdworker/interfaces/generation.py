@@ -14,7 +14,7 @@ from .. import __version__
 from ..dispatch.context import JobContext
 from ..families import Family, for_base_model, supported_base_models
 from ..families.sd import SDFamily
-from ..managers import hires, infotext, modes, precision, schedulers, weights
+from ..managers import hires, infotext, modes, optimize, precision, schedulers, weights
 from ..managers.controlnet import ControlNetManager, ControlSpec, check_against_unet, controlnet_call_kwargs, pipeline_for, plan_controlnets, unet_config
 from ..managers.adapters import AdapterManager, PlannedLoRA
 from ..managers.denoise import denoiser_of, force_cancel_hooks, generators
@@ -643,6 +643,7 @@ class GenerationInterface:
         offload = "none" if pipes.loaded.offloaded else plan.req.precision.cpu_offload
         with (
             precision.offloaded(pipe, offload, pipes.loaded.device, self.pipelines.memory, pipes.keys),
+            optimize.optimized(pipe, plan.req.optimize, self.settings.optimize, ctx.session.performance, self.settings.data_dir, bool(plan.loras)),
             force_cancel_hooks(denoiser_of(pipe), ctx),
             torch.inference_mode(),
         ):
@@ -666,6 +667,7 @@ class GenerationInterface:
         if plan.embeddings:
             extra["textual_inversions"] = sorted({t.item.model_id for t in plan.embeddings})
         extra.update(plan.family.effective(req, plan))  # [families] e.g. Flux's max_sequence_length, true_cfg_scale
+        extra["optimize"] = optimize.parameters(pipe, req.optimize, self.settings.optimize, bool(plan.loras))
         extra["hashes"] = self._hashes(plan, pipes)
         return {
             "mode": plan.mode,

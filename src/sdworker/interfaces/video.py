@@ -24,7 +24,7 @@ from .. import __version__
 from ..dispatch.context import JobContext
 from ..families import Family, for_base_model
 from ..families.wan import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, WanFamily, WanModel, WanSampler, build_scheduler, read_model, sampler_choice
-from ..managers import precision, weights
+from ..managers import optimize, precision, weights
 from ..managers.denoise import generators
 from ..managers.images_in import decode_image
 from ..managers.locator import ModelRef
@@ -268,6 +268,7 @@ class VideoInterface:
         with (
             precision.shared_settings([pipe], req.precision),
             precision.offloaded(pipe, offload, loaded.device, self.pipelines.memory, list(loaded.keys.values())),
+            optimize.optimized(pipe, req.optimize, self.settings.optimize, ctx.session.performance, self.settings.data_dir),
             _force_cancel_hooks(pipe, ctx),
             torch.inference_mode(),
         ):
@@ -300,6 +301,7 @@ class VideoInterface:
             "device": self.runtime.device_name(plan.device),
             "dtype": dtype,
             "precision": {**req.precision.model_dump(), "dtype": dtype},
+            "optimize": optimize.parameters(pipe, req.optimize, self.settings.optimize),
             "output": req.output.model_dump(),
             "version": f"sdworker {__version__}",
             **(plan.preset or {}),
