@@ -55,7 +55,7 @@ def is_unet(denoiser: Any) -> bool:
 
 
 def first_block_supported(denoiser: Any) -> bool:
-    """diffusers' First Block Cache knows this transformer's block class (Flux, SD3, Wan do; HiDream does not)."""
+    """diffusers' First Block Cache knows this transformer's block class (Flux, Wan; not HiDream's, and SD3's fails on its last block)."""
     try:
         from diffusers.hooks._helpers import TransformerBlockRegistry
     except ImportError:
