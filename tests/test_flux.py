@@ -20,7 +20,7 @@ from sdworker.managers import modes
 from sdworker.managers.denoise import generators
 from sdworker.managers.locator import ModelRef
 from sdworker.schemas.generation import GenerationRequest
-from sdworker.tiny.flux import make_tiny_flux
+from sdworker.families.flux.tiny import make_tiny_flux
 
 PROMPT = "a photo of a small red house by a lake"
 DEV, SCHNELL = "tiny-flux-dev", "tiny-flux-schnell"

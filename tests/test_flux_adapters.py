@@ -30,7 +30,7 @@ from conftest import Worker, png_b64 as _png_b64
 from sdworker.models.detect import detect_file
 from sdworker.tiny import make_tiny_model
 from sdworker.tiny.adapters import make_tiny_kohya_lora
-from sdworker.tiny.flux import make_tiny_flux_controlnet, make_tiny_flux_lora
+from sdworker.families.flux.tiny import make_tiny_flux_controlnet, make_tiny_flux_lora
 
 PROMPT = "a photo of a small red house by a lake"
 DEV, FILL, SD = "tiny-flux-dev", "tiny-flux-fill", "tiny-sd15"
@@ -323,7 +323,7 @@ def test_flux_controlnet_fit_needs_the_same_width_and_guidance(root):
     import json
 
     from sdworker.managers import controlnet as cnm
-    from sdworker.tiny.flux import TRANSFORMERS
+    from sdworker.families.flux.tiny import TRANSFORMERS
 
     cn = json.loads((root / "controlnet" / "flux-cn-a" / "config.json").read_text())
     assert cnm.family_of_config(cn) == "flux"

@@ -26,7 +26,7 @@ from sdworker.models._hints import base_from_text
 from sdworker.models.detect import detect, detect_file
 from sdworker.schemas.generation import GenerationRequest
 from sdworker.store.presets import detect_base_model
-from sdworker.tiny.hidream import make_tiny_hidream
+from sdworker.families.hidream.tiny import make_tiny_hidream
 
 PROMPT = "a photo of a small red house by a lake"
 FULL, DEV, FAST = "tiny-hidream-full", "tiny-hidream-dev", "tiny-hidream-fast"

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sdworker.managers.preview import LATENT_RGB, MAX_SIDE, PreviewMaker, latents_to_rgb, preview_extra, preview_jpeg, preview_maker
+from sdworker.families.sd.knowledge import LATENT_RGB
+from sdworker.managers.preview import MAX_SIDE, PreviewMaker, latents_to_rgb, preview_extra, preview_jpeg, preview_maker
 
 
 def _open(b64: str) -> Image.Image:

@@ -25,7 +25,7 @@ from sdworker.managers.locator import ModelLocator
 from sdworker.models.detect import detect_file
 from sdworker.models.gguf_header import GGUFHeaderError, read_gguf_header
 from sdworker.errors import ValidationFailed
-from sdworker.tiny.flux import make_tiny_flux_lora
+from sdworker.families.flux.tiny import make_tiny_flux_lora
 from sdworker.tiny.transformer_file import ORIGINAL_PREFIX, save_transformer_file
 from sdworker.tiny.wan_original import wan_to_original
 

@@ -30,7 +30,7 @@ from sdworker.models._folder import detect_diffusers_folder
 from sdworker.errors import ValidationFailed
 from sdworker.schemas.video import VideoRequest
 from sdworker.store.presets import detect_base_model
-from sdworker.tiny.wan import make_tiny_wan
+from sdworker.families.wan.tiny import make_tiny_wan
 
 PROMPT = "a photo of a small red house by a lake"
 W21, W22, I2V22, I2V21, TI2V, SD15 = "tiny-wan21", "tiny-wan22", "tiny-wan22-i2v", "tiny-wan21-i2v", "tiny-wan22-ti2v", "tiny-sd15"
@@ -226,7 +226,7 @@ def test_build_scheduler_shift():
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     from sdworker.families.wan import SAMPLERS, build_scheduler
-    from sdworker.tiny.wan import SCHEDULER
+    from sdworker.families.wan.tiny import SCHEDULER
 
     own = build_scheduler(None, UniPCMultistepScheduler, SCHEDULER)
     assert type(own) is UniPCMultistepScheduler and own.config.flow_shift == 3.0

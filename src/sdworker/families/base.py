@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
+    from ..models.refs import ModelRef
     from ..schemas.generation import GenerationRequest
 
 
@@ -56,6 +56,17 @@ class Checked:
 
 def problem(path: str, message: str) -> dict[str, str]:
     return {"path": path, "message": message}
+
+
+def preset_row(
+    base_model: str, configuration_type: str, steps: int, cfg_scale: float, sampler: str, scheduler: str,
+    model_specific_params: dict[str, Any], source: str,
+) -> dict[str, Any]:
+    """One built-in preset (Family.builtin_presets): store.builtin_presets.BuiltinPreset's fields."""
+    return {
+        "base_model": base_model, "configuration_type": configuration_type, "steps": steps, "cfg_scale": cfg_scale,
+        "sampler": sampler, "scheduler": scheduler, "model_specific_params": model_specific_params, "source": source,
+    }
 
 
 def plain_text_prompts(req: "GenerationRequest", family: str) -> tuple[dict[str, Any], list[str]]:
@@ -95,6 +106,91 @@ class Family:
     tiny_arches: ClassVar[dict[str, str]] = {}
     #: built-in quality/speed presets (store.builtin_presets.BuiltinPreset fields), for families that keep their own
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    # ---- detection (models/ asks through families.registry; nothing here imports torch) ----
+    #: (rank, regex, base model): file names and titles that name this family's base models; every
+    #: family's rules are tried by rank (ties in registry order), the first match wins
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = ()
+    #: ModelSpec `modelspec.architecture` prefixes -> base model (a longer prefix of a family first)
+    arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: model_index.json `_class_name` prefixes detection reads as this family's (the longest match wins)
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: AutoencoderKL scaling factors of this family's reference VAE configs -> base model
+    vae_scaling: ClassVar[dict[float, str]] = {}
+    #: normalised LoRA key fragments ('.' read as '_') only this family's LoRAs have
+    lora_markers: ClassVar[tuple[str, ...]] = ()
+    #: a DiT LoRA's joint-attention width -> base model
+    lora_dit_widths: ClassVar[dict[int, str]] = {}
+
+    def base_from_version(self, version: str) -> str | None:
+        """The base model a kohya `ss_base_model_version` (lowered) names, when it is this family's."""
+        return None
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        """Detection's base model of a diffusers pipeline folder this family claims by class prefix
+        (`unet`: its unet/config.json, {} when absent); None: the default family's rule."""
+        return None
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        """(kind, base model) of a lone component folder whose config.json names `cls`; None: not ours."""
+        return None
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """(base model, details) of a single file's denoiser when its tensor names (`unet`: the
+        keys under a checkpoint's model.diffusion_model., or the bare ones; `whole`: every key) are
+        this family's; None: not ours. Other families are asked before the default one."""
+        return None
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """(base model, details) of a single-file ControlNet whose tensor names are this family's."""
+        return None
+
+    def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+        """The base model once names and metadata are read, where tensor shapes cannot tell (Pony over SDXL)."""
+        return base
+
+    def refine_folder_base(self, base: str, name: str) -> str:
+        """The base model of a diffusers folder once its name is read (a folder has no metadata)."""
+        return base
+
+    def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
+        """The base model of a LoRA whose keys carry this family's `lora_markers`."""
+        return self.base_models[0]
+
+    # ---- single files ----
+    #: base model -> the pipeline class a whole single-file checkpoint of it runs with (managers.locator)
+    single_file_pipelines: ClassVar[dict[str, str]] = {}
+    #: base model -> the base models whose diffusers folders may lend a lone transformer file their other
+    #: components, best first (managers.transformer_files)
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    # ---- adapters and previews ----
+    #: base model -> the LoRA group whose LoRAs fit its models (by layer shapes); a base in none is its own
+    lora_groups: ClassVar[dict[str, str]] = {}
+    #: base model -> the ControlNet group it shares ControlNets with ("SDXL": SDXL and Pony)
+    controlnet_groups: ClassVar[dict[str, str]] = {}
+    #: a ControlNet config's fields that must equal the denoiser's for its residuals to add up
+    controlnet_shape_keys: ClassVar[tuple[str, ...]] = ()
+
+    #: what the ControlNets' residuals are added to, in messages
+    denoiser_name: ClassVar[str] = "UNet"
+
+    def runs_controlnets_of(self, pipe: Any = None, denoiser: Mapping[str, Any] | None = None) -> bool:
+        """Whether a loaded pipeline `pipe`, or a model whose denoiser config is `denoiser`, takes this
+        family's ControlNets (families without a claim fall to the default family)."""
+        return False
+
+    def controlnet_pipeline(self, pipe: Any, mode: str) -> str | None:
+        """The diffusers ControlNet pipeline class running `mode` over `pipe`'s components."""
+        return None
+
+    def controlnet_multi(self, nets: list[Any]) -> Any:
+        """Several loaded ControlNets as the one model the pipeline takes."""
+        raise NotImplementedError
+
+    def latent_rgb(self, base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None:
+        """latent channel -> RGB factors and the RGB bias of a step preview (None: no linear map known)."""
+        return None
 
     def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
         """The base model of one of this family's diffusers folders (its model_index.json as read)."""

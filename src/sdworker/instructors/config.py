@@ -125,9 +125,9 @@ class ConfigInstructor:
             raise UnsafePath("data.path: no --data-dir or --output-dir to write to", [{"path": "data.path", "message": "no allowed roots"}])
         path = resolve_in_roots(params.path, roots, "data.path")
         try:
-            from ..store.presets import write_atomic
+            from ..atomic import write_text_atomic
 
-            write_atomic(path, text)
+            write_text_atomic(path, text)
         except OSError as exc:
             raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from None
         return {"count": count, "jsonl": None, "path": str(path)}

@@ -44,28 +44,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bases whose LoRAs fit each other's models (by layer shapes).
-_FAMILY: dict[str, str] = {
-    "sd_1_5": "SD 1.x",
-    "sd_1": "SD 1.x",
-    "sd_2": "SD 2.x",
-    "sdxl": "SDXL",
-    "pony": "SDXL",
-    "sdxl_refiner": "SDXL refiner",
-    # dev, schnell and Krea share the transformer's layout: a Flux LoRA fits each of them
-    "flux": "Flux",
-    "flux_dev": "Flux",
-    "flux_schnell": "Flux",
-    "flux_krea": "Flux",
-}
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 def family(base: str) -> str | None:
-    """The family a base belongs to (None: unknown, no check possible)."""
+    """The LoRA group a base belongs to: bases whose LoRAs fit each other's models by layer shapes
+    (Family.lora_groups); None: unknown, no check possible."""
     if not base or base == "unknown":
         return None
-    return _FAMILY.get(base, base)
+    from ..families import registry
+
+    return registry.lora_groups().get(base, base)
 
 
 def check_base(lora_id: str, lora_base: str, model_id: str, model_base: str, field_path: str = "data.loras") -> None:

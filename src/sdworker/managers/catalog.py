@@ -61,11 +61,6 @@ class CatalogItem:
         """Entries it reads that link outside the models dir (components, sidecars, tokenizers)."""
         return list(self.details.get("unsafe", []))
 
-    @property
-    def is_pipeline(self) -> bool:
-        """A diffusers pipeline folder or a whole single-file checkpoint (generation can run it)."""
-        return self.kind == "checkpoint"
-
     def public(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id,

@@ -9,18 +9,14 @@ Pipelines never load weights themselves: they are assembled from these entries.
 from __future__ import annotations
 
 import importlib
-import json
-import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ModelLoadFailed
 from . import fingerprint, transformer_files
 from . import weights as weights_mod
+from .cached_load import CachedLoader
 from .memory import CacheEntry, MemoryManager, module_bytes
-
-log = logging.getLogger(__name__)
 
 _LIBRARIES = ("diffusers", "transformers")
 
@@ -37,7 +33,7 @@ def component_class(library: str, class_name: str) -> type:
     return cls
 
 
-class ComponentManager:
+class ComponentManager(CachedLoader):
     """Loads the components named in `names`; shared base of the per-kind managers."""
 
     names: tuple[str, ...] = ()
@@ -70,20 +66,12 @@ class ComponentManager:
         self, key: str, source: Path, dtype: str, weights: str, model_id: str, component: str, read: Callable[[], Any]
     ) -> CacheEntry:
         """The entry under `key`, or what `read` gives, put into the cache under it."""
-        hit = self.memory.get(key)
-        if hit is not None:
-            hit.model_ids.add(model_id)
-            return hit
-        t0 = time.perf_counter()
-        try:
-            obj = read()
-        except ModelLoadFailed:
-            raise
-        except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
-            raise ModelLoadFailed(f"model {model_id!r}: {component} could not be loaded from {source}: {type(exc).__name__}: {exc}") from exc
-        self.disk_loads += 1
-        log.info("read %s of %s from disk in %.0f ms", component, model_id, (time.perf_counter() - t0) * 1000)
-        return self.memory.put(self.entry(key, component, obj, weights_mod.held_as(dtype, weights), source, model_id))
+        return self.cached(
+            key, model_id, read,
+            lambda obj: self.entry(key, component, obj, weights_mod.held_as(dtype, weights), source, model_id),
+            label=lambda _: f"{component} of {model_id}",
+            failure=lambda exc: f"model {model_id!r}: {component} could not be loaded from {source}: {type(exc).__name__}: {exc}",
+        )
 
     def entry(self, key: str, component: str, obj: Any, dtype: str, source: Path, model_id: str) -> CacheEntry:
         return CacheEntry(key, component, obj, module_bytes(obj), "cpu", dtype if self.has_dtype else "-", str(source), {model_id})
@@ -138,10 +126,3 @@ class TokenizerManager(ComponentManager):
     names = ("tokenizer", "tokenizer_2", "tokenizer_3", "tokenizer_4", "image_processor")  # image_processor: Wan 2.1 I2V's CLIP
     has_dtype = False
 
-
-def read_config(folder: Path) -> dict[str, Any]:
-    for name in ("config.json", "scheduler_config.json"):
-        p = folder / name
-        if p.is_file():
-            return json.loads(p.read_text(encoding="utf-8"))
-    return {}

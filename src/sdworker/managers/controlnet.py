@@ -11,56 +11,41 @@ Running: the ControlNet pipeline of the mode is built over the loaded model's co
 `DiffusionPipeline.from_pipe` it leaves every shared component's dtype as it is), with one
 `ControlNetModel` or, for several, a `MultiControlNetModel`. Flux models take
 `FluxControlNetModel`s (diffusers folders) the same way, several in a `FluxMultiControlNetModel`;
-their fit is checked against the transformer's config instead of the UNet's. The ControlNet weights are cache
-entries like any component: loaded once, shared by content, pinned while a job uses them.
+their fit is checked against the transformer's config instead of the UNet's. Which base models
+share ControlNets, which pipeline runs them and which config fields must match is each family's
+(Family.controlnet_*). Loading (ControlNetManager, single files) is managers.controlnet_files.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import re
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
-from . import fingerprint, modes, preprocessors
-from .components import ComponentManager
+from ..errors import ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from . import modes, preprocessors
+from .controlnet_files import _LDM_PREFIX, ControlNetManager
 from .images_in import decode_image
-from .memory import CacheEntry
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem, ModelCatalog
 
-log = logging.getLogger(__name__)
 
 FIELD = "data.controlnets"
 MAX_SCALE = 2.0
-_LDM_PREFIX = "control_model."  # original-layout ControlNets saved inside a whole checkpoint
-# Base models that share ControlNets (a Pony model is an SDXL model; every FLUX.1 variant takes Flux ControlNets).
-FAMILIES = {
-    "sd_1_5": "SD 1.x", "sd_2": "SD 2.x", "sdxl": "SDXL", "pony": "SDXL",
-    "flux_dev": "Flux", "flux_schnell": "Flux", "flux_krea": "Flux", "flux": "Flux",
-}
 
-# (SDXL?, mode) -> the diffusers pipeline that runs it; the control image goes to `image` in
-# text2img and to `control_image` where `image` is the init image (img2img, inpainting).
-PIPELINES: dict[tuple[bool, str], str] = {
-    (False, "text2img"): "StableDiffusionControlNetPipeline",
-    (False, "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
-    (False, "inpainting"): "StableDiffusionControlNetInpaintPipeline",
-    (True, "text2img"): "StableDiffusionXLControlNetPipeline",
-    (True, "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
-    (True, "inpainting"): "StableDiffusionXLControlNetInpaintPipeline",
-}
-FLUX_PIPELINES: dict[str, str] = {
-    "text2img": "FluxControlNetPipeline",
-    "img2img": "FluxControlNetImg2ImgPipeline",
-    "inpainting": "FluxControlNetInpaintPipeline",
-}
+
+def _groups() -> dict[str, str]:
+    """base model -> the ControlNet group it shares ControlNets with (Family.controlnet_groups)."""
+    from ..families import registry
+
+    return registry.controlnet_groups()
+
+
+def _listed(conjunction: str) -> str:
+    names = list(dict.fromkeys(_groups().values()))
+    return f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 @dataclass
@@ -149,34 +134,31 @@ def _find(catalog: "ModelCatalog", name: str, path: str) -> "CatalogItem":
 
 def _fits(cn_base: str, model_base: str) -> str | None:
     """Why a ControlNet of `cn_base` cannot run on a `model_base` model (None: it can, or cannot tell)."""
-    model = FAMILIES[model_base]
+    groups = _groups()
+    model = groups[model_base]
     if cn_base == "unknown":
         return None  # a layout nothing here can read: the load compares it with the UNet
     if cn_base == "sd":
         return None if model in ("SD 1.x", "SD 2.x") else f"it is an SD 1.x/2.x ControlNet and the model is {model} ({model_base})"
-    if cn_base not in FAMILIES:
-        return f"it is a {cn_base} ControlNet; ControlNets here are for SD 1.x, SD 2.x, SDXL and Flux models"
-    if FAMILIES[cn_base] != model:
-        article = "an" if FAMILIES[cn_base].startswith("S") else "a"
-        return f"it is {article} {FAMILIES[cn_base]} ControlNet and the model is {model} ({model_base})"
+    if cn_base not in groups:
+        return f"it is a {cn_base} ControlNet; ControlNets here are for {_listed('and')} models"
+    if groups[cn_base] != model:
+        article = "an" if groups[cn_base].startswith("S") else "a"
+        return f"it is {article} {groups[cn_base]} ControlNet and the model is {model} ({model_base})"
     return None
-
-
-_SHAPE_KEYS = ("cross_attention_dim", "block_out_channels", "addition_embed_type")
-# A Flux ControlNet's block outputs are added to the transformer's hidden states (same width), and
-# diffusers gives the transformer the guidance the ControlNet's config asks for.
-_FLUX_SHAPE_KEYS = ("num_attention_heads", "attention_head_dim", "joint_attention_dim", "pooled_projection_dim", "guidance_embeds")
 
 
 def mismatch(cn_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str | None:
     """Why a ControlNet's residuals cannot be added to this UNet's (or Flux transformer's) blocks (None: they can)."""
-    flux = "joint_attention_dim" in unet_config
-    for name in _FLUX_SHAPE_KEYS if flux else _SHAPE_KEYS:
+    from ..families import registry
+
+    family = registry.controlnet_family(denoiser=unet_config)  # its Family.controlnet_shape_keys must match
+    for name in family.controlnet_shape_keys:
         mine, theirs = cn_config.get(name), unet_config.get(name)
         if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
             mine, theirs = list(mine or []), list(theirs or [])
         if mine != theirs:
-            return f"its {name} is {mine}, the model's {'transformer' if flux else 'UNet'} has {theirs}"
+            return f"its {name} is {mine}, the model's {family.denoiser_name} has {theirs}"
     return None
 
 
@@ -210,8 +192,8 @@ def plan_controlnets(
     """
     if not specs:
         return []
-    if model_base not in FAMILIES:
-        msg = f"ControlNets need an SD 1.x, SD 2.x, SDXL or Flux model; this one is {model_base}"
+    if model_base not in _groups():
+        msg = f"ControlNets need an {_listed('or')} model; this one is {model_base}"
         raise ValidationFailed(f"{FIELD}: {msg}", [{"path": FIELD, "message": msg}])
     problems: list[dict[str, str]] = []
     planned: list[ControlSpec] = []
@@ -328,32 +310,17 @@ def check_against_unet(spec: ControlSpec, net: Any, model_unet: Mapping[str, Any
 # ---- running --------------------------------------------------------------------------------------
 
 
-def _is_sdxl(pipe: Any) -> bool:
-    return hasattr(pipe, "text_encoder_2")
-
-
-def _is_flux(pipe: Any) -> bool:
-    return type(pipe).__name__.startswith("Flux")
-
-
 def pipeline_for(pipe: Any, mode: str, nets: list[Any]) -> Any:
     """The ControlNet pipeline of `mode` over `pipe`'s components, with these ControlNetModels."""
     if not nets:
         raise ValueError("pipeline_for needs at least one ControlNet")
-    flux = _is_flux(pipe)
-    want = FLUX_PIPELINES.get(mode) if flux else PIPELINES.get((_is_sdxl(pipe), mode))
+    from ..families import registry
+
+    family = registry.controlnet_family(pipe=pipe)
+    want = family.controlnet_pipeline(pipe, mode)
     if want is None:
         raise Unsupported(f"ControlNets work with text2img, img2img and inpainting, not {mode}")
-    if len(nets) == 1:
-        controlnet = nets[0]
-    elif flux:
-        from diffusers.models.controlnets import FluxMultiControlNetModel
-
-        controlnet = FluxMultiControlNetModel(nets)
-    else:
-        from diffusers.models.controlnets import MultiControlNetModel
-
-        controlnet = MultiControlNetModel(nets)
+    controlnet = nets[0] if len(nets) == 1 else family.controlnet_multi(nets)
     new = modes.auto_pipeline(mode).from_pipe(pipe, controlnet=controlnet)
     if type(new).__name__ != want:
         raise Unsupported(f"{type(pipe).__name__} has no ControlNet {mode} pipeline (got {type(new).__name__})")
@@ -396,146 +363,7 @@ def infotext_pairs(specs: list[ControlSpec]) -> list[tuple[str, str]]:
     return out
 
 
-# ---- loading --------------------------------------------------------------------------------------
-
-
-class ControlNetManager(ComponentManager):
-    """ControlNetModel from a diffusers folder (config.json + weights) or a single file."""
-
-    names = ("controlnet",)
-
-    def load_spec(self, spec: ControlSpec, dtype: str) -> CacheEntry:
-        return self.load_standalone(spec.path, spec.model_id, dtype, spec.base_model)
-
-    def load_standalone(self, path: Path, model_id: str, dtype: str, base_model: str = "unknown") -> CacheEntry:
-        if path.is_dir():
-            cls = "FluxControlNetModel" if _folder_class(path) == "FluxControlNetModel" else "ControlNetModel"
-            return self.load(path, "diffusers", cls, dtype, model_id, "controlnet")
-        try:
-            key = fingerprint.of_file(path, f"controlnet-file:{dtype}")
-        except OSError as exc:
-            raise ModelLoadFailed(f"ControlNet {model_id!r}: cannot read {path}: {exc}") from exc
-        hit = self.memory.get(key)
-        if hit is not None:
-            hit.model_ids.add(model_id)
-            return hit
-        t0 = time.perf_counter()
-        try:
-            net = load_single_file(path, self._torch_dtype(dtype), base_model)
-        except WorkerError:
-            raise
-        except Exception as exc:  # noqa: BLE001  (a broken file must not take the worker down)
-            raise ModelLoadFailed(
-                f"ControlNet {model_id!r} could not be loaded from {path.name}: {type(exc).__name__}: {exc}; "
-                "a diffusers folder (config.json + weights) always loads"
-            ) from exc
-        net.eval()
-        self.disk_loads += 1
-        log.info("read ControlNet %s from disk in %.0f ms", model_id, (time.perf_counter() - t0) * 1000)
-        return self.memory.put(self.entry(key, "controlnet", net, dtype, path, model_id))
-
-    def loaded(self) -> list[CacheEntry]:
-        return [e for e in self.memory.entries() if e.component == "controlnet"]
-
-
-def _folder_class(path: Path) -> str:
-    """The _class_name of a ControlNet folder's config.json ("" when unreadable: the load says why)."""
-    try:
-        return str(json.loads((path / "config.json").read_text(encoding="utf-8")).get("_class_name", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
-# ---- single files ---------------------------------------------------------------------------------
-
-_HINT_RE = re.compile(r"^input_hint_block\.(\d+)\.weight$")
-_COND_BLOCK_RE = re.compile(r"^controlnet_cond_embedding\.blocks\.(\d+)\.weight$")
-_LDM_ATTN_RE = re.compile(r"^input_blocks\.(\d+)\.1\.(?:transformer_blocks\.(\d+)\.|proj_in\.)")
-_DIFFUSERS_ATTN_RE = re.compile(r"^down_blocks\.(\d+)\.attentions\.\d+\.(?:transformer_blocks\.(\d+)\.|proj_in\.)")
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    import torch
-
-    state = torch.load(str(path), map_location="cpu", weights_only=True)  # pickles only with --allow-pickle (plan)
-    return state.get("state_dict", state) if isinstance(state, dict) else {}
-
-
-def single_file_config(state: Mapping[str, Any], base_model: str = "unknown") -> dict[str, Any]:
-    """A ControlNetModel config for a single-file ControlNet (original or diffusers key layout).
-
-    The UNet part comes from the packaged UNet config of its family (SD 1.5 or SDXL, full size
-    or tiny); the conditioning embedding's channels and the per-level transformer depth (SDXL
-    ControlNets come in several sizes) are read from the tensor shapes.
-    """
-    import inspect
-
-    from diffusers import ControlNetModel
-
-    from .single_file import CONFIGS_ROOT
-
-    shapes = {k.removeprefix(_LDM_PREFIX): tuple(v.shape) for k, v in state.items()}
-    original = any(k.startswith("input_hint_block.") for k in shapes)
-    sdxl = any(k.startswith(("label_emb.", "add_embedding.")) for k in shapes)
-    context = next((shape[1] for k, shape in shapes.items() if k.endswith("attn2.to_k.weight")), None)
-    if base_model in ("sdxl", "pony"):
-        sdxl = True
-    elif base_model == "sd_2" or (not sdxl and context == 1024):
-        raise Unsupported("single-file SD 2.x ControlNets are not supported; use its diffusers folder")
-    elif base_model not in ("sd_1_5", "sd", "unknown"):
-        raise Unsupported(f"single-file {base_model} ControlNets are not supported; use its diffusers folder")
-    conv_in = shapes.get("input_blocks.0.0.weight" if original else "conv_in.weight")
-    if conv_in is None:
-        raise ModelLoadFailed("not a ControlNet of the SD/SDXL UNet layout (no conv_in)")
-    config_set = ("sdxl" if sdxl else "sd15") if conv_in[0] == 320 else ("tiny-sdxl" if sdxl else "tiny-sd15")
-    unet = json.loads((CONFIGS_ROOT / config_set / "unet" / "config.json").read_text(encoding="utf-8"))
-    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
-    cfg: dict[str, Any] = {k: v for k, v in unet.items() if k in accepted}
-
-    if original:
-        hint = sorted((int(m.group(1)), shapes[k]) for k in shapes if (m := _HINT_RE.match(k)))
-        outs = [shape[0] for _, shape in hint]
-        first_in = hint[0][1][1] if hint else 3
-    else:
-        blocks = sorted((int(m.group(1)), shapes[k]) for k in shapes if (m := _COND_BLOCK_RE.match(k)))
-        head = shapes.get("controlnet_cond_embedding.conv_in.weight")
-        outs = ([head[0]] if head else []) + [shape[0] for _, shape in blocks] + [0]  # + conv_out
-        first_in = head[1] if head else 3
-    if len(outs) < 2:
-        raise ModelLoadFailed("not a ControlNet: no conditioning embedding (input_hint_block) found")
-    cfg["conditioning_embedding_out_channels"] = outs[:-1][::2]
-    cfg["conditioning_channels"] = first_in
-
-    # Transformer depth per down level: the blocks under each level's attentions (0 where a
-    # level has attentions with no transformer blocks, as in diffusers' "small" SDXL ControlNets).
-    layers = int(cfg["layers_per_block"])
-    depth: dict[int, int] = {}
-    for k in shapes:
-        if m := _LDM_ATTN_RE.match(k):
-            level = (int(m.group(1)) - 1) // (layers + 1)
-        elif m := _DIFFUSERS_ATTN_RE.match(k):
-            level = int(m.group(1))
-        else:
-            continue
-        blocks = int(m.group(2)) + 1 if m.group(2) is not None else 0
-        depth[level] = max(depth.get(level, 0), blocks)
-    levels = len(cfg["down_block_types"])
-    per_level = [depth.get(level, 1) for level in range(levels)]
-    cfg["transformer_layers_per_block"] = per_level[0] if len(set(per_level)) == 1 else per_level
-    cfg["_class_name"] = "ControlNetModel"
-    return cfg
-
-
-def load_single_file(path: Path, torch_dtype: Any, base_model: str = "unknown") -> Any:
-    """ControlNetModel.from_single_file, offline, with a config made for the file (no Hub lookup)."""
-    from diffusers import ControlNetModel
-
-    state = _read_state(path)
-    cfg = single_file_config(state, base_model)
-    with tempfile.TemporaryDirectory(prefix="sdworker-controlnet-") as tmp:
-        (Path(tmp) / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
-        return ControlNetModel.from_single_file(state, config=tmp, local_files_only=True, torch_dtype=torch_dtype)
+__all__ = [
+    "ControlNetManager", "ControlSpec", "check_against_unet", "control_image", "controlnet_base", "controlnet_call_kwargs",
+    "family_of_config", "infotext_pairs", "mismatch", "pipeline_for", "plan_controlnets", "unet_config",
+]

@@ -13,7 +13,6 @@ are many and spread over the whole file.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from pathlib import Path
 
@@ -71,10 +70,3 @@ def of_file(path: Path, salt: str = "") -> str:
     """Identity of a single-file model (or a part of one, named in `salt`)."""
     return hashlib.sha1(salt.encode() + _file_digest(path).encode()).hexdigest()
 
-
-def forget(path: Path) -> None:
-    """Drop cached digests of a path (it was rewritten or deleted)."""
-    resolved = str(path.resolve())
-    with _lock:
-        for key in [k for k in _cache if k[0] == resolved or k[0].startswith(resolved + os.sep)]:
-            del _cache[key]

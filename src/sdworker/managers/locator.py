@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelLoadFailed, ModelNotFound, UnsafePath, ValidationFailed
 from ..paths import NotRegularFile, TreeReport, inside, is_under, read_regular, real, resolve_in_roots, survey
 from ..errors import WorkerError as WorkerErrorBase
+from ..models.refs import ModelRef  # re-exported: the locator is where a ModelRef comes from
 from . import transformer_files
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem, ModelCatalog
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A runnable model. With `transformer_file` set (managers.transformer_files), `path` is the
-    companion diffusers folder that lends everything but the transformer, which the file holds."""
-
-    model_id: str
-    path: Path
-    pipeline_class: str
-    base_model: str
-    format: str = "diffusers"
-    transformer_file: Path | None = None
-    components_from: str | None = None  # the companion folder's model_id, with transformer_file
-    transformer_2_file: Path | None = None  # Wan 2.2 A14B's low-noise expert, with transformer_file
-
-    def describe(self) -> dict[str, str]:
-        """The model's fields in a result's `parameters`."""
-        out = {"model_id": self.model_id, "base_model": self.base_model}
-        if self.components_from is not None:
-            out["components_from"] = self.components_from
-        return out
-
-    @property
-    def source(self) -> Path:
-        """What identifies the model's weights: the transformer file, or the folder / single file."""
-        return self.transformer_file or self.path
-
-    @property
-    def weights_format(self) -> str:
-        """How the denoiser's weights are stored on disk: gguf, or the model's format."""
-        if self.transformer_file is not None and self.transformer_file.suffix.lower() == ".gguf":
-            return "gguf"
-        return self.format
-
 
 _MAX_INDEX_BYTES = 4 * 2**20  # a real model_index.json is under 2 KB
 
@@ -87,14 +53,6 @@ def _base_model(folder: Path, index: dict) -> str:
     from ..families.registry import folder_base_model
 
     return folder_base_model(folder, index)
-
-
-_SINGLE_FILE_PIPELINES = {
-    "sdxl": "StableDiffusionXLPipeline",
-    "pony": "StableDiffusionXLPipeline",
-    "sd_1_5": "StableDiffusionPipeline",
-    "sd_2": "StableDiffusionPipeline",
-}
 
 
 def pickle_refused(name: str, field: str) -> UnsafePath:
@@ -194,7 +152,9 @@ class ModelLocator:
                 "transformers run from one file (with a diffusers folder of their base model for the other parts)",
                 [{"path": field, "message": f"a {kind}, not a checkpoint"}],
             )
-        return ModelRef(item.model_id, item.path, _SINGLE_FILE_PIPELINES.get(base, "unknown"), base, "single_file")
+        from ..families.registry import single_file_pipelines
+
+        return ModelRef(item.model_id, item.path, single_file_pipelines().get(base, "unknown"), base, "single_file")
 
     def _pickle_kind(self, item: "CatalogItem") -> tuple[str, str]:
         """A pickle checkpoint's kind and base: from its names, else from its tensors (read weights-only:

@@ -3,8 +3,8 @@
 - PNG: a ``parameters`` text chunk (tEXt; iTXt when the text is not Latin-1, as Pillow does).
 - JPEG and WebP: EXIF ``UserComment`` (UNICODE prefix + UTF-16BE) in the Exif sub-IFD, where
   A1111 writes it with piexif and where A1111's PNG Info, sd-parsers and sd-prompt-reader look.
-- Files: written to a temp file in the same folder, fsynced, made readable as the umask says
-  (0o666 & ~umask, as ``open()`` would), then given their name. Paths are absolute.
+- Files: written by sdworker.atomic (temp file in the same folder, fsynced, made readable as
+  the umask says, 0o666 & ~umask as ``open()`` would, then given their name). Paths are absolute.
 - Names: ``<session>-<i><ext>`` in the output dir. A session id that is not a safe file name as
   it is (sanitized or cut to 80 characters) gets a short hash of the raw id, so two ids never
   share a name; the worker's own names are created exclusively, and a name already taken (an
@@ -19,17 +19,15 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from ..paths import resolve_in_roots, safe_file_name
 from ..errors import ValidationFailed, WorkerError
 
 _EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 _NAME_LIMIT = 80
-_MAX_SUFFIX = 10000  # .1 … .9999 before a name is given up on
 
 
 def encode(image: Any, fmt: str, quality: int, text: str) -> bytes:
@@ -131,103 +129,23 @@ class OutputWriter:
 
     @staticmethod
     def write_atomic(path: Path, data: bytes, replace: bool = True, unique: bool = False) -> Path:
-        """Temp file in the same folder, fsync, chmod, then its name: a reader never sees half an image.
+        """Write the image atomically (sdworker.atomic); returns the path written.
 
-        Returns the path written. replace=False: the file must not exist yet. The temp file is
-        hard-linked to its name, which fails atomically when something else took the name
-        meanwhile (on file systems without hard links: the name is reserved with O_EXCL, then
-        the temp file renamed over it). unique=True: a taken name is no error, the next free
-        ``<stem>.<n><ext>`` is used. No temp file is left behind either way.
+        replace=False: the file must not exist yet (a clash is a validation error naming it).
+        unique=True: a taken name is no error, the next free ``<stem>.<n><ext>`` is used.
         """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         except OSError as exc:
             raise WorkerError(f"cannot write to {path.parent}: {exc.strerror or exc}", code="internal_error") from exc
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                if hasattr(os, "fchmod"):  # POSIX (Windows has no modes to set)
-                    os.fchmod(fh.fileno(), 0o666 & ~current_umask())
-                os.fsync(fh.fileno())
-            if unique:
-                return _link_unique(tmp, path)
-            if replace:
-                os.replace(tmp, path)
-            else:
-                _link_new(tmp, path)
-            return path
+            return atomic.write_atomic(path, data, replace=replace, unique=unique)
+        except atomic.NameTaken:
+            raise exists_error(path) from None
         except OSError as exc:
             raise WorkerError(f"cannot write {path}: {exc.strerror or exc}", code="internal_error") from exc
-        finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass  # renamed into place (or never written)
 
 
 def exists_error(path: Path) -> ValidationFailed:
     msg = f"{path.name} already exists; choose another save_path or set output.overwrite"
     return ValidationFailed(f"data.output.save_path: {msg}", [{"path": "data.output.save_path", "message": msg}])
-
-
-def _link_new(tmp: str, path: Path) -> None:
-    """Give the finished temp file the name `path`, which must not exist (the temp is unlinked after)."""
-    if not _claim(tmp, path):
-        raise exists_error(path)
-
-
-def _link_unique(tmp: str, path: Path) -> Path:
-    """Give the temp file `path`, or `<stem>.<n><suffix>` for the first n whose name is free."""
-    for n in range(_MAX_SUFFIX):
-        candidate = path if n == 0 else path.with_name(f"{path.stem}.{n}{path.suffix}")
-        if os.path.isdir(candidate) and n == 0:
-            raise IsADirectoryError(21, "a folder has that name", str(candidate))
-        if _claim(tmp, candidate):
-            return candidate
-    raise FileExistsError(17, f"no free name left ({path.stem}.1 … .{_MAX_SUFFIX - 1})", str(path))
-
-
-def _claim(tmp: str, path: Path) -> bool:
-    """Make the finished temp file `path` if that name is free; False when it is taken."""
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        pass  # no hard links here (some network and FAT file systems)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # reserve the name
-    except FileExistsError:
-        return False
-    os.replace(tmp, path)
-    return True
-
-
-_UMASK: int | None = None
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process umask, read once: /proc/self/status where there is one (reading it with
-    os.umask means setting it, which would race with other threads creating files)."""
-    global _UMASK
-    with _UMASK_LOCK:
-        if _UMASK is None:
-            _UMASK = _read_umask()
-        return _UMASK
-
-
-def _read_umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

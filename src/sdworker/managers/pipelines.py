@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from ..errors import ModelLoadFailed
 from . import fingerprint, modes, schedulers
 from .components import ComponentManager, UNetManager, component_class
-from .locator import ModelRef
+from ..models.refs import ModelRef
 from .memory import CacheEntry, MemoryManager, collect, module_bytes
 from .runtime import Runtime
 from .weights import FULL, held_as

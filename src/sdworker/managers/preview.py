@@ -3,8 +3,8 @@
 A VAE decode per preview would cost as much as a denoising step. SD's four latent channels are
 close to a linear color code, so a 4x3 matrix (plus a bias) turns a latent pixel into an RGB
 value in [-1, 1] well enough to watch an image form; the numbers are the ones ComfyUI fitted
-for its "latent2rgb" previews (SD1.x and SD2 share a VAE; SDXL has its own). The preview has the
-latents' size (1/8 of the image), downscaled so its longest side is at most 256 px, and costs
+for its "latent2rgb" previews; each family keeps its own (Family.latent_rgb). The preview has
+the latents' size (1/8 of the image), downscaled so its longest side is at most 256 px, and costs
 a few milliseconds. The latents a step callback sees are still noisy, so early previews are too.
 
 Wiring (see `preview_maker` and `preview_extra`): the step callback adds `{"preview": <base64>}`
@@ -24,23 +24,6 @@ DEFAULT_EVERY_N_STEPS = 5
 MAX_SIDE = 256
 QUALITY = 70
 
-# (4x3 factors: latent channel -> R, G, B; bias per RGB channel)
-_SD15 = (
-    ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721), (-0.2120, -0.2616, -0.7177)),
-    (0.0, 0.0, 0.0),
-)
-_SDXL = (
-    ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188)),
-    (0.1084, -0.0175, -0.0011),
-)
-LATENT_RGB: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
-    "sd_1_5": _SD15,
-    "sd_2": _SD15,
-    "sdxl": _SDXL,
-    "pony": _SDXL,
-    "sdxl_refiner": _SDXL,
-}
-
 
 def latents_to_rgb(latents: Any, base_model: str) -> Any | None:
     """An HxWx3 uint8 numpy array from the first image of (B, 4, H, W) latents (or (B, 4, F, H, W)).
@@ -54,9 +37,12 @@ def latents_to_rgb(latents: Any, base_model: str) -> Any | None:
         lat = lat[:, :, 0]
     if lat.ndim == 4:
         lat = lat[0]
-    if lat.ndim != 3 or lat.shape[0] != 4:
+    from ..families import registry
+
+    mapping = registry.latent_rgb(base_model)
+    if lat.ndim != 3 or lat.shape[0] != 4 or mapping is None:
         return None
-    factors, bias = LATENT_RGB.get(base_model, _SDXL if base_model.startswith("sdxl") else _SD15)
+    factors, bias = mapping
     with torch.no_grad():
         m = torch.tensor(factors, dtype=torch.float32, device=lat.device)
         b = torch.tensor(bias, dtype=torch.float32, device=lat.device)

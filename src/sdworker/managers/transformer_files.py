@@ -31,22 +31,17 @@ from ..errors import ModelLoadFailed, ModelNotFound, ValidationFailed
 
 if TYPE_CHECKING:
     from .catalog import CatalogItem
-    from .locator import ModelRef
+    from ..models.refs import ModelRef
 
-#: base_model -> the base models whose folders may lend it their other components, best first. A
-#: dev folder never fits a schnell file (nor the reverse: `fits` checks the guidance embedder, and
-#: the scheduler's shift differs too); they are listed so the error can say why.
-COMPANION_BASES: dict[str, tuple[str, ...]] = {
-    "flux_dev": ("flux_dev", "flux_krea", "flux", "flux_schnell"),
-    "flux_krea": ("flux_krea", "flux_dev", "flux", "flux_schnell"),
-    "flux_schnell": ("flux_schnell", "flux", "flux_dev", "flux_krea"),
-    "flux": ("flux", "flux_dev", "flux_schnell", "flux_krea"),
-    "hidream": ("hidream",),
-    "sd3": ("sd3",),
-    "wan_2_1": ("wan_2_1",),
-    "wan_2_2": ("wan_2_2",),
-}
 FORMATS = ("safetensors", "gguf")
+
+
+def companion_bases() -> dict[str, tuple[str, ...]]:
+    """base_model -> the base models whose folders may lend it their other components, best first
+    (each family's Family.companion_bases)."""
+    from ..families.registry import companion_bases as of_families
+
+    return of_families()
 
 
 _EXPERT = re.compile(r"(high|low)[\s_-]?noise", re.IGNORECASE)
@@ -75,7 +70,7 @@ def expert_pair(path: Path) -> tuple[Path, Path] | None:
 
 def runs_alone(item: "CatalogItem") -> bool:
     """Whether `item` is a transformer file this module can run (given a companion folder)."""
-    return item.format in FORMATS and item.kind in ("unet", "checkpoint") and item.base_model in COMPANION_BASES
+    return item.format in FORMATS and item.kind in ("unet", "checkpoint") and item.base_model in companion_bases()
 
 
 def _transformer_config(folder: Path) -> dict[str, Any]:
@@ -114,7 +109,7 @@ def fits(item: "CatalogItem", folder: "ModelRef", pair: bool = False) -> str | N
 
 def companion(item: "CatalogItem", folders: Iterable["ModelRef"], field: str = "data.model_id", pair: bool = False) -> "ModelRef":
     """The diffusers folder that lends `item` its text encoders, tokenizers, VAE and scheduler."""
-    wanted = COMPANION_BASES[item.base_model]
+    wanted = companion_bases()[item.base_model]
     candidates = sorted((f for f in folders if f.base_model in wanted), key=lambda f: (wanted.index(f.base_model), f.model_id))
     refused: list[str] = []
     for folder in candidates:

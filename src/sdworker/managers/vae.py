@@ -11,17 +11,12 @@ preferred when one is present, and otherwise the pipeline upcasts the VAE to fp3
 from __future__ import annotations
 
 import json
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadFailed
 from . import fingerprint
 from .components import ComponentManager
-from .memory import CacheEntry, module_bytes
-
-log = logging.getLogger(__name__)
+from .memory import CacheEntry
 
 
 class VAEManager(ComponentManager):
@@ -32,23 +27,17 @@ class VAEManager(ComponentManager):
         if path.is_dir():
             return self.load(path, "diffusers", "AutoencoderKL", dtype, vae_id, "vae")
         key = fingerprint.of_file(path, f"vae-file:{dtype}")
-        hit = self.memory.get(key)
-        if hit is not None:
-            hit.model_ids.add(vae_id)
-            return hit
-        from .single_file import load_single_file_vae
 
-        t0 = time.perf_counter()
-        try:
-            vae = load_single_file_vae(path, self._torch_dtype(dtype), vae_config_set(path, base_model))
-        except ModelLoadFailed:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadFailed(f"VAE {vae_id!r} could not be loaded from {path.name}: {type(exc).__name__}: {exc}") from exc
-        vae.eval()
-        self.disk_loads += 1
-        log.info("read VAE %s from disk in %.0f ms", vae_id, (time.perf_counter() - t0) * 1000)
-        return self.memory.put(CacheEntry(key, "vae", vae, module_bytes(vae), "cpu", dtype, str(path), {vae_id}))
+        def read() -> Any:
+            from .single_file import load_single_file_vae
+
+            return load_single_file_vae(path, self._torch_dtype(dtype), vae_config_set(path, base_model)).eval()
+
+        return self.cached(
+            key, vae_id, read, lambda vae: self.entry(key, "vae", vae, dtype, path, vae_id),
+            label=lambda _: f"VAE {vae_id}",
+            failure=lambda exc: f"VAE {vae_id!r} could not be loaded from {path.name}: {type(exc).__name__}: {exc}",
+        )
 
     def loaded(self) -> list[CacheEntry]:
         return [e for e in self.memory.entries() if e.component == "vae"]
@@ -77,11 +66,3 @@ def folder_is_fp16_safe(path: Path) -> bool:
         return False
     return cfg.get("force_upcast") is False or "fp16" in path.name.lower()
 
-
-def apply_memory_options(pipe: Any, slicing: bool, tiling: bool) -> None:
-    """VAE slicing (one image at a time) and tiling (overlapping tiles) on a pipeline's VAE."""
-    vae = getattr(pipe, "vae", None)
-    if vae is None:
-        return
-    (vae.enable_slicing if slicing else vae.disable_slicing)()
-    (vae.enable_tiling if tiling else vae.disable_tiling)()

@@ -1,42 +1,14 @@
 """Base-model hints from free text (file names, titles) and from training metadata.
 
 Tensor shapes are the authority; these only fill gaps shapes cannot close (a VAE, a pickle,
-Pony vs. plain SDXL, Flux dev vs. schnell for a LoRA) and are kept deliberately narrow.
+Pony vs. plain SDXL, Flux dev vs. schnell for a LoRA) and are kept deliberately narrow. The
+rules themselves are the families' (Family.text_hints, arch_prefixes, base_from_version), asked
+through families.registry.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Mapping
-
-_TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), base)
-    for pattern, base in (
-        (r"pony", "pony"),
-        (r"(?<![a-z])hi[\s_.-]?dream", "hidream"),
-        (r"flux.*schnell|schnell.*flux", "flux_schnell"),
-        (r"flux.*krea|krea.*flux", "flux_krea"),
-        (r"flux.*dev|dev.*flux", "flux_dev"),
-        (r"flux", "flux"),
-        (r"sd[\s_.-]?3|stable[\s_.-]?diffusion[\s_.-]?3", "sd3"),
-        (r"(sdxl|(?<![a-z])xl(?![a-z])|xl(?=v?\d|[\s_.-]|$)).*refiner|refiner.*(sdxl|xl)", "sdxl_refiner"),
-        (r"sdxl|(?<![a-z])xl(?![a-z])|xl(?=v?\d|[\s_.-]|$)", "sdxl"),
-        (r"sd[\s_.-]?v?2(?:[\s_.-]?[01])?(?!\d)", "sd_2"),
-        (r"sd[\s_.-]?v?1[\s_.-]?5|v1-5|sd[\s_.-]?v1(?!\d)", "sd_1_5"),
-    )
-)
-
-# modelspec.architecture prefixes (Stability's ModelSpec, written by kohya sd-scripts, ComfyUI, ...)
-_ARCH_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("stable-diffusion-xl-v1-refiner", "sdxl_refiner"),
-    ("stable-diffusion-xl", "sdxl"),
-    ("stable-diffusion-v2", "sd_2"),
-    ("stable-diffusion-v1", "sd_1_5"),
-    ("stable-diffusion-3", "sd3"),
-    ("flux-1-dev", "flux_dev"),
-    ("flux-1-schnell", "flux_schnell"),
-    ("flux-1", "flux"),
-)
 
 #: Metadata keys that name the model a LoRA/fine-tune was trained on (not the file's own title).
 TRAINING_BASE_KEYS = ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture")
@@ -49,8 +21,10 @@ def base_from_text(text: str | None) -> str | None:
     """First base-model id a file name or title names, or None."""
     if not text:
         return None
+    from ..families import registry
+
     lowered = text.lower()
-    for pattern, base in _TEXT_RULES:
+    for pattern, base in registry.text_hints():
         if pattern.search(lowered):
             return base
     return None
@@ -58,22 +32,17 @@ def base_from_text(text: str | None) -> str | None:
 
 def base_from_metadata(metadata: Mapping[str, str]) -> str | None:
     """Base model declared by ModelSpec / kohya training metadata, or None."""
+    from ..families import registry
+
     arch = str(metadata.get("modelspec.architecture", "")).lower()
-    for prefix, base in _ARCH_PREFIXES:
+    for prefix, base in registry.arch_prefixes():
         if arch.startswith(prefix):
             return base
     version = str(metadata.get("ss_base_model_version", "")).lower()
     if version:
-        if version.startswith("sdxl"):
-            return "sdxl_refiner" if "refiner" in version else "sdxl"
-        if version.startswith(("sd_v2", "sd_2", "sd2", "v2")):
-            return "sd_2"
-        if version.startswith(("sd_v1", "sd_1", "sd1", "v1")):
-            return "sd_1_5"
-        if version.startswith("sd3"):
-            return "sd3"
-        if version.startswith("flux"):
-            return "flux"
+        declared = registry.base_from_version(version)
+        if declared is not None:
+            return declared
     if str(metadata.get("ss_v2", "")).lower() == "true":
         return "sd_2"
     return None

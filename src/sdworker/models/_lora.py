@@ -3,7 +3,8 @@
 A LoRA's "down" matrix has shape ``[rank, in_features]``, so the down matrix of a U-Net
 cross-attention key projection (``attn2.to_k``) reveals the text context width (768 SD 1.x,
 1024 SD 2.x, 2048 SDXL), and a text-encoder projection reveals the encoder width. A second
-text encoder (kohya ``lora_te2_*``, diffusers ``text_encoder_2.*``) means SDXL.
+text encoder (kohya ``lora_te2_*``, diffusers ``text_encoder_2.*``) means SDXL. DiT families'
+key groups and joint-attention widths are theirs (Family.lora_markers, lora_dit_widths).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ _TE2 = ("lora_te2_", "text_encoder_2.", "te2.")
 _UNET_BLOCKS = ("down_blocks_", "up_blocks_", "mid_block_", "input_blocks_", "output_blocks_", "middle_block_")
 _CONTEXT_BASE = {768: "sd_1_5", 1024: "sd_2", 2048: "sdxl", 1280: "sdxl_refiner"}
 _TE_BASE = {768: "sd_1_5", 1024: "sd_2"}
-_DIT_BASE = {3072: "flux", 1536: "sd3", 2432: "sd3"}
 _DEEP_BLOCK = re.compile(r"transformer_blocks_[1-9]")
 
 
@@ -63,13 +63,11 @@ def _down_dim(shapes: Shapes, *needles: str, prefixes: tuple[str, ...] = ()) -> 
 def _base_from_keys(shapes: Shapes, details: dict[str, Any]) -> str:
     keys = list(shapes)
     norm = [_norm(k) for k in keys]
-    if any(m in nk for nk in norm for m in ("double_blocks_", "single_blocks_", "single_transformer_blocks_")):
-        details["family"] = "flux"
-        # only dev (and its fine-tunes) has a guidance embedder for a LoRA to train
-        return "flux_dev" if any("guidance_in_" in nk or "guidance_embedder_" in nk for nk in norm) else "flux"
-    if any("joint_blocks_" in nk for nk in norm):
-        details["family"] = "sd3"
-        return "sd3"
+    from ..families import registry
+
+    family = registry.lora_family(norm)  # key groups only one family's LoRAs have (Family.lora_markers)
+    if family is not None:
+        return family.lora_base(norm, details)
     if any("transformer_blocks_" in nk and not any(b in nk for b in _UNET_BLOCKS) for nk in norm):
         if any(m in nk for nk in norm for m in ("img_mlp", "txt_mlp", "img_mod")):
             details["family"] = "other_dit"
@@ -78,7 +76,7 @@ def _base_from_keys(shapes: Shapes, details: dict[str, Any]) -> str:
         details["family"] = "dit"
         if width:
             details["hidden_size"] = width
-        return _DIT_BASE.get(width or 0, "unknown")
+        return registry.lora_dit_widths().get(width or 0, "unknown")
     details["family"] = "sd_unet"
     if any(k.startswith(_TE2) for k in keys):
         details["text_encoders"] = 2

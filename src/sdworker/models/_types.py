@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KINDS = ("checkpoint", "vae", "lora", "embedding", "controlnet", "upscaler", "unet", "text_encoder", "unknown")
-#: Contract base_model ids this package can produce.
+#: Contract base_model ids: the one vocabulary of base models. Detection produces them, and every
+#: family's base_models are among them (families.registry refuses one that is not).
 BASE_MODELS = (
     "sd_1_5", "sd_2", "sdxl", "sdxl_refiner", "pony", "sd3", "flux", "flux_dev", "flux_schnell", "flux_krea",
     "hidream", "wan_2_1", "wan_2_2", "unknown",

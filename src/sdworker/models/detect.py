@@ -4,7 +4,8 @@ Works on ``{key: shape}`` as read by :mod:`.safetensors_header`, so nothing is l
 the original single-file layouts (``model.diffusion_model.*``, ``first_stage_model.*``,
 ``cond_stage_model.*``, ``conditioner.embedders.*``, BFL/SAI bare keys) and diffusers layouts
 (``down_blocks.*``, ``transformer_blocks.*``) are understood. The facts used are the ones
-diffusers' ``single_file_utils`` and ComfyUI's model detection rely on:
+diffusers' ``single_file_utils`` and ComfyUI's model detection rely on; each family's are in its
+package (Family.detect_denoiser, detect_controlnet, refine_base), asked through families.registry:
 
 * SD U-Nets: the cross-attention context width (``attn2.to_k.weight`` input dim) is 768 for
   SD 1.x, 1024 for SD 2.x, 2048 for SDXL base and 1280 for the SDXL refiner; the SDXL "adm"
@@ -24,7 +25,6 @@ diffusers' ``single_file_utils`` and ComfyUI's model detection rely on:
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +35,9 @@ from ._pickles import PICKLE_SUFFIXES, guess_from_path
 from ._types import BASE_MODELS, KINDS, Detection
 from .gguf_header import GGUFHeader, read_gguf_header
 from .safetensors_header import read_header
+from .shapes import first_dim as _first_dim
+from .shapes import has_prefix as _has_prefix
+from .shapes import sub as _sub
 
 __all__ = [
     "BASE_MODELS",
@@ -54,9 +57,6 @@ Shapes = Mapping[str, Sequence[int]]
 _UNET_PREFIX = "model.diffusion_model."
 _VAE_PREFIXES = ("first_stage_model.", "vae.")
 _TE_PREFIXES = ("cond_stage_model.", "conditioner.", "text_encoders.")
-_CONTEXT_BASE = {768: "sd_1_5", 1024: "sd_2", 2048: "sdxl", 1280: "sdxl_refiner"}
-_ADM_BASE = {2816: "sdxl", 2560: "sdxl_refiner"}
-_ATTN2_K = re.compile(r"attn2\.to_k\.weight$")
 
 
 def detect(
@@ -106,31 +106,13 @@ def detect_gguf(header: GGUFHeader, name: str | None = None) -> Detection:
 
 
 def _refine_base(kind: str, base: str, md: Mapping[str, str], name: str | None) -> str:
-    """Pony over SDXL, and Flux dev/schnell/krea where shapes alone cannot say."""
-    if base == "sdxl" and _hints.says_pony(md, name, trust_title=kind in ("checkpoint", "unet", "unknown")):
-        return "pony"
-    if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2|(high|low)[\s_-]?noise", name.lower()):
-        return "wan_2_2"  # the A14B experts have Wan 2.1's shapes; only 2.2 splits the schedule into high/low-noise experts
-    if base in ("flux", "flux_dev"):
-        declared = _hints.base_from_metadata(md) or ""
-        named = _hints.base_from_text(name) if kind in ("checkpoint", "unet") else None
-        for hint in (declared, named):
-            if base == "flux" and hint in ("flux_dev", "flux_schnell", "flux_krea"):
-                return hint
-            if base == "flux_dev" and hint == "flux_krea":
-                return hint
-    return base
+    """Pony over SDXL, Flux dev/schnell/krea, Wan 2.2 experts: where shapes alone cannot say (the family says)."""
+    from ..families import registry
+
+    return registry.refine_base(kind, base, md, name)
 
 
 # ---- diffusion models (whole checkpoints and bare U-Nets/transformers) ------------------------------
-
-
-def _sub(shapes: Mapping[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
-    return {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
-
-
-def _has_prefix(keys: Any, *prefixes: str) -> bool:
-    return any(k.startswith(prefixes) for k in keys)
 
 
 def _text_encoders(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -154,7 +136,9 @@ def _text_encoders(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
 def _diffusion(shapes: dict[str, tuple[int, ...]], md: Mapping[str, str]) -> tuple[str, str, dict] | None:
     prefixed = _has_prefix(shapes, _UNET_PREFIX)
     unet = _sub(shapes, _UNET_PREFIX) if prefixed else shapes
-    result = _hidream(unet) or _wan(unet) or _flux(unet) or _sd3(unet) or _sd_unet(unet, shapes)
+    from ..families import registry
+
+    result = registry.detect_denoiser(unet, shapes)  # each family reads its own tensor names
     if result is None:
         return None
     base, details = result
@@ -168,112 +152,6 @@ def _diffusion(shapes: dict[str, tuple[int, ...]], md: Mapping[str, str]) -> tup
     if "v_pred" in shapes or prediction == "v":
         details["prediction_type"] = "v"
     return kind, base, details
-
-
-def _flux(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
-    if _has_prefix(unet, "single_stream_modulation.", "early_stream_modulations."):
-        return "unknown", {"family": "flux2", "layout": "original"}
-    original = _has_prefix(unet, "double_blocks.", "single_blocks.")
-    diffusers = _has_prefix(unet, "single_transformer_blocks.")
-    if not (original or diffusers):
-        return None
-    details: dict[str, Any] = {"family": "flux", "layout": "original" if original else "diffusers"}
-    if _has_prefix(unet, "distilled_guidance_layer."):
-        return "unknown", {**details, "family": "chroma"}
-    guidance = _has_prefix(unet, "guidance_in.", "time_text_embed.guidance_embedder.")
-    img_in = unet.get("img_in.weight") or unet.get("x_embedder.weight")
-    if img_in and len(img_in) == 2:
-        details["in_channels"] = img_in[1]
-        details["variant"] = {384: "fill", 128: "depth"}.get(img_in[1], "dev" if guidance else "schnell")
-    details["guidance_embed"] = guidance
-    return ("flux_dev" if guidance else "flux_schnell"), details
-
-
-def _wan(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
-    """Wan 2.1 / 2.2 video transformers: a 3D ``patch_embedding`` and ``blocks.N`` (original: ``self_attn``,
-    diffusers: ``attn1``). 48 input channels is Wan 2.2 TI2V-5B; otherwise 2.1 and 2.2's A14B experts share
-    shapes, so the base is wan_2_1 unless the file name says 2.2 (_refine_base)."""
-    patch = unet.get("patch_embedding.weight")
-    if patch is None or len(patch) != 5 or not _has_prefix(unet, "blocks.0.self_attn.", "blocks.0.attn1."):
-        return None
-    details: dict[str, Any] = {"family": "wan", "layout": "original" if _has_prefix(unet, "blocks.0.self_attn.") else "diffusers",
-                               "in_channels": patch[1], "image_to_video": patch[1] == 36}
-    return ("wan_2_2" if patch[1] == 48 else "wan_2_1"), details
-
-
-def _hidream(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
-    """HiDream-I1's transformer: the same key names in ComfyUI's files and diffusers' (Full, Dev, Fast alike)."""
-    if "double_stream_blocks.0.block.adaLN_modulation.1.bias" not in unet or not _has_prefix(unet, "caption_projection."):
-        return None
-    blocks = re.compile(r"(double|single)_stream_blocks\.(\d+)\.")
-    depth = {"double": 0, "single": 0}
-    for k in unet:
-        if m := blocks.match(k):
-            depth[m.group(1)] = max(depth[m.group(1)], int(m.group(2)) + 1)
-    return "hidream", {"family": "hidream", "double_blocks": depth["double"], "single_blocks": depth["single"]}
-
-
-def _sd3(unet: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
-    if _has_prefix(unet, "joint_blocks."):
-        layout, block = "original", "joint_blocks."
-    elif "transformer_blocks.0.attn.add_k_proj.weight" in unet and "pos_embed.proj.weight" in unet:  # joint attention
-        layout, block = "diffusers", "transformer_blocks."
-    else:
-        return None
-    index = re.compile(re.escape(block) + r"(\d+)\.")
-    depth = 1 + max((int(m.group(1)) for k in unet if (m := index.match(k))), default=-1)
-    return "sd3", {"family": "sd3", "layout": layout, "depth": depth}
-
-
-def _first_dim(shapes: Mapping[str, tuple[int, ...]], keys: Sequence[str], index: int) -> int | None:
-    for key in keys:
-        shape = shapes.get(key)
-        if shape and len(shape) > index:
-            return shape[index]
-    return None
-
-
-def _context_dim(shapes: Mapping[str, tuple[int, ...]]) -> int | None:
-    """Cross-attention context width: the input dim of any ``attn2.to_k`` projection."""
-    for key, shape in shapes.items():
-        if _ATTN2_K.search(key) and len(shape) == 2:
-            return shape[1]
-    return None
-
-
-def _sd_unet(unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict] | None:
-    if _has_prefix(unet, "input_blocks.") and _has_prefix(unet, "middle_block.", "output_blocks.", "time_embed."):
-        layout = "original"
-    elif _has_prefix(unet, "down_blocks.") and _has_prefix(unet, "conv_in.", "time_embedding.", "mid_block."):
-        layout = "diffusers"
-    else:
-        return None
-    details: dict[str, Any] = {"family": "sd_unet", "layout": layout}
-    ctx = _context_dim(unet)
-    adm = _first_dim(unet, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
-    in_ch = _first_dim(unet, ("input_blocks.0.0.weight", "conv_in.weight"), 1)
-    details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm), ("in_channels", in_ch)) if v})
-    if in_ch == 9:
-        details["variant"] = "inpainting"
-    elif in_ch == 8:
-        details["variant"] = "instruct-pix2pix"
-    if "edm_mean" in whole:
-        details["variant"] = "playground-v2.5"
-    base = _ADM_BASE.get(adm or 0) or _CONTEXT_BASE.get(ctx or 0) or _base_from_encoders(whole)
-    return base, details
-
-
-def _base_from_encoders(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    """Fallback when the U-Net says nothing: the bundled text encoders' layout."""
-    if _has_prefix(shapes, "conditioner.embedders.1."):
-        return "sdxl"
-    if _has_prefix(shapes, "conditioner.embedders.0.model."):
-        return "sdxl_refiner"
-    if _has_prefix(shapes, "cond_stage_model.model."):
-        return "sd_2"
-    if _has_prefix(shapes, "cond_stage_model.transformer."):
-        return "sd_1_5"
-    return "unknown"
 
 
 # ---- controlnet -----------------------------------------------------------------------------------
@@ -293,15 +171,9 @@ def _controlnet(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] | N
     details: dict[str, Any] = {"layout": "diffusers" if _has_prefix(body, "controlnet_") else "original"}
     if control_lora:
         details["control_lora"] = True
-    if _has_prefix(body, "controlnet_single_blocks.", "controlnet_x_embedder.", "single_transformer_blocks.",
-                   "double_blocks.", "single_blocks."):
-        return "controlnet", "flux", {**details, "family": "flux"}
-    if _has_prefix(body, "pos_embed_input.") or (_has_prefix(body, "transformer_blocks.") and "pos_embed.proj.weight" in body):
-        return "controlnet", "sd3", {**details, "family": "sd3"}
-    ctx = _context_dim(body)
-    adm = _first_dim(body, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
-    details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm)) if v})
-    base = _ADM_BASE.get(adm or 0) or _CONTEXT_BASE.get(ctx or 0) or "unknown"
+    from ..families import registry
+
+    base, details = registry.detect_controlnet(body, details)
     return "controlnet", base, details
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import open_regular
-from ._atomic import write_json_atomic
+from ..atomic import write_json_atomic
 
 CHUNK_SIZE = 1 << 20
 OLD_HASH_OFFSET = 0x100000

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ..errors import UnsafePath
 from ..paths import inside, open_regular
-from ._atomic import write_json_atomic
+from ..atomic import write_json_atomic
 
 FOLDER_SIDECAR_NAME = "sdworker.json"
 _MAX_BYTES = 16 * 2**20

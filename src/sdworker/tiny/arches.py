@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..families.registry import tiny_arches
 
 ARCHES: tuple[str, ...] = ("sdxl", "sd15")
-#: Tiny Flux pipelines (tiny/flux.py); folders only, and not in ARCHES, whose users are SD-only.
+#: Tiny Flux pipelines (families/flux/tiny.py); folders only, and not in ARCHES, whose users are SD-only.
 FLUX_ARCHES: tuple[str, ...] = ("flux-dev", "flux-schnell")
 #: The other families' tiny models: arch -> the module (under sdworker) whose make_tiny(arch, out_dir)
 #: writes it as a diffusers folder; each family names its own (families.base.Family.tiny_arches).

@@ -19,17 +19,16 @@ small file that needs the real tokenizers exactly as a civitai checkpoint does.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from . import tokenizer as tok
+from ..atomic import write_atomic
 from ..managers.clip_tokenizers import CLIP_VOCAB_SIZE
 from .builder import _TOKENIZER_PADS, ARCHES, SEEDS, build_pipeline
 
@@ -275,23 +274,15 @@ def single_file_path(out: str | Path) -> Path:
 
 
 def save_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    """Write a safetensors file via a sibling temp file + os.replace: never half-written."""
-    from safetensors.torch import save_file
+    """Write a safetensors file atomically (sdworker.atomic): never half-written."""
+    from safetensors.torch import save
 
     if path.is_dir():
         raise FileExistsError(f"{path} is a folder; refusing to replace it with a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     # own storage per tensor: safetensors refuses shared/non-contiguous memory
     owned = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    # a unique sibling name: same filesystem, so os.replace is atomic
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_file(owned, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, save(owned, metadata=metadata))
 
 
 def _with_clip_vocab(pipe: Any) -> Any:

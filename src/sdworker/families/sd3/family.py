@@ -24,14 +24,15 @@ How a request maps onto StableDiffusion3Pipeline (diffusers 0.42):
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .. import flow_samplers
 from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
 from .presets import PRESETS
 
 if TYPE_CHECKING:
-    from ...managers.locator import ModelRef
+    from ...models.refs import ModelRef
     from ...schemas.generation import GenerationRequest
 
 DEFAULT_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline.__call__'s default
@@ -75,6 +76,7 @@ class SD3Family(Family):
     model_index_classes: ClassVar[tuple[str, ...]] = tuple(pipelines.values())
     sd_schedulers: ClassVar[bool] = False
     builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"sd3": ("sd3",)}
     tiny_arches: ClassVar[dict[str, str]] = {a: "families.sd3.tiny" for a in ("sd3", "sd35-large", "sd35-medium")}
 
     def defaults(self, base_model: str) -> Defaults:
@@ -157,3 +159,49 @@ class SD3Family(Family):
 
     def effective(self, req: "GenerationRequest", plan: RunPlan) -> dict[str, Any]:
         return {"max_sequence_length": self.sequence_length(req)}
+
+    # ---- detection and LoRAs ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = ((30, r"sd[\s_.-]?3|stable[\s_.-]?diffusion[\s_.-]?3", "sd3"),)
+    arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = (("stable-diffusion-3", "sd3"),)
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("StableDiffusion3",)
+    vae_scaling: ClassVar[dict[float, str]] = {1.5305: "sd3"}
+    lora_markers: ClassVar[tuple[str, ...]] = ("joint_blocks_",)
+    lora_dit_widths: ClassVar[dict[int, str]] = {1536: "sd3", 2432: "sd3"}  # Medium, Large
+
+    def base_from_version(self, version: str) -> str | None:
+        return "sd3" if version.startswith("sd3") else None
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return "sd3"
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        if cls.startswith("SD3ControlNet"):
+            return "controlnet", "sd3"
+        return ("unet", "sd3") if cls == "SD3Transformer2DModel" else None
+
+    def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
+        details["family"] = "sd3"
+        return "sd3"
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """SAI's ``joint_blocks``, or diffusers' ``transformer_blocks`` with joint attention and a ``pos_embed``."""
+        import re
+
+        from ...models.shapes import has_prefix
+
+        if has_prefix(unet, "joint_blocks."):
+            layout, block = "original", "joint_blocks."
+        elif "transformer_blocks.0.attn.add_k_proj.weight" in unet and "pos_embed.proj.weight" in unet:  # joint attention
+            layout, block = "diffusers", "transformer_blocks."
+        else:
+            return None
+        index = re.compile(re.escape(block) + r"(\d+)\.")
+        depth = 1 + max((int(m.group(1)) for k in unet if (m := index.match(k))), default=-1)
+        return "sd3", {"family": "sd3", "layout": layout, "depth": depth}
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        from ...models.shapes import has_prefix
+
+        if has_prefix(body, "pos_embed_input.") or (has_prefix(body, "transformer_blocks.") and "pos_embed.proj.weight" in body):
+            return "sd3", {**details, "family": "sd3"}
+        return None

@@ -24,7 +24,7 @@ from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from ...tiny import tokenizer as tok
 from ...tiny.builder import TEXT_HIDDEN_SIZE, TEXT_PROJECTION_DIM, _text_config, save_staged
-from ...tiny.flux import FLUX_VAE, t5_shape, t5_tokenizer
+from ..flux.tiny import FLUX_VAE, t5_shape, t5_tokenizer
 
 #: make_tiny_model's arch names -> variant ("sd3" is SD 3.5 Large).
 ARCHES: dict[str, str] = {"sd3": "large", "sd35-large": "large", "sd35-medium": "medium"}

@@ -30,14 +30,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from . import flow_samplers
-from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 #: UMT5's limit in WanPipeline (its default max_sequence_length).
 MAX_SEQUENCE_LENGTH = 512
@@ -187,7 +188,9 @@ class WanFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("wan_2_1", "wan_2_2")
     pipelines: ClassVar[dict[str, str]] = {"text2video": "WanPipeline", "img2video": "WanImageToVideoPipeline"}
     model_index_classes: ClassVar[tuple[str, ...]] = ("WanPipeline", "WanImageToVideoPipeline")
-    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.wan" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.wan.tiny" for a in ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-ti2v")}
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"wan_2_1": ("wan_2_1",), "wan_2_2": ("wan_2_2",)}
 
     def folder_base_model(self, folder: "Path", index: dict[str, Any]) -> str:
         return wan_base(index, folder.name)
@@ -248,7 +251,7 @@ class WanFamily(Family):
 
     def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
         """The request's image-only options, each a problem at its field."""
-        from ..prompts.lora_tags import extract_lora_tags
+        from ...prompts.lora_tags import extract_lora_tags
 
         model = f"{ref.model_id} is a {ref.base_model} model"
         out: list[dict[str, str]] = []
@@ -326,3 +329,30 @@ class WanFamily(Family):
             out["guidance_scale_2"] = scale_2 if scale_2 is not None else req.guidance_scale
             out["boundary_ratio"] = model.boundary_ratio
         return out
+
+    # ---- detection ----
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("Wan",)
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return wan_base(index, folder.name)
+
+    def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+        """The A14B experts have Wan 2.1's shapes; only 2.2 splits the schedule into high/low-noise experts."""
+        import re
+
+        if base == "wan_2_1" and name and re.search(r"wan[\s_.-]?2[._]?2|(high|low)[\s_-]?noise", name.lower()):
+            return "wan_2_2"
+        return base
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """A 3D ``patch_embedding`` and ``blocks.N`` (original: ``self_attn``, diffusers: ``attn1``). 48
+        input channels is Wan 2.2 TI2V-5B; otherwise 2.1 and 2.2's A14B experts share shapes, so the
+        base is wan_2_1 unless the file name says 2.2 (refine_base)."""
+        from ...models.shapes import has_prefix
+
+        patch = unet.get("patch_embedding.weight")
+        if patch is None or len(patch) != 5 or not has_prefix(unet, "blocks.0.self_attn.", "blocks.0.attn1."):
+            return None
+        details: dict[str, Any] = {"family": "wan", "layout": "original" if has_prefix(unet, "blocks.0.self_attn.") else "diffusers",
+                                   "in_channels": patch[1], "image_to_video": patch[1] == 36}
+        return ("wan_2_2" if patch[1] == 48 else "wan_2_1"), details

@@ -19,7 +19,7 @@ apart:
 Sizes: the VAE keeps Wan's factors (8x spatially, 4x in time) and the transformer Wan's 1x2x2
 patches, so width and height must be multiples of 16 and num_frames of the form 4k+1, as on the
 real models; a 64x64, 9-frame video is 3x8x8 latents, 48 tokens. The UMT5 tokenizer is the Unigram
-vocabulary of :mod:`sdworker.tiny.flux` (no sentencepiece model, no download), as T5TokenizerFast.
+vocabulary of :mod:`sdworker.families.flux.tiny` (no sentencepiece model, no download), as T5TokenizerFast.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from .builder import save_staged
-from .flux import t5_shape, t5_tokenizer
+from ...tiny.builder import save_staged
+from ..flux.tiny import t5_shape, t5_tokenizer
 
 VARIANTS: tuple[str, ...] = ("wan21", "wan22", "wan22-i2v", "wan21-i2v", "wan22-ti2v")
 
@@ -107,7 +107,7 @@ SCHEDULER: dict[str, Any] = {
 
 
 def umt5_config() -> UMT5Config:
-    """UMT5 like Wan's google/umt5-xxl, at d_model TEXT_DIM (the tiny T5 shape of tiny.flux)."""
+    """UMT5 like Wan's google/umt5-xxl, at d_model TEXT_DIM (the tiny T5 shape of families.flux.tiny)."""
     return UMT5Config(**t5_shape(TEXT_DIM))
 
 
@@ -167,7 +167,7 @@ def make_tiny(arch: str, out_dir: str | Path) -> Path:
 def make_tiny_wan(variant: str, out_dir: str | Path) -> Path:
     """Build and save the tiny ``variant`` Wan pipeline to ``out_dir`` (diffusers layout).
 
-    Like :func:`sdworker.tiny.flux.make_tiny_flux`: staged in a temporary sibling folder and swapped
+    Like :func:`sdworker.families.flux.tiny.make_tiny_flux`: staged in a temporary sibling folder and swapped
     in whole, refusing to overwrite anything but a diffusers model; the caller's torch RNG state is
     left untouched, and two builds give the same bytes.
     """

@@ -35,8 +35,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
-from . import tokenizer as tok
-from .builder import FLUX_ARCHES, TEXT_HIDDEN_SIZE, _text_config, save_staged
+from ...tiny import tokenizer as tok
+from ...tiny.builder import FLUX_ARCHES, TEXT_HIDDEN_SIZE, _text_config, save_staged
 
 #: The tiny Flux pipelines; "flux-fill" is FLUX.1 Fill (dev), the inpainting model.
 VARIANTS: tuple[str, ...] = (*FLUX_ARCHES, "flux-fill")
@@ -256,7 +256,7 @@ def make_tiny_flux_lora(path: str | Path, layout: str = "peft", seed: int | None
     """
     from safetensors.torch import save_file
 
-    from .adapters import _te_targets
+    from ...tiny.adapters import _te_targets
 
     if layout not in ("peft", "kohya"):
         raise ValueError(f"unknown LoRA layout {layout!r}; expected peft or kohya")
@@ -323,6 +323,6 @@ def build_flux_controlnet(variant: str = "flux-dev", seed: int | None = None) ->
 
 def make_tiny_flux_controlnet(path: str | Path, variant: str = "flux-dev", seed: int | None = None) -> Path:
     """Build a tiny Flux ControlNet and save it as a diffusers folder (config.json + safetensors)."""
-    from .controlnet import save_folder
+    from ...tiny.controlnet import save_folder
 
     return save_folder(path, lambda: build_flux_controlnet(variant, seed))

@@ -43,13 +43,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from . import flow_samplers
-from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
-from .flux import vae_scale_factor
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
+from ..flux.family import vae_scale_factor
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 #: HiDreamImagePipeline.__call__'s default.
 MAX_SEQUENCE_LENGTH = 128
@@ -145,7 +146,9 @@ class HiDreamFamily(Family):
     base_models: ClassVar[tuple[str, ...]] = ("hidream",)
     pipelines: ClassVar[dict[str, str]] = {"text2img": "HiDreamImagePipeline"}
     model_index_classes: ClassVar[tuple[str, ...]] = ("HiDreamImagePipeline",)
-    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.hidream" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.hidream.tiny" for a in ("hidream", "hidream-full", "hidream-dev", "hidream-fast")}
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {"hidream": ("hidream",)}
     sd_schedulers: ClassVar[bool] = False
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img",)  # HiDreamImagePipeline takes prompt lists and generator lists
 
@@ -166,7 +169,7 @@ class HiDreamFamily(Family):
 
     def refusals(self, req: "GenerationRequest", ref: "ModelRef") -> list[dict[str, str]]:
         """The request's options HiDream does not take, each a problem at its field."""
-        from ..prompts.lora_tags import extract_lora_tags
+        from ...prompts.lora_tags import extract_lora_tags
 
         model = f"{ref.model_id} is a HiDream model"
         if ref.format != "diffusers":
@@ -250,3 +253,26 @@ class HiDreamFamily(Family):
         if shift is not None:
             out["shift"] = shift
         return out
+
+    # ---- detection: Full, Dev and Fast share one shape and one base model ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = ((10, r"(?<![a-z])hi[\s_.-]?dream", "hidream"),)
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("HiDreamImage",)
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return "hidream"
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        return ("unet", "hidream") if cls == "HiDreamImageTransformer2DModel" else None
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        """The same key names in ComfyUI's files and diffusers' (Full, Dev, Fast alike)."""
+        from ...models.shapes import has_prefix
+
+        if "double_stream_blocks.0.block.adaLN_modulation.1.bias" not in unet or not has_prefix(unet, "caption_projection."):
+            return None
+        blocks = re.compile(r"(double|single)_stream_blocks\.(\d+)\.")
+        depth = {"double": 0, "single": 0}
+        for k in unet:
+            if m := blocks.match(k):
+                depth[m.group(1)] = max(depth[m.group(1)], int(m.group(2)) + 1)
+        return "hidream", {"family": "hidream", "double_blocks": depth["double"], "single_blocks": depth["single"]}

@@ -16,7 +16,7 @@ Sizes: HiDreamImagePipeline rescales every request to the area of (128 x vae_sca
 128x128: the VAE here has one block (scale factor 1), and a 128x128 image is 128x128 latents,
 4096 tokens of 2x2 patches, as for the real model at 1024x1024.
 
-Tokenizers are made in-process: the tiny CLIP BPE (tiny.tokenizer) twice, T5 as in tiny.flux,
+Tokenizers are made in-process: the tiny CLIP BPE (tiny.tokenizer) twice, T5 as in families.flux.tiny,
 and Llama as a WordLevel ``PreTrainedTokenizerFast`` over the same prompt words with a
 ``<|begin_of_text|>`` prefix, as Llama 3's tokenizer adds.
 """
@@ -38,9 +38,9 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5EncoderModel
 
-from . import tokenizer as tok
-from .builder import TEXT_PROJECTION_DIM, _text_config, save_staged
-from .flux import FLUX_VAE, T5_D_MODEL, t5_config, t5_tokenizer
+from ...tiny import tokenizer as tok
+from ...tiny.builder import TEXT_PROJECTION_DIM, _text_config, save_staged
+from ..flux.tiny import FLUX_VAE, T5_D_MODEL, t5_config, t5_tokenizer
 
 #: make_tiny_model's arch names -> variant ("hidream" is the Full model, the presets' quality).
 ARCHES: dict[str, str] = {"hidream": "full", "hidream-full": "full", "hidream-dev": "dev", "hidream-fast": "fast"}
@@ -206,7 +206,7 @@ def make_tiny(arch: str, out_dir: str | Path) -> Path:
 def make_tiny_hidream(variant: str, out_dir: str | Path) -> Path:
     """Build and save the tiny ``variant`` HiDream pipeline to ``out_dir`` (diffusers layout).
 
-    As tiny.flux.make_tiny_flux: staged in a temporary sibling folder and swapped in whole,
+    As families.flux.tiny.make_tiny_flux: staged in a temporary sibling folder and swapped in whole,
     refusing to overwrite anything but a diffusers model; the caller's torch RNG state is left
     untouched; two builds give byte-identical folders.
     """

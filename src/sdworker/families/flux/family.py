@@ -50,14 +50,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from . import flow_samplers
-from .base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .. import flow_samplers
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from .presets import PRESETS
+from . import knowledge as kn
 
 if TYPE_CHECKING:
-    from ..managers.locator import ModelRef
-    from ..schemas.generation import GenerationRequest
+    from ...models.refs import ModelRef
+    from ...schemas.generation import GenerationRequest
 
 #: T5's limit in FluxPipeline.check_inputs.
 MAX_SEQUENCE_LENGTH = 512
@@ -72,11 +74,7 @@ FILL_STRENGTH = 1.0  # FluxFillPipeline's default: the Fill model repaints the m
 
 #: The pipelines without a true-CFG path (no negative_prompt / true_cfg_scale in __call__).
 _NO_TRUE_CFG = ("FluxFillPipeline", "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline")
-_CONTROLNET_PIPELINES = {
-    "text2img": "FluxControlNetPipeline",
-    "img2img": "FluxControlNetImg2ImgPipeline",
-    "inpainting": "FluxControlNetInpaintPipeline",
-}
+_CONTROLNET_PIPELINES = kn.CONTROLNET_PIPELINES
 
 ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler, with schedule simple or normal (or none)"
 _SAMPLERS = (flow_samplers.EULER,)
@@ -141,7 +139,16 @@ class FluxFamily(Family):
     pipelines: ClassVar[dict[str, str]] = {"text2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpainting": "FluxInpaintPipeline"}
     #: FLUX.1 Fill is a dev fine-tune: its guidance embedder makes it flux_dev
     model_index_classes: ClassVar[tuple[str, ...]] = (*pipelines.values(), "FluxFillPipeline", "FluxControlNetPipeline")
-    tiny_arches: ClassVar[dict[str, str]] = {a: "tiny.flux" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
+    tiny_arches: ClassVar[dict[str, str]] = {a: "families.flux.tiny" for a in ("flux", "flux-dev", "flux-schnell", "flux-fill")}
+    builtin_presets: ClassVar[tuple[dict[str, Any], ...]] = PRESETS
+    #: A dev folder never fits a schnell file (nor the reverse: managers.transformer_files.fits checks
+    #: the guidance embedder, and the scheduler's shift differs too); listed so the error can say why.
+    companion_bases: ClassVar[dict[str, tuple[str, ...]]] = {
+        "flux_dev": ("flux_dev", "flux_krea", "flux", "flux_schnell"),
+        "flux_krea": ("flux_krea", "flux_dev", "flux", "flux_schnell"),
+        "flux_schnell": ("flux_schnell", "flux", "flux_dev", "flux_krea"),
+        "flux": ("flux", "flux_dev", "flux_schnell", "flux_krea"),
+    }
     sd_schedulers: ClassVar[bool] = False
     #: every mode, Fill included: the Flux pipelines take prompt, image and mask lists per image (module docstring)
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
@@ -151,7 +158,7 @@ class FluxFamily(Family):
 
     def folder_base_model(self, folder: Path, index: dict[str, Any]) -> str:
         """dev vs schnell from the transformer's guidance embedder; krea (a dev fine-tune) by name only."""
-        from ..models._hints import base_from_text
+        from ...models._hints import base_from_text
 
         try:
             embeds = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds")
@@ -310,3 +317,64 @@ class FluxFamily(Family):
         scale = true_cfg_scale(req)
         out["true_cfg_scale"] = scale if scale is not None else 1.0
         return out
+
+    # ---- detection, LoRAs, ControlNets (families.flux.knowledge) ----
+    text_hints: ClassVar[tuple[tuple[int, str, str], ...]] = kn.TEXT_HINTS
+    arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = kn.ARCH_PREFIXES
+    folder_class_prefixes: ClassVar[tuple[str, ...]] = ("Flux",)
+    vae_scaling: ClassVar[dict[float, str]] = kn.VAE_SCALING
+    lora_markers: ClassVar[tuple[str, ...]] = kn.LORA_MARKERS
+    lora_dit_widths: ClassVar[dict[int, str]] = kn.LORA_DIT_WIDTHS
+    lora_groups: ClassVar[dict[str, str]] = kn.GROUPS  # dev, schnell and Krea share the transformer's layout
+    controlnet_groups: ClassVar[dict[str, str]] = kn.GROUPS
+    controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
+
+    def base_from_version(self, version: str) -> str | None:
+        return "flux" if version.startswith("flux") else None
+
+    def detect_folder(self, folder: Path, index: dict[str, Any], unet: dict[str, Any]) -> str | None:
+        return kn.detect_folder(folder, index)
+
+    def detect_component(self, cls: str, cfg: dict[str, Any]) -> tuple[str, str] | None:
+        return kn.detect_component(cls, cfg)
+
+    def refine_base(self, kind: str, base: str, metadata: Mapping[str, str], name: str | None) -> str:
+        """dev / schnell / krea from metadata, then (checkpoints and transformers) the file name."""
+        from ...models._hints import base_from_metadata, base_from_text
+
+        declared = base_from_metadata(metadata) or ""
+        named = base_from_text(name) if kind in ("checkpoint", "unet") else None
+        for hint in (declared, named):
+            variant = kn.named_variant(base, hint)
+            if variant is not None:
+                return variant
+        return base
+
+    def refine_folder_base(self, base: str, name: str) -> str:
+        from ...models._hints import base_from_text
+
+        return kn.named_variant(base, base_from_text(name)) or base
+
+    def lora_base(self, norm_keys: list[str], details: dict[str, Any]) -> str:
+        return kn.lora_base(norm_keys, details)
+
+    denoiser_name: ClassVar[str] = "transformer"
+
+    def runs_controlnets_of(self, pipe: Any = None, denoiser: Mapping[str, Any] | None = None) -> bool:
+        if pipe is not None:
+            return type(pipe).__name__.startswith("Flux")
+        return denoiser is not None and "joint_attention_dim" in denoiser
+
+    def controlnet_pipeline(self, pipe: Any, mode: str) -> str | None:
+        return kn.CONTROLNET_PIPELINES.get(mode)
+
+    def controlnet_multi(self, nets: list[Any]) -> Any:
+        from diffusers.models.controlnets import FluxMultiControlNetModel
+
+        return FluxMultiControlNetModel(nets)
+
+    def detect_denoiser(self, unet: Mapping[str, tuple[int, ...]], whole: Mapping[str, tuple[int, ...]]) -> tuple[str, dict[str, Any]] | None:
+        return kn.detect_denoiser(unet)
+
+    def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        return kn.detect_controlnet(body, details)
