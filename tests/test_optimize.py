@@ -169,3 +169,35 @@ def test_first_block_cache_on_flux(flux_worker: Worker) -> None:
     assert bad["error_code"] == "validation_error" and "first_block" in bad["error"]
     again = flux_worker.call("inference.text2img", req, timeout=180)
     assert np.array_equal(decode_png(again["data"]["images"][0]["base64"]), decode_png(plain["data"]["images"][0]["base64"]))
+
+
+@pytest.fixture(scope="module")
+def cn_worker(tmp_path_factory: pytest.TempPathFactory):
+    from sdworker.tiny import make_tiny_model
+    from sdworker.tiny.controlnet import make_tiny_controlnet
+
+    root = tmp_path_factory.mktemp("optcn-models")
+    make_tiny_model("sd15", root / "tiny-sd15")
+    make_tiny_controlnet("sd15", root / "controlnet" / "tiny-sd15-cn")
+    wk = family_worker(root, tmp_path_factory, "optcn")
+    yield wk
+    wk.kill()
+
+
+def test_controlnet_inpainting_with_cache(cn_worker: Worker) -> None:
+    """The cache wraps the UNet's blocks, so ControlNet residuals still reach the blocks that run."""
+    from PIL import Image
+
+    from conftest import png_b64
+
+    control = png_b64(Image.new("RGB", (64, 64), (255, 255, 255)))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    req = {**BASE, "controlnets": [{"model": "tiny-sd15-cn", "image": control}], "optimize": {"cache": "deepcache"}}
+    r = cn_worker.call("inference.text2img", req, timeout=180)
+    assert r["success"], r
+    assert r["data"]["performance"]["cache_skipped_steps"] == 4 and r["data"]["parameters"]["controlnets"]
+    init = r["data"]["images"][0]["base64"]
+    r = cn_worker.call("inference.inpainting", {**req, "init_image": init, "mask_image": png_b64(mask.convert("RGB")), "strength": 1.0}, timeout=180)
+    assert r["success"], r
+    assert r["data"]["performance"]["cache_skipped_steps"] == 4
