@@ -201,3 +201,10 @@ def test_controlnet_inpainting_with_cache(cn_worker: Worker) -> None:
     r = cn_worker.call("inference.inpainting", {**req, "init_image": init, "mask_image": png_b64(mask.convert("RGB")), "strength": 1.0}, timeout=180)
     assert r["success"], r
     assert r["data"]["performance"]["cache_skipped_steps"] == 4
+
+
+def test_a_preset_can_carry_optimize() -> None:
+    from sdworker.store.presets.apply import request_values
+
+    values = request_values({"steps": 12, "cfg_scale": 5.0, "model_specific_params": {"optimize": "max"}})
+    assert values["optimize"] == "max"
