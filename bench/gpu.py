@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402
-from speed import SD_VAE, SDXL_UNET  # noqa: E402
+import run as core
+from speed import SD_VAE, SDXL_UNET
 
 SECTION = "## SDXL on a GPU: optimize end to end"
 ROWS: list[tuple[str, Any]] = [

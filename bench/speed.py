@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as core  # noqa: E402
-from weights import WAN_1_3B  # noqa: E402
+import run as core
+from weights import WAN_1_3B
 
 SECTION = "## Speed options (optimize) at full size"
 ROWS = ("plain", "fuse_qkv", "channels_last", "cache", "max")
@@ -59,9 +59,17 @@ SD_VAE = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "la
 def build(arch: str) -> tuple[Any, dict[str, Any]]:
     """(pipeline, call kwargs with random prompt embeddings) for a full-size random-weight model."""
     import torch
-    from diffusers import (AutoencoderKL, AutoencoderKLWan, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel, UniPCMultistepScheduler, WanPipeline,
-                           WanTransformer3DModel)
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLWan,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(5)

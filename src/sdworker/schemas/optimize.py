@@ -6,7 +6,7 @@ the model's family is known once the model is loaded (managers.optimize).
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -62,7 +62,7 @@ class OptimizeOptions(Params):
         return v
 
 
-Optimize = Union[Literal["none", "max"], OptimizeOptions]
+Optimize = Literal["none", "max"] | OptimizeOptions
 
 OPTIMIZE_DESCRIPTION = (
     '"none", "max" (the fastest combination that keeps images close, per family) or {compile, fuse_qkv, '

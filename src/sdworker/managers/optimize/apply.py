@@ -8,8 +8,9 @@ compiled code is kept on the model, switched off, to be reused (managers.optimiz
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..denoise import denoiser_of
 from .compiled import compiled
@@ -110,11 +111,18 @@ def _step_cache(den: Any, cache: dict[str, Any], perf: dict[str, Any]) -> Iterat
 
 @contextlib.contextmanager
 def _first_block(den: Any, threshold: float, perf: dict[str, Any]) -> Iterator[None]:
-    """diffusers' First Block Cache; SD3's pipeline opens no cache context, so each call gets one here."""
-    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, apply_first_block_cache
-    from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
+    """diffusers' First Block Cache; a pipeline that opens no cache context of its own gets one here."""
+    from diffusers.hooks import (
+        FirstBlockCacheConfig,
+        HookRegistry,
+        apply_first_block_cache,
+    )
+    from diffusers.hooks.first_block_cache import (
+        _FBC_BLOCK_HOOK,
+        _FBC_LEADER_BLOCK_HOOK,
+    )
 
-    # the hook function, not enable_cache: SD3's transformer lacks diffusers' CacheMixin
+    # the hook function, not enable_cache: not every transformer has diffusers' CacheMixin
     apply_first_block_cache(den, FirstBlockCacheConfig(threshold=threshold))
     HookRegistry.check_if_exists_or_initialize(den).invalidate_child_registries_cache()  # as enable_cache does
     leader = next(

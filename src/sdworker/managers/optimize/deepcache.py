@@ -11,7 +11,8 @@ ControlNet, T2I residuals and any diffusers version, and the blocks are restored
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class DeepCache:
@@ -51,13 +52,13 @@ class DeepCache:
 
         return cached_forward
 
-    def __enter__(self) -> "DeepCache":
+    def __enter__(self) -> DeepCache:
         for i, block in enumerate(self.deep):
             block.forward = self._wrap(i, block.forward)  # an instance attribute over the class's forward
         self._handle = self.unet.register_forward_pre_hook(self._pre)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for block in self.deep:
             block.__dict__.pop("forward", None)
         if self._handle is not None:

@@ -94,7 +94,10 @@ def fuse_supported(denoiser: Any) -> bool:
 def attention_backends(device: str) -> list[str]:
     """Backends of diffusers' attention dispatcher that can run here (installed, and a GPU where they need one)."""
     try:
-        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+        from diffusers.models.attention_dispatch import (
+            AttentionBackendName,
+            _check_attention_backend_requirements,
+        )
     except ImportError:
         return ["native"]
     names = []
