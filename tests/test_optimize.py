@@ -173,11 +173,13 @@ def test_first_block_cache_on_flux(flux_worker: Worker) -> None:
 @pytest.fixture(scope="module")
 def cn_worker(tmp_path_factory: pytest.TempPathFactory):
     from sdworker.tiny import make_tiny_model
+    from sdworker.tiny.adapters import make_tiny_kohya_lora
     from sdworker.tiny.controlnet import make_tiny_controlnet
 
     root = tmp_path_factory.mktemp("optcn-models")
     make_tiny_model("sd15", root / "tiny-sd15")
     make_tiny_controlnet("sd15", root / "controlnet" / "tiny-sd15-cn")
+    make_tiny_kohya_lora("sd15", root / "lora" / "style.safetensors", seed=3)
     wk = family_worker(root, tmp_path_factory, "optcn")
     yield wk
     wk.kill()
@@ -206,3 +208,17 @@ def test_a_preset_can_carry_optimize() -> None:
 
     values = request_values({"steps": 12, "cfg_scale": 5.0, "model_specific_params": {"optimize": "max"}})
     assert values["optimize"] == "max"
+
+
+def test_lora_with_fuse_and_cache(cn_worker: Worker) -> None:
+    """fuse_qkv is left off (and says why) while a LoRA is active; the cache runs with it."""
+    req = {**BASE, "loras": [{"name": "lora/style", "weight": 1.0}]}
+    lora_plain = cn_worker.call("inference.text2img", req, timeout=180)
+    assert lora_plain["success"], lora_plain
+    r = cn_worker.call("inference.text2img", {**req, "optimize": {"fuse_qkv": True}}, timeout=180)
+    assert r["success"], r
+    eff = r["data"]["parameters"]["optimize"]
+    assert eff["fuse_qkv"] is False and "LoRA" in eff["notes"][0]
+    assert np.array_equal(_img(r["data"]), _img(lora_plain["data"]))
+    r = cn_worker.call("inference.text2img", {**req, "optimize": {"cache": "deepcache"}}, timeout=180)
+    assert r["success"] and r["data"]["performance"]["cache_skipped_steps"] == 4
