@@ -10,10 +10,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import orjson
 import pytest
+from wire_shapes import ResultChecker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,9 +123,16 @@ def pipes(models_dir: Path) -> dict[str, Any]:
 
 
 class Worker:
-    """A spawned `python -m sdworker`: write lines to stdin, read every stdout line (kept raw)."""
+    """A spawned `python -m sdworker`: write lines to stdin, read every stdout line (kept raw).
+
+    Every success it reads is checked against the method's committed result schema (wire_shapes.py);
+    a mismatch fails the test that drove this worker."""
+
+    live: ClassVar[list[Worker]] = []  # the workers started so far, whose schema problems each test's teardown reports
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, cmd: list[str] | None = None, cwd: Path | None = None):
+        self.shapes = ResultChecker()
+        Worker.live.append(self)
         self.stderr_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"sdworker-stderr-{os.getpid()}-{time.monotonic_ns()}.log"
         self._stderr = open(self.stderr_path, "wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -148,13 +156,17 @@ class Worker:
         for line in self.proc.stdout:
             self.raw.append(line)
             try:
-                self._q.put(orjson.loads(line))
+                doc = orjson.loads(line)
             except orjson.JSONDecodeError:
                 self._q.put({"__not_json__": line.decode("utf-8", "replace")})
+                continue
+            self.shapes.read(doc)
+            self._q.put(doc)
         self._q.put(None)
 
     def send(self, message: Any) -> None:
         data = message if isinstance(message, bytes) else orjson.dumps(message) + b"\n"
+        self.shapes.sent(message)
         assert self.proc.stdin is not None
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
@@ -165,7 +177,13 @@ class Worker:
             raise EOFError("worker closed stdout")
         return msg
 
+    def assert_shapes(self) -> None:
+        """Fail with every result read so far that its method's schema refuses."""
+        problems = self.shapes.take_problems()
+        assert not problems, "a response does not match its exported schema:\n" + "\n".join(problems)
+
     def wait_for(self, pred: Callable[[Any], bool], timeout: float = 60) -> Any:
+        self.assert_shapes()
         for i, m in enumerate(self.pending):
             if pred(m):
                 return self.pending.pop(i)
@@ -176,6 +194,7 @@ class Worker:
                 raise TimeoutError(f"no matching message within {timeout}s; pending: {self.pending[-5:]}")
             msg = self._next(left)
             if pred(msg):
+                self.assert_shapes()
                 return msg
             self.pending.append(msg)
 
@@ -269,6 +288,15 @@ def worker(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     w = Worker(["--models-dir", str(models_dir), "--output-dir", str(out), "--max-line-bytes", "65536"])
     yield w
     w.kill()
+
+
+@pytest.fixture(autouse=True)
+def _responses_match_their_schemas() -> Any:
+    """After each test: every result any worker produced during it matched its method's result schema."""
+    yield
+    problems = [p for w in Worker.live for p in w.shapes.take_problems()]
+    Worker.live[:] = [w for w in Worker.live if w.proc.poll() is None]
+    assert not problems, "a response does not match its exported schema:\n" + "\n".join(problems)
 
 
 def _cuda_available() -> bool:

@@ -98,14 +98,14 @@ def test_clip_skip(pipes):
     for pipe, skip in ((sd, 3), (xl, 2)):
         with pytest.raises(ValidationFailed) as exc:
             compel_prompt_kwargs(pipe, "a cat", None, skip)
-        assert exc.value.details[0]["path"] == "data.clip_skip" and "compel" in exc.value.message
+        assert exc.value.details[0]["path"] == "clip_skip" and "compel" in exc.value.message
 
 
 def test_syntax_errors():
     check_compel("a (red cube", "a red) cube", None, False)  # unbalanced parentheses: compel takes them literally
     with pytest.raises(ValidationFailed) as exc:
         check_compel("a cat", '("a", "b").blend(0.5)', None, True)  # two prompts, one weight
-    assert [d["path"] for d in exc.value.details] == ["data.negative_prompt"]
+    assert [d["path"] for d in exc.value.details] == ["negative_prompt"]
 
 
 def test_refiner_shaped_pipeline_uses_its_one_encoder(pipes):

@@ -22,6 +22,7 @@ from diffusers import ControlNetModel, DiffusionPipeline
 from diffusers.models.controlnets import MultiControlNetModel
 from safetensors.torch import save_file
 
+from sdworker.errors import placed
 from sdworker.managers import controlnet as cnm
 from sdworker.managers import modes, preprocessors
 from sdworker.managers.catalog import ModelCatalog
@@ -250,7 +251,7 @@ def test_manager_caches_and_loads_single_files(cn_root, catalog, manager, images
     sdxl_unet = {"cross_attention_dim": 64, "block_out_channels": [32, 64], "addition_embed_type": "text_time"}
     with pytest.raises(ValidationFailed) as exc:
         cnm.check_against_unet(single, entry.obj, sdxl_unet)
-    assert exc.value.details[0]["path"] == "data.controlnets[0].model"
+    assert exc.value.details[0]["path"] == "controlnets[0].model"
 
 
 # ---- validation ----------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def test_manager_caches_and_loads_single_files(cn_root, catalog, manager, images
 def _problems(specs: list[dict[str, Any]], arch: str, catalog: ModelCatalog, models_dir: Path | None = None) -> dict[str, str]:
     with pytest.raises(ValidationFailed) as exc:
         _plan(specs, arch, catalog, models_dir)
-    return {d["path"]: d["message"] for d in exc.value.details}
+    return {d["path"]: d["message"] for d in placed(exc.value, "data")[1]}  # as a native answer names them
 
 
 def test_plan_errors(catalog, models_dir, images):
@@ -293,10 +294,10 @@ def test_plan_errors(catalog, models_dir, images):
         _plan([{"model": "no-such-controlnet", "image": good}], "sd15", catalog)
     with pytest.raises(ValidationFailed) as exc:  # a family without ControlNets
         cnm.plan_controlnets([{"model": "tiny-sd15-cn", "image": good}], "hidream", SIZE, SIZE, [], catalog)
-    assert exc.value.details[0]["path"] == "data.controlnets"
+    assert exc.value.details[0]["path"] == "controlnets"
     with pytest.raises(ValidationFailed) as exc:  # Flux takes Flux ControlNets only
         cnm.plan_controlnets([{"model": "tiny-sd15-cn", "image": good}], "flux_dev", SIZE, SIZE, [], catalog)
-    assert exc.value.details[0]["path"] == "data.controlnets[0].model" and "SD 1.x/2.x ControlNet" in exc.value.details[0]["message"]
+    assert exc.value.details[0]["path"] == "controlnets[0].model" and "SD 1.x/2.x ControlNet" in exc.value.details[0]["message"]
     assert cnm.plan_controlnets([], "sdxl", SIZE, SIZE, [], catalog) == []
 
 

@@ -276,7 +276,7 @@ def test_write_refuses_a_file_that_appeared_after_planning(tmp_path):
     target.write_bytes(b"someone else's")
     with pytest.raises(ValidationFailed) as err:
         writer.write_atomic(target, b"ours", replace=False)
-    assert err.value.details[0]["path"] == "data.output.save_path"
+    assert err.value.details[0]["path"] == "output.save_path"
     assert target.read_bytes() == b"someone else's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["late.png"]  # no temp file left
     with pytest.raises(ValidationFailed):

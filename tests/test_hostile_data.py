@@ -135,6 +135,26 @@ def test_unparseable_line_is_answered_with_its_id(hostile: Worker, line: bytes, 
     assert hostile.call("system.ping", {"echo": "still here"})["data"]["echo"] == "still here"
 
 
+@pytest.mark.parametrize(
+    "line, sent_id",
+    [
+        (b'{"type":"system.ping","request_id":"sur\\ud800id","data":{}}', "sur\ufffdid"),
+        (b'{"type":"system.ping","request_id":"ff\xffid","data":{}}', "ff\ufffdid"),
+        (b'{"type":"system.ping","request_id":"utf8-surrogate","data":{"echo":"\xed\xa0\x80"}}', "utf8-surrogate"),
+        (b'{"data":{"echo":NaN},"type":"system.ping","request_id":"id-last"}', "id-last"),
+    ],
+    ids=["surrogate-in-id", "0xFF-in-id", "utf8-encoded-surrogate", "id-after-the-bad-value"],
+)
+def test_an_unparseable_lines_own_id_comes_back_wire_safe(hostile: Worker, line: bytes, sent_id: str) -> None:
+    """The id itself may hold what strict JSON refuses: it comes back with U+FFFD in place of the lone
+    surrogate or the bad byte (what a host's UTF-8 decoder makes of them), never as null, and the
+    answer is valid UTF-8 (assert_pure_stdout reads every line with orjson, which refuses bad UTF-8)."""
+    hostile.send(line + b"\n")
+    r = hostile.response(sent_id)
+    assert r["success"] is False and r["error_code"] == "parse_error", r
+    hostile.assert_pure_stdout()
+
+
 def test_a_line_cut_short_keeps_id_null(hostile: Worker) -> None:
     """Not a request at all (no parser reads it): no id is guessed from its bytes, as JSON-RPC asks;
     only an oversize line is answered with the id of its first bytes."""
@@ -163,6 +183,23 @@ def test_two_spellings_of_one_key_are_refused(hostile: Worker) -> None:
                   "parameters": {"steps": 2, "NumInferenceSteps": 2, "Seed": 1, "seed": 2}})
     leg = hostile.wait_for(lambda m: m.get("request_id") == "leg-steps" and "success" in m)
     assert leg["success"] is False and leg["error_code"] == "validation_error" and "'Seed' and 'seed'" in leg["error"], leg
+
+
+def test_true_is_not_a_number_in_any_form(hostile: Worker) -> None:
+    """The same through a legacy `parameters` bag, JSON-RPC params, and a preset's model_specific_params
+    (stored, a `clip_skip: true` would have run every later job of that preset with clip_skip 1)."""
+    hostile.send({"action": "execute_inference", "request_id": "leg-bool", "model_id": "tiny-sdxl", "prompt": "p", "parameters": {"Seed": True}})
+    leg = hostile.wait_for(lambda m: m.get("request_id") == "leg-bool" and "success" in m)
+    assert leg["success"] is False and leg["error_code"] == "validation_error" and "expected a number, got true" in leg["error"], leg
+    hostile.send({"jsonrpc": "2.0", "id": "rpc-bool", "method": "inference.text2img", "params": {**QUICK, "width": True}})
+    rpc = hostile.wait_for(lambda m: m.get("id") == "rpc-bool" and ("error" in m or "result" in m))
+    assert rpc["error"]["code"] == -32602 and rpc["error"]["data"]["error_details"][0]["path"] == "params.width", rpc
+    for field in ("clip_skip", "guidance", "num_frames"):
+        r = hostile.call("config.create", {"model_id": "tiny-sdxl", "configuration_type": "quality", "steps": 2, "cfg_scale": 5,
+                                           "model_specific_params": {field: True}})
+        assert r["error_code"] == "validation_error", r
+        d = r["error_details"][0]
+        assert d["path"] == f"data.model_specific_params.{field}" and "expected a number, got true" in d["message"], r
 
 
 @pytest.mark.parametrize(
@@ -212,7 +249,9 @@ def test_kill_9_right_after_queued_then_pid_reused(spawn, tmp_path: Path) -> Non
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         with sqlite3.connect(tmp_path / "data" / "sdworker.db") as conn:
-            conn.execute("UPDATE sessions SET pid = ? WHERE pid = ?", (stranger.pid, dead))
+            # the dead run started an hour before the stranger (pids wrap around slowly): without this, a
+            # worker killed within a second of its start would share the stranger's start time
+            conn.execute("UPDATE sessions SET pid = ?, pid_started = pid_started - 3600 WHERE pid = ?", (stranger.pid, dead))
         w2 = spawn()  # same --data-dir
         for rid in ids:
             st = w2.call("inference.get_session_status", {"session_id": rid})

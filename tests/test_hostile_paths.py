@@ -186,6 +186,18 @@ def test_a_fifo_named_like_an_image_is_refused_at_once(hostile: Worker) -> None:
         _still_serving(hostile)
 
 
+def test_a_preset_import_naming_a_fifo_is_refused_at_once(hostile: Worker) -> None:
+    """config.import's `path` is host-given too: a FIFO there is refused, not read (reading it would
+    wait for a writer that never comes); a regular file next to it still imports."""
+    out: Path = hostile.out  # type: ignore[attr-defined]
+    r = hostile.call("config.import", {"path": str(out / "fifo.png")}, timeout=30)
+    _error(r, "validation_error", "fifo.png", "FIFO")
+    assert r["error_details"][0]["path"] == "data.path", r
+    _still_serving(hostile)
+    (out / "presets.jsonl").write_text("", encoding="utf-8")
+    assert hostile.call("config.import", {"path": str(out / "presets.jsonl")}, timeout=30)["success"]
+
+
 def test_fifos_in_the_models_dir_never_block(hostile: Worker) -> None:
     items = hostile.call("model.list_models", {"refresh": True}, timeout=60)
     assert items["success"], items

@@ -170,6 +170,29 @@ def test_validation_errors_name_the_field(worker):
     assert r["error_code"] == "validation_error" and r["error_details"][0]["path"] == "batch_size"
 
 
+@pytest.mark.parametrize(
+    "data,code,field",
+    [
+        ({"model_id": "no-such-model"}, "model_not_found", "model_id"),
+        ({"model_id": "tiny-sdxl", "width": 100000}, "validation_error", "width"),
+        ({"model_id": "tiny-sdxl", "output": {"save_path": "../escape.png"}}, "unsafe_path", "output.save_path"),
+        ({"model_id": "tiny-sdxl", "scheduler": "no such sampler"}, "validation_error", "scheduler"),
+    ],
+)
+def test_error_paths_are_placed_under_the_forms_root(worker, data, code, field):
+    """One error, three forms: the field is under data. in native and legacy answers, under params. in JSON-RPC."""
+    native = worker.call("inference.text2img", data)
+    worker.send({"jsonrpc": "2.0", "id": f"paths-{field}-{code}", "method": "inference.text2img", "params": data})
+    rpc = worker.wait_for(lambda m: isinstance(m, dict) and m.get("id") == f"paths-{field}-{code}")["error"]
+    worker.send({"action": "execute_inference", "request_id": f"legacy-{field}-{code}", "inference_type": "text2img", **data})
+    legacy = worker.wait_for(lambda m: isinstance(m, dict) and m.get("request_id") == f"legacy-{field}-{code}" and "success" in m)
+    assert native["error_code"] == rpc["data"]["error_code"] == legacy["error_code"] == code
+    assert native["error_details"][0]["path"] == legacy["error_details"][0]["path"] == f"data.{field}"
+    assert rpc["data"]["error_details"][0]["path"] == f"params.{field}"
+    assert native["error"].startswith(f"data.{field}") == rpc["message"].startswith(f"params.{field}")
+    assert native["error"].replace(f"data.{field}", f"params.{field}", 1) == rpc["message"]
+
+
 def test_text2img_result_shape_and_saved_file(worker):
     r = worker.call(
         "inference.text2img",

@@ -1,4 +1,4 @@
-"""The committed schemas/ folder is exactly what `python -m sdworker.schemas.export` writes today."""
+"""The committed schemas/ folder is exactly what `python -m sdworker.export_schemas` writes today."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sdworker.schemas.export import export_schemas, method_documents
+from sdworker.export_schemas import export_schemas, method_documents
 from sdworker.schemas.generation import GenerationRequest
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "schemas"
-HINT = "schemas/ is out of date: run python -m sdworker.schemas.export"
+HINT = "schemas/ is out of date: run python -m sdworker.export_schemas"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_every_registered_method_has_a_schema_file() -> None:
         assert path.is_file(), f"{HINT} (no {path.relative_to(REPO)})"
         on_disk = json.loads(path.read_text(encoding="utf-8"))
         assert on_disk["method"] == name
-        assert set(on_disk) == {"method", "job", "summary", "params", "result"}
+        assert set(on_disk) == {"$schema", "method", "job", "summary", "params", "result"}
         assert on_disk["params"]["type"] == "object"
     assert docs["inference.text2img"]["job"] is True
 
@@ -96,7 +96,7 @@ def test_export_does_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from sdworker.schemas.export import export_schemas\n"
+        "from sdworker.export_schemas import export_schemas\n"
         f"export_schemas(Path({str(tmp_path)!r}))\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -18,6 +18,22 @@ SHORT = {"model_id": "tiny-sd15", "prompt": "short", "steps": 12, "width": 64, "
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
 
 
+@pytest.fixture(autouse=True)
+def _stop_signals_not_ignored():
+    """Start each worker with SIGINT and SIGHUP at their defaults. A signal ignored when the worker
+    starts stays ignored (on purpose, see the nohup test), and a pytest that a non-interactive shell
+    runs in the background (`cmd &`) inherits SIGINT ignored: its workers would never see the SIGINT
+    these tests send, and the test would wait out its timeout. (Handlers set here are reset to the
+    default in the child on exec; an ignored signal would not be.)"""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    for s, handler in saved.items():
+        if handler is not None:
+            signal.signal(s, handler)
+
+
 def _stop_mid_job(w, sig: signal.Signals, first: dict) -> dict[str, str | None]:
     """Start a job and queue one behind it, signal the worker once the first runs; the answers by request id."""
     w.send({"type": "inference.text2img", "request_id": "j1", "data": first})

@@ -244,7 +244,7 @@ def test_apply_post_processing(upscalers_dir: Path, image: Image.Image) -> None:
         check_post_processing([{"type": "upscale", "model": "nope"}], ups)
     with pytest.raises(ValidationFailed) as err:
         check_post_processing([{"type": "upscale", "factor": 2}, {"type": "upscale", "factor": 20}], ups)
-    assert err.value.details[0]["path"] == "data.post_processing[1].factor"
+    assert err.value.details[0]["path"] == "post_processing[1].factor"
     with pytest.raises(ValidationFailed):
         check_post_processing([{"type": "face_restore"}], ups)
     with pytest.raises(ValidationFailed):
@@ -253,19 +253,18 @@ def test_apply_post_processing(upscalers_dir: Path, image: Image.Image) -> None:
 
 @needs_spandrel
 def test_validate_helper(upscalers_dir: Path, image: Image.Image) -> None:
-    """PostprocessInstructor.validate: what inference.validate_request answers for an upscale request."""
+    """UpscaleInterface.validate: what inference.validate_request answers for an upscale request."""
     from sdworker.app import App
-    from sdworker.instructors.postprocess import PostprocessInstructor
     from sdworker.errors import ModelNotFound
     from sdworker.schemas.postprocess import UpscaleRequest
     from sdworker.settings import Settings
 
-    instructor = PostprocessInstructor(App(Settings(models_dirs=[upscalers_dir]), io.BytesIO()))
-    out = instructor.validate(UpscaleRequest(image=_png_b64(image), factor=3, model="tiny-x2"), "v1")
+    upscale = App(Settings(models_dirs=[upscalers_dir]), io.BytesIO()).upscale
+    out = upscale.validate(UpscaleRequest(image=_png_b64(image), factor=3, model="tiny-x2"), "v1")
     assert out["valid"] and out["normalized"]["model"] == "upscalers/tiny-x2"
     assert (out["normalized"]["width"], out["normalized"]["input_width"]) == (288, 96) and out["normalized"]["image"].startswith("<")
     with pytest.raises(ModelNotFound):
-        instructor.validate(UpscaleRequest(image=_png_b64(image), model="nope"), "v2")
+        upscale.validate(UpscaleRequest(image=_png_b64(image), model="nope"), "v2")
 
 
 def test_without_spandrel_a_model_is_unsupported(upscalers_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,5 +277,5 @@ def test_without_spandrel_a_model_is_unsupported(upscalers_dir: Path, monkeypatc
     ups = up_mod.UpscalerManager(MemoryManager(), ModelCatalog([upscalers_dir]))
     with pytest.raises(Unsupported) as err:
         ups.resolve("tiny-x2")
-    assert err.value.details[0]["path"] == "data.model"
+    assert err.value.details[0]["path"] == "model"
     assert up_mod.check_post_processing([{"type": "upscale", "factor": 2}], ups)[0].model is None  # Lanczos needs no spandrel

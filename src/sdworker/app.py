@@ -38,9 +38,17 @@ from .store.ledger import SessionLedger
 from . import limits, stop_signals
 from .protocol import events
 
+from .interfaces.sessions import SessionInterface
+from .interfaces.validation import RequestChecks
+from .interfaces.worker import WorkerInterface
+
 if TYPE_CHECKING:
     from .interfaces.batch import BatchInterface
     from .interfaces.generation import GenerationInterface
+    from .interfaces.models import ModelInterface
+    from .interfaces.presets import PresetInterface
+    from .interfaces.prompts import PromptInterface
+    from .interfaces.upscale import UpscaleInterface
     from .interfaces.video import VideoInterface
     from .store.presets import PresetStore
 
@@ -48,8 +56,19 @@ log = logging.getLogger(__name__)
 
 
 def build_registry(app: "App") -> Registry:
+    """Each instructor gets the interfaces it forwards to (the heavy ones as builders: built on first use)."""
     registry = Registry()
-    for instructor in (SystemInstructor(app), InferenceInstructor(app), ModelInstructor(app), ConfigInstructor(app), PostprocessInstructor(app), VideoInstructor(app)):
+    worker = WorkerInterface(app.settings, app.runtime, app.engine, app.pipelines, registry, lambda: app.db.location, app.request_stop)
+    sessions = SessionInterface(app.sessions, app.engine, app.ledger)
+    checks = RequestChecks(lambda: app.generation, lambda: app.batch, lambda: app.video, lambda: app.upscale, worker.device_name)
+    for instructor in (
+        SystemInstructor(worker),
+        InferenceInstructor(worker, sessions, lambda: app.generation, lambda: app.batch, lambda: app.prompts, checks, registry),
+        ModelInstructor(lambda: app.models, worker),
+        ConfigInstructor(app.preset_interface),
+        PostprocessInstructor(lambda: app.upscale),
+        VideoInstructor(lambda: app.video, worker),
+    ):
         registry.add(instructor)
     return registry
 
@@ -89,7 +108,6 @@ class App:
             self.engine,
             self.writer,
             settings.events_per_second,
-            lambda: self.runtime.ready,
             settings.max_json_depth,
         )
         self._stop = threading.Event()
@@ -104,6 +122,30 @@ class App:
         from .store.presets import PresetStore
 
         return PresetStore(self.db, self.locator)
+
+    @built_once
+    def preset_interface(self) -> "PresetInterface":
+        from .interfaces.presets import PresetInterface
+
+        return PresetInterface(lambda: self.presets, self.locator, self.settings)
+
+    @built_once
+    def models(self) -> "ModelInterface":
+        from .interfaces.models import ModelInterface
+
+        return ModelInterface(self.settings, self.runtime, self.catalog, self.locator, self.memory, self.pipelines, self.vaes, self.loras)
+
+    @built_once
+    def upscale(self) -> "UpscaleInterface":
+        from .interfaces.upscale import UpscaleInterface
+
+        return UpscaleInterface(self.settings, self.runtime, self.memory, self.catalog)
+
+    @built_once
+    def prompts(self) -> "PromptInterface":
+        from .interfaces.prompts import PromptInterface
+
+        return PromptInterface(self.locator, self.pipelines)
 
     @built_once
     def generation(self) -> "GenerationInterface":

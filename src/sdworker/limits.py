@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+DEFAULT_MAX_LINE = 64 * 1024 * 1024  # one stdin line (--max-line-bytes)
 DEFAULT_MAX_PROMPT_CHARS = 10_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024  # decoded size of one input image
 DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # decompression-bomb guard, checked from the header

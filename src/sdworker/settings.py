@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_CHARS
-from .protocol.framing import DEFAULT_MAX_LINE
+from .limits import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_LINE, DEFAULT_MAX_PROMPT_CHARS
 
 #: --data-dir values that keep the database in memory (nothing survives the process).
 IN_MEMORY = ("none", ":memory:")
@@ -183,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ledger-days", "ledger_days", _number(0, above=True), "also drop finished sessions older than this many days", metavar="DAYS"),
     Option("--events-per-second", "events_per_second", _number(0), "progress events per session per second (default 10; 0: no limit)", metavar="N"),
     Option("--on-exit", "on_exit", _choice("finish", "cancel"), "at shutdown, let the running job finish (default) or cancel it", metavar="finish|cancel"),
-    Option("--allow-pickle", "allow_pickle", _switch, "also load .ckpt/.pt/.bin files (torch.load weights_only); variable: 1 or 0", switch=True),
+    Option("--allow-pickle", "allow_pickle", _switch, "also load pickle files: .ckpt/.pt/.pth/.bin (torch.load weights_only); variable: 1 or 0", switch=True),
     Option("--ram-budget-mb", "ram_budget_mb", _number(0), "RAM cache budget (default: total RAM less 4 GiB)", metavar="MB"),
     Option("--vram-budget-mb", "vram_budget_mb", _number(0), "VRAM cache budget (default: free VRAM less 1.5 GiB)", metavar="MB"),
     Option("--optimize", "optimize", _optimize, "default speed options of requests: none, max or a JSON object (default none)", metavar="none|max|JSON"),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import PROTOCOL_VERSION, __version__
 from ..dispatch.registry import Registry, method
 from ..instructors.config import ConfigInstructor
+from ..interfaces.presets import PresetInterface
 from ..jobs.sessions import iso
 from ..lazy import built_once
 from ..protocol.envelopes import Call
@@ -113,7 +114,7 @@ class FrontInstructor:
             rows = [r for r in rows if r["device_id"] == params.device_id or (r["replica"] or {}).get("device") == params.device_id]
         return {"sessions": rows, "count": len(rows)}
 
-    @method("inference.get_status", "base:NoParams")
+    @method("inference.get_status", "base:NoParams", "sessions:StatusResult")
     def get_status(self, params: Any, call: Call) -> dict[str, Any]:
         """The cluster's state: busy or idle, the front's queue, what runs where, the models each replica holds."""
         f = self.front
@@ -131,7 +132,7 @@ class FrontInstructor:
 
 
 class PresetsHolder:
-    """What ConfigInstructor reads of its app: settings and the preset store (opened on first use)."""
+    """The front's preset store (opened on first use)."""
 
     def __init__(self, front: "Front"):
         self.front = front
@@ -147,5 +148,6 @@ class PresetsHolder:
 def build_registry(front: "Front") -> Registry:
     registry = Registry()
     registry.add(FrontInstructor(front))
-    registry.add(FrontConfig(PresetsHolder(front)))  # type: ignore[arg-type]
+    holder = PresetsHolder(front)
+    registry.add(FrontConfig(PresetInterface(lambda: holder.presets, None, front.settings)))
     return registry

@@ -39,13 +39,13 @@ def validate(spec: MethodSpec, call: Call) -> Any:
     if call.form is Form.LEGACY:
         fields = spec.params.model_fields
         raw = {k: v for k, v in raw.items() if k in fields or k not in LEGACY_COMMON}
-    return spec.validate(raw, prefix="params" if call.form is Form.JSONRPC else "data")
+    return spec.validate(raw)
 
 
 def _unknown(session_id: str) -> ValidationFailed:
     return ValidationFailed(
         f"no session {session_id!r} in this cluster front's memory or its session ledger",
-        [{"path": "data.session_id", "message": "unknown session"}],
+        [{"path": "session_id", "message": "unknown session"}],
     )
 
 

@@ -52,9 +52,12 @@ def error_of(code: Any, message: Any, details: Any = None, data: Any = None) -> 
     """A child's error as the same WorkerError (an unknown code from a newer child: internal_error)."""
     text = str(message or "the replica failed without a message")
     det = details if isinstance(details, list) else []
+    # The child answered in the native (or legacy) form: its `data.` paths are placed again for the
+    # host's form; any other path was already as sent.
+    rooted = not any(isinstance(d, dict) and str(d.get("path", "")).startswith("data") for d in det)
     if isinstance(code, str) and code in JSONRPC_CODES:
-        return WorkerError(text, det, code=code, data=data)
-    return InternalError(text, det, data=data)
+        return WorkerError(text, det, code=code, data=data, rooted=rooted)
+    return InternalError(text, det, data=data, rooted=rooted)
 
 
 def answer_of(doc: dict[str, Any]) -> tuple[Any, WorkerError | None]:

@@ -1,10 +1,16 @@
-"""The path of a request: decoded Call -> method spec -> params model -> inline or queued handler."""
+"""The path of a request: decoded Call -> method spec -> params model -> the reader or the worker lane.
+
+The reader answers the methods registered `inline` (ping, status, cancel: microseconds); every
+other call, a job's planning included, runs on the worker lane (dispatch/lane.py), so the reader
+is always back at stdin at once. A status or cancel call that names a job still being planned
+goes on the lane behind that plan, so it sees the job queued, as it did when the reader planned.
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import Counter
 from typing import Any, Callable
 
 from ..jobs.engine import Job, JobEngine
@@ -25,6 +31,7 @@ from ..protocol.envelopes import (
 from ..errors import InvalidRequest, WorkerError
 from ..protocol.events import EventEmitter
 from ..protocol.framing import LineWriter, Oversize
+from .lane import Lane
 from .registry import MethodSpec, Registry
 from .work import Work
 
@@ -92,7 +99,6 @@ class Dispatcher:
         engine: JobEngine,
         writer: LineWriter,
         events_per_second: float,
-        runtime_ready: Callable[[], bool] = lambda: True,
         max_json_depth: int = DEFAULT_MAX_DEPTH,
     ):
         self.max_json_depth = max_json_depth
@@ -100,33 +106,14 @@ class Dispatcher:
         self.engine = engine
         self.writer = writer
         self.events_per_second = events_per_second
-        self.runtime_ready = runtime_ready
         self.lines = 0
-        self._deferred: queue.SimpleQueue[Callable[[], None]] | None = None
-        self._deferred_lock = threading.Lock()
-
-    def _defer(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the deferred lane: one thread, in arrival order, so the reader never waits on torch."""
-        with self._deferred_lock:
-            if self._deferred is None:
-                self._deferred = queue.SimpleQueue()
-                threading.Thread(target=self._deferred_loop, name="deferred-calls", daemon=True).start()
-            self._deferred.put(fn)
+        self.lane = Lane()
+        self._planning: Counter[str] = Counter()  # session and request ids of jobs on the lane, not yet queued
+        self._planning_lock = threading.Lock()
 
     def finish_deferred(self) -> None:
-        """Block until every deferred call so far has been answered (shutdown owes them an answer)."""
-        with self._deferred_lock:
-            lane = self._deferred
-        if lane is None:
-            return
-        done = threading.Event()
-        lane.put(done.set)
-        done.wait()
-
-    def _deferred_loop(self) -> None:
-        assert self._deferred is not None
-        while True:
-            self._deferred.get()()
+        """Block until every call handed to the worker lane so far has been answered."""
+        self.lane.drain()
 
     # ---- entry points ------------------------------------------------------------------------
 
@@ -174,18 +161,21 @@ class Dispatcher:
                 # action; a method that has no such field simply does not read them.
                 fields = spec.params.model_fields
                 raw = {k: v for k, v in raw.items() if k in fields or k not in LEGACY_COMMON}
-            params = spec.validate(raw, prefix="params" if call.form is Form.JSONRPC else "data")
+            params = spec.validate(raw)  # paths relative to the request; encode_error places them
         except WorkerError as exc:
             sink(encode_error(call, exc))
             return
-        if spec.job or (spec.needs_runtime and not self.runtime_ready()):
-            respond = _responder(call, sink)
-            if spec.job:
-                self._run(spec, params, call, respond)
-            else:
-                self._defer(lambda: self._run(spec, params, call, respond))
+        if spec.inline and not self._names_planned_job(params):
+            self._answer_inline(spec, params, call, sink)
             return
-        # The control plane's hot path (ping, status): answered here, on the reader thread.
+        respond = _responder(call, sink)
+        keys = self._plan_keys(call, params) if spec.job else ()
+        with self._planning_lock:
+            self._planning.update(keys)
+        self.lane.put(lambda: self._run(spec, params, call, respond, keys))
+
+    def _answer_inline(self, spec: MethodSpec, params: Any, call: Call, sink: Callable[[dict[str, Any] | None], None]) -> None:
+        """The control plane's hot path (ping, status, cancel): answered here, on the reader thread."""
         try:
             sink(_success(call, spec.handler(params, call)))
         except WorkerError as exc:
@@ -194,7 +184,21 @@ class Dispatcher:
             log.exception("handler of %s failed", call.method)
             sink(encode_error(call, classify(exc)))
 
-    def _run(self, spec: MethodSpec, params: Any, call: Call, respond: Respond) -> None:
+    @staticmethod
+    def _plan_keys(call: Call, params: Any) -> tuple[str, ...]:
+        """The ids a status or cancel call may name this job by before it is queued."""
+        session = getattr(params, "session_id", None) or call.session_id or call.request_id
+        return tuple(str(k) for k in {session, call.request_id} if k is not None)
+
+    def _names_planned_job(self, params: Any) -> bool:
+        key = getattr(params, "session_id", None)
+        if key is None:
+            return False
+        with self._planning_lock:
+            return self._planning[str(key)] > 0
+
+    def _run(self, spec: MethodSpec, params: Any, call: Call, respond: Respond, keys: tuple[str, ...] = ()) -> None:
+        """On the worker lane: a method's handler, or a job's plan and its queueing."""
         try:
             if not spec.job:
                 respond(spec.handler(params, call), None)
@@ -206,6 +210,13 @@ class Dispatcher:
         except Exception as exc:
             log.exception("handler of %s failed", call.method)
             respond(None, classify(exc))
+        finally:
+            if keys:
+                with self._planning_lock:
+                    self._planning.subtract(keys)
+                    for k in keys:
+                        if self._planning[k] <= 0:
+                            del self._planning[k]
 
     def _submit(self, call: Call, work: Work, respond: Respond) -> None:
         session_id = call.session_id or call.request_id

@@ -1,5 +1,10 @@
 """Methods are registered once, next to their handler, with the pydantic models of their shapes.
 
+Where a method runs is declared there too: `inline=True` marks the cheap ones (in-memory reads,
+no disk, no device, no torch wait) that the stdin reader answers itself; every other method runs
+on the dispatcher's worker lane, so the reader never waits and ping, status and cancel lines are
+read while a checkpoint loads or a job is planned.
+
 `@method(...)` only tags a function; `Registry.add(instructor)` collects the tagged methods of
 an instructor instance, so nothing global is built at import time. Shapes may be named as
 "module:Class" (a module of sdworker.schemas): they are imported on first use, so the ready
@@ -37,9 +42,9 @@ class MethodSpec:
     handler: Callable[..., Any]
     params_ref: ShapeRef
     result_ref: ShapeRef | None
-    job: bool  # generation work: queued and run on a device executor
+    job: bool  # generation work: planned on the worker lane, queued and run on a device executor
     summary: str
-    needs_runtime: bool = False  # waits for torch: answered off the reader thread until it has loaded
+    inline: bool = False  # cheap: answered on the stdin reader; else on the worker lane
 
     @cached_property
     def params(self) -> "type[BaseModel]":
@@ -49,7 +54,7 @@ class MethodSpec:
     def result(self) -> "type[BaseModel] | None":
         return _resolve(self.result_ref)
 
-    def validate(self, params: dict[str, Any], prefix: str = "data") -> "BaseModel":
+    def validate(self, params: dict[str, Any], prefix: str = "") -> "BaseModel":
         if not params and self._empty is not None:
             return self._empty  # control-plane calls without params skip validation (hot path)
         from pydantic import ValidationError
@@ -72,12 +77,15 @@ class MethodSpec:
             return None
 
     def describe(self) -> dict[str, Any]:
+        """The method's shapes as JSON Schema: params in every spelling a host may send, and the result."""
+        from ..schemas.wire_form import DIALECT, accepted_spellings
+
         return {
             "name": self.name,
             "job": self.job,
             "summary": self.summary,
-            "params_schema": self.params.model_json_schema(),
-            "result_schema": self.result.model_json_schema() if self.result else None,
+            "params_schema": {"$schema": DIALECT, **accepted_spellings(self.params.model_json_schema())},
+            "result_schema": {"$schema": DIALECT, **self.result.model_json_schema()} if self.result else None,
         }
 
 
@@ -86,13 +94,15 @@ def method(
     params: ShapeRef,
     result: ShapeRef | None = None,
     job: bool = False,
-    needs_runtime: bool = False,
+    inline: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Tag an instructor method as the handler of `name`."""
+    """Tag an instructor method as the handler of `name`; `inline` only for what takes microseconds."""
+    if job and inline:
+        raise ValueError(f"{name}: a job is planned on the worker lane, never inline")
 
     def tag(fn: Callable[..., Any]) -> Callable[..., Any]:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        setattr(fn, _TAG, (name, params, result, job, summary, needs_runtime))
+        setattr(fn, _TAG, (name, params, result, job, summary, inline))
         return fn
 
     return tag
@@ -108,10 +118,10 @@ class Registry:
             tag = getattr(fn, _TAG, None)
             if tag is None:
                 continue
-            name, params, result, job, summary, needs_runtime = tag
+            name, params, result, job, summary, inline = tag
             if name in self._specs:
                 raise ValueError(f"method {name!r} registered twice")
-            self._specs[name] = MethodSpec(name, getattr(instructor, attr), params, result, job, summary, needs_runtime)
+            self._specs[name] = MethodSpec(name, getattr(instructor, attr), params, result, job, summary, inline)
 
     def get(self, name: str) -> MethodSpec:
         spec = self._specs.get(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .context import JobContext
+from ..jobs.context import JobContext
 
 
 @dataclass

@@ -100,6 +100,9 @@ class Family:
     #: and mask lists, one generator per image); an item in another mode runs there alone, in one call
     #: made as its own request's
     batch_modes: ClassVar[tuple[str, ...]] = ("text2img", "img2img", "inpainting")
+    #: an img2img/inpainting pipeline of this family denoises min(int(steps * strength), steps) steps
+    #: (diffusers' SD get_timesteps; 0 when steps * strength < 1), not steps - int(steps * (1 - strength))
+    truncates_strength: ClassVar[bool] = False
     #: model_index.json `_class_name`s of this family's diffusers folders (the locator asks the registry)
     model_index_classes: ClassVar[tuple[str, ...]] = ()
     #: make_tiny_model arch names -> the module (under sdworker) whose make_tiny(arch, out_dir) writes them
@@ -157,7 +160,38 @@ class Family:
         """The base model of a LoRA whose keys carry this family's `lora_markers`."""
         return self.base_models[0]
 
+    def text_encoder_base(self, encoders: frozenset[str]) -> str | None:
+        """The base model a lone text-encoder file holding `encoders` (clip_l, open_clip_h, t5xxl, ...)
+        belongs to, when only this family's models use exactly those; None: not ours."""
+        return None
+
+    def base_from_flags(self, metadata: Mapping[str, str]) -> str | None:
+        """The base model a training flag in the metadata names (kohya's ss_v2), once ModelSpec and
+        ss_base_model_version have said nothing; None: no flag of ours."""
+        return None
+
+    # ---- VAEs and textual inversions ----
+    #: a VAE's latent channels -> the base models a VAE file of that width may be named for
+    vae_latent_bases: ClassVar[dict[int, tuple[str, ...]]] = {}
+    #: base model -> the text-encoder layout of its textual inversions: "single" (one CLIP) or "sdxl"
+    #: (clip_l + clip_g); a base not here takes none
+    embedding_layouts: ClassVar[dict[str, str]] = {}
+
+    def vae_base(self, base: str) -> str:
+        """The base model a standalone VAE named for `base` is filed under (one VAE serves several)."""
+        return base
+
     # ---- single files ----
+    #: packaged config sets (sdworker/model_configs/<set>) for this family's original-layout checkpoints
+    config_sets: ClassVar[tuple[str, ...]] = ()
+    #: a config set's model_index.json `_class_name` -> its checkpoint layout (the set's "family")
+    config_set_layouts: ClassVar[dict[str, str]] = {}
+
+    def vae_config_layout(self, base_model: str | None) -> str | None:
+        """The config-set layout a standalone single-file VAE detected as `base_model` loads with
+        (the default family is asked; a VAE file's shapes cannot tell)."""
+        return None
+
     #: base model -> the pipeline class a whole single-file checkpoint of it runs with (managers.locator)
     single_file_pipelines: ClassVar[dict[str, str]] = {}
     #: base model -> the base models whose diffusers folders may lend a lone transformer file their other
@@ -171,6 +205,23 @@ class Family:
     controlnet_groups: ClassVar[dict[str, str]] = {}
     #: a ControlNet config's fields that must equal the denoiser's for its residuals to add up
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = ()
+
+    def controlnet_config_base(self, cfg: Mapping[str, Any]) -> str | None:
+        """The base model of a ControlNet folder whose config.json is `cfg`, when its class is this
+        family's (the default family reads any other); "sd" may stand for SD 1.x or 2.x."""
+        return None
+
+    #: a base model ControlNet detection may give that names no model ("sd": SD 1.x or 2.x) -> its label in
+    #: messages and the ControlNet groups it fits
+    controlnet_vague_bases: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+
+    def controlnet_file_refusal(self, base: str) -> str | None:
+        """Why a single-file ControlNet of `base` cannot be loaded (None: it can)."""
+        return None
+
+    def controlnet_file_base(self, names: list[str]) -> str | None:
+        """The base model of a single-file ControlNet by its tensor names (LDM prefix removed)."""
+        return None
 
     #: what the ControlNets' residuals are added to, in messages
     denoiser_name: ClassVar[str] = "UNet"

@@ -164,3 +164,78 @@ def latent_rgb(base_model: str) -> tuple[tuple[tuple[float, ...], ...], tuple[fl
     family = for_base_model(base_model)
     factors = family.latent_rgb(base_model) if family is not None else None
     return factors if factors is not None else DEFAULT.latent_rgb(base_model)
+
+
+# ---- what managers' modes, embeddings, single files and ControlNets ask; models/ for VAEs and text encoders ----
+
+
+def truncates_strength(family_name: str) -> bool:
+    """Whether the family named `family_name` counts img2img steps as min(int(steps * strength), steps)."""
+    return any(fam.name == family_name and fam.truncates_strength for fam in FAMILIES)
+
+
+def vae_latent_bases(latent_channels: int) -> tuple[str, ...]:
+    """The base models a VAE file with this many latent channels may be named for."""
+    return tuple(b for fam in FAMILIES for b in fam.vae_latent_bases.get(latent_channels, ()))
+
+
+def vae_base(base: str) -> str:
+    """The base model a standalone VAE named for `base` is filed under (Pony's is SDXL's, Flux's plain flux)."""
+    family = for_base_model(base)
+    return family.vae_base(base) if family is not None else base
+
+
+def text_encoder_base(encoders: frozenset[str]) -> str:
+    """The base model of a lone text-encoder file holding `encoders`; "unknown" when no family claims them."""
+    return next((b for fam in FAMILIES if (b := fam.text_encoder_base(encoders)) is not None), "unknown")
+
+
+def base_from_flags(metadata: Mapping[str, str]) -> str | None:
+    """The base model a family's training flag in the metadata names, or None."""
+    return next((b for fam in FAMILIES if (b := fam.base_from_flags(metadata)) is not None), None)
+
+
+def embedding_layout(base_model: str) -> str | None:
+    """The text-encoder layout of `base_model`'s textual inversions ("single", "sdxl"); None: it takes none."""
+    family = for_base_model(base_model)
+    return family.embedding_layouts.get(base_model) if family is not None else None
+
+
+def config_sets() -> tuple[str, ...]:
+    """Every packaged single-file config set (sdworker/model_configs/<set>)."""
+    return tuple(s for fam in FAMILIES for s in fam.config_sets)
+
+
+def config_set_layouts() -> dict[str, str]:
+    """A config set's model_index.json `_class_name` -> its checkpoint layout."""
+    return {c: layout for fam in FAMILIES for c, layout in fam.config_set_layouts.items()}
+
+
+def vae_config_layout(base_model: str | None) -> str:
+    """The config-set layout a single-file VAE detected as `base_model` loads with: the default family's."""
+    return DEFAULT.vae_config_layout(base_model) or ""
+
+
+def controlnet_config_base(cfg: Mapping[str, Any]) -> str:
+    """The base model of a ControlNet folder's config.json: the family whose class it is, else the default's."""
+    for fam in _default_last():
+        found = fam.controlnet_config_base(cfg)
+        if found is not None:
+            return found
+    return "unknown"
+
+
+def controlnet_file_base(names: list[str]) -> str:
+    """The base model of a single-file ControlNet by its tensor names: the first family that reads them."""
+    return next((b for fam in _default_last() if (b := fam.controlnet_file_base(names)) is not None), "unknown")
+
+
+def controlnet_vague_bases() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """ControlNet base models that name no model ("sd") -> (label, the ControlNet groups they fit)."""
+    return {b: v for fam in FAMILIES for b, v in fam.controlnet_vague_bases.items()}
+
+
+def controlnet_file_refusal(base: str) -> str | None:
+    """Why a single-file ControlNet of `base` cannot be loaded, as its family says (None: it can)."""
+    family = for_base_model(base)
+    return family.controlnet_file_refusal(base) if family is not None else None

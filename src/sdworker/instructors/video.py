@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ..dispatch.registry import method
 from ..dispatch.work import Work
 from ..protocol.envelopes import Call
 
 if TYPE_CHECKING:
-    from ..app import App
+    from ..interfaces.video import VideoInterface
+    from ..interfaces.worker import WorkerInterface
     from ..schemas.video import VideoRequest, VideoResult  # noqa: F401
 
 
 class VideoInstructor:
-    def __init__(self, app: "App"):
-        self.app = app
+    def __init__(self, video: Callable[[], "VideoInterface"], worker: "WorkerInterface"):
+        self._video = video
+        self.worker = worker
 
     @method("inference.text2video", "video:VideoRequest", "video:VideoResult", job=True)
     def text2video(self, params: VideoRequest, call: Call) -> Work:
@@ -30,12 +32,12 @@ class VideoInstructor:
     def _work(self, req: VideoRequest, call: Call, mode: str) -> Work:
         session_id = req.session_id or call.session_id or call.request_id
         call.session_id = session_id
-        video = self.app.video
+        video = self._video()
         plan = video.plan(req, mode, session_id)
         return Work(
             run=lambda ctx: video.run(ctx, plan),
             model_id=plan.ref.model_id,
-            device_id=self.app.runtime.device_name(plan.device),
+            device_id=self.worker.device_name(plan.device),
             executor="default",  # the one queue of the one model cache: never beside an image job
             preview=req.preview,
         )

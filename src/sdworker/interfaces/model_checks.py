@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..dispatch.context import JobContext
+from ..jobs.context import JobContext
 from ..families import Family, for_base_model
 from ..managers import transformer_files
 from ..managers.memory import MB
-from ..errors import WorkerError
+from ..errors import WorkerError, placed
 
 if TYPE_CHECKING:
     from .models import ModelInterface
@@ -32,7 +32,6 @@ def _family(loaded: Any) -> Family:
 class ModelChecks:
     def __init__(self, models: "ModelInterface"):
         self.models = models
-        self.app = models.app
 
     # ---- validate -----------------------------------------------------------------------------
 
@@ -52,24 +51,24 @@ class ModelChecks:
                 meta = self.models.metadata(item.model_id, item.kind, hashes=False)
                 _check(checks, "header", True, f"{meta.get('tensor_count') or 'folder'} tensors, format {meta['format']}")
             except WorkerError as exc:
-                ok = _check(checks, "header", False, exc.message)
+                ok = _check(checks, "header", False, placed(exc, "data")[0])
         if ok:
             ok = _check(checks, "architecture", item.base_model != "unknown" or item.kind == "upscaler", f"{item.kind}, {item.base_model}")
         if ok and item.pickle:
-            ok = _check(checks, "safe_format", self.app.settings.allow_pickle, "pickle file: needs --allow-pickle" if not self.app.settings.allow_pickle else "pickle allowed (weights_only)")
+            ok = _check(checks, "safe_format", self.models.settings.allow_pickle, "pickle file: needs --allow-pickle" if not self.models.settings.allow_pickle else "pickle allowed (weights_only)")
         if ok and (load or smoke) and (item.kind == "checkpoint" or transformer_files.runs_alone(item)):
             try:
                 t0 = time.perf_counter()
                 ref = self.models.checkpoint_ref(item.model_id)
                 ctx.set_status("loading")
-                loaded, report = self.app.pipelines.get(ref, self.models.device(None), self.models.dtype(None))
+                loaded, report = self.models.pipelines.get(ref, self.models.device(None), self.models.dtype(None))
                 _check(checks, "loadable", True, f"{report.ms:.0f} ms ({'disk' if report.fresh else 'cache'})")
                 if smoke:
                     ctx.set_status("running")
                     self._smoke(loaded)
                     _check(checks, "smoke", True, f"one step at 64x64 in {(time.perf_counter() - t0) * 1000:.0f} ms")
             except WorkerError as exc:
-                _check(checks, "loadable" if not any(c["name"] == "loadable" for c in checks) else "smoke", False, exc.message)
+                _check(checks, "loadable" if not any(c["name"] == "loadable" for c in checks) else "smoke", False, placed(exc, "data")[0])
             except Exception as exc:  # noqa: BLE001  (a broken model is a finding, not a crash)
                 _check(checks, "smoke", False, f"{type(exc).__name__}: {exc}")
         elif ok and (load or smoke) and item.kind == "vae":
@@ -77,13 +76,13 @@ class ModelChecks:
                 self.models.load_vae(item.model_id, None, None)
                 _check(checks, "loadable", True, "VAE loaded")
             except WorkerError as exc:
-                _check(checks, "loadable", False, exc.message)
+                _check(checks, "loadable", False, placed(exc, "data")[0])
         valid = all(c["ok"] for c in checks)
         return {"model_id": item.model_id, "kind": item.kind, "base_model": item.base_model, "valid": valid, "checks": checks}
 
     def _smoke(self, loaded: Any) -> None:
-        torch = self.app.runtime.torch
-        with self.app.pipelines.memory.pinned(loaded.keys.values()), torch.inference_mode():
+        torch = self.models.runtime.torch
+        with self.models.pipelines.memory.pinned(loaded.keys.values()), torch.inference_mode():
             probe = _family(loaded).probe_kwargs(loaded.pipe, 64, 64)
             loaded.pipe(prompt="smoke test", num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(0), output_type="latent", **probe)
 
@@ -95,11 +94,11 @@ class ModelChecks:
             return self._bench_vae(ctx, item, width, height, repeats, device)
         ref = self.models.checkpoint_ref(item.model_id)
         dev, dtype = self.models.device(device), self.models.dtype(None)
-        runtime, pipelines = self.app.runtime, self.app.pipelines
+        runtime, pipelines = self.models.runtime, self.models.pipelines
         ctx.set_status("loading")
         # cold: this model's weights dropped from the caches first (other models keep theirs)
         pipelines.unload(ref.model_id, keep_in_ram=False)
-        self.app.memory.clear(ref.model_id)
+        self.models.memory.clear(ref.model_id)
         t0 = time.perf_counter()
         loaded, report = pipelines.get(ref, dev, dtype)
         cold_ms = (time.perf_counter() - t0) * 1000
@@ -133,23 +132,23 @@ class ModelChecks:
             "seconds_per_run": [round(t, 4) for t in times],
             "steps_per_second": round(steps / best, 3),
             "peak_vram_mb": runtime.peak_vram_mb(dev),
-            "model_mb": round(sum(e.nbytes for k in loaded.keys.values() if (e := self.app.memory.get(k))) / MB, 2),
+            "model_mb": round(sum(e.nbytes for k in loaded.keys.values() if (e := self.models.memory.get(k))) / MB, 2),
         }
 
     def _bench_vae(self, ctx: JobContext, item: Any, width: int, height: int, repeats: int, device: str | None) -> dict[str, Any]:
         dev, dtype = self.models.device(device), self.models.dtype(None)
-        runtime = self.app.runtime
+        runtime = self.models.runtime
         torch = runtime.torch
         t0 = time.perf_counter()
-        entry = self.app.vaes.load_standalone(item.path, item.model_id, dtype, item.base_model)
+        entry = self.models.vaes.load_standalone(item.path, item.model_id, dtype, item.base_model)
         load_ms = (time.perf_counter() - t0) * 1000
-        self.app.memory.place([entry.key], dev)
+        self.models.memory.place([entry.key], dev)
         vae = entry.obj
         ctx.set_status("running")
         x = torch.rand(1, 3, height, width, generator=torch.Generator("cpu").manual_seed(0)).mul(2).sub(1).to(dev, next(vae.parameters()).dtype)
         runtime.reset_peak(dev)
         enc, dec = [], []
-        with self.app.memory.pinned([entry.key]), torch.inference_mode():
+        with self.models.memory.pinned([entry.key]), torch.inference_mode():
             for _ in range(repeats):
                 ctx.check_cancelled()
                 t = time.perf_counter()
@@ -181,16 +180,16 @@ class ModelChecks:
         from ..managers.images_in import decode_image
 
         dev, dtype = self.models.device(device), self.models.dtype(None)
-        s = self.app.settings
+        s = self.models.settings
         roots = [r for r in (s.output_dir, *s.input_dirs) if r is not None]
-        pics = [decode_image(v, f"data.images[{i}]", roots).convert("RGB").resize((size, size)) for i, v in enumerate(images)] if images else vae_quality.builtin_images(size)
+        pics = [decode_image(v, f"images[{i}]", roots).convert("RGB").resize((size, size)) for i, v in enumerate(images)] if images else vae_quality.builtin_images(size)
         ctx.set_status("running")
         rows = []
         for vid in vae_ids:
             ctx.check_cancelled()
             entry = self._vae_entry(vid, dtype)
-            self.app.memory.place([entry.key], dev)
-            with self.app.memory.pinned([entry.key]):
+            self.models.memory.place([entry.key], dev)
+            with self.models.memory.pinned([entry.key]):
                 t = time.perf_counter()
                 scores = vae_quality.score(entry.obj, pics, dev)
             rows.append({"vae_id": vid, **scores, "seconds": round(time.perf_counter() - t, 3)})
@@ -200,9 +199,9 @@ class ModelChecks:
     def _vae_entry(self, vid: str, dtype: str) -> Any:
         if vid.startswith("model:"):
             out = self.models.load_vae(vid.split(":", 1)[1], "ram", dtype)
-            return self.app.memory.get(out["components"][0]["key"])
-        item = self.models.loadable(self.models.item(vid, "vae", "data.vae_ids"))
-        return self.app.vaes.load_standalone(Path(item.path), item.model_id, dtype, item.base_model)
+            return self.models.memory.get(out["components"][0]["key"])
+        item = self.models.loadable(self.models.item(vid, "vae", "vae_ids"))
+        return self.models.vaes.load_standalone(Path(item.path), item.model_id, dtype, item.base_model)
 
 
 def _sync(torch: Any, device: str) -> None:

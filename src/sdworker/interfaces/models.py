@@ -12,7 +12,14 @@ from ..managers.memory import MB, CacheEntry, collect
 from ..errors import ModelLoadFailed, Unsupported, ValidationFailed, WorkerError
 
 if TYPE_CHECKING:
-    from ..app import App
+    from ..managers.catalog import ModelCatalog
+    from ..managers.lora import LoRAManager
+    from ..managers.locator import ModelLocator
+    from ..managers.memory import MemoryManager
+    from ..managers.pipelines import PipelineManager
+    from ..managers.runtime import Runtime
+    from ..managers.vae import VAEManager
+    from ..settings import Settings
 
 _ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
@@ -24,11 +31,25 @@ def _rss_mb() -> float:
 
 
 class ModelInterface:
-    def __init__(self, app: "App"):
-        self.app = app
-        self.catalog = app.catalog
-        self.memory = app.memory
-        self.pipelines = app.pipelines
+    def __init__(
+        self,
+        settings: "Settings",
+        runtime: "Runtime",
+        catalog: "ModelCatalog",
+        locator: "ModelLocator",
+        memory: "MemoryManager",
+        pipelines: "PipelineManager",
+        vaes: "VAEManager",
+        loras: "LoRAManager",
+    ):
+        self.settings = settings
+        self.runtime = runtime
+        self.catalog = catalog
+        self.locator = locator
+        self.memory = memory
+        self.pipelines = pipelines
+        self.vaes = vaes
+        self.loras = loras
         self._hash_cache: Any = None
 
     # ---- discovery and metadata ----------------------------------------------------------------
@@ -38,21 +59,33 @@ class ModelInterface:
         if self._hash_cache is None:
             from ..managers.infotext import hash_cache_for  # the one the infotext's hashes use too
 
-            self._hash_cache = hash_cache_for(self.app.settings.data_dir)
+            self._hash_cache = hash_cache_for(self.settings.data_dir)
         return self._hash_cache
 
-    def item(self, model_id: str, kind: str | None = None, field: str = "data.model_id") -> CatalogItem:
+    def list(self, kind: str | None, base_model: str | None, refresh: bool) -> dict[str, Any]:
+        items = [
+            i.public()
+            for i in self.catalog.items(refresh)
+            if (kind is None or i.kind == kind) and (base_model is None or i.base_model == base_model)
+        ]
+        return {"items": items, "count": len(items)}
+
+    def search(self, query: str | None, kind: str | None, base_model: str | None, fmt: str | None, min_mb: float | None, max_mb: float | None, limit: int) -> dict[str, Any]:
+        found = self.catalog.search(query, kind, base_model, fmt, min_mb, max_mb, limit)
+        return {"items": [i.public() for i in found], "count": len(found)}
+
+    def item(self, model_id: str, kind: str | None = None, field: str = "model_id") -> CatalogItem:
         return self.catalog.find(model_id, kind, field)
 
     @staticmethod
-    def readable(item: CatalogItem, field: str = "data.model_id") -> CatalogItem:
+    def readable(item: CatalogItem, field: str = "model_id") -> CatalogItem:
         """The item, unless its file could not even be inspected: then model_load_failed with why."""
         if item.kind == "unknown" and item.details.get("error"):
             raise ModelLoadFailed(f"{field}: {item.model_id!r} was found at {item.path} but cannot be read: {item.details['error']}", [{"path": field, "message": "found, but unreadable"}])
         return item
 
-    def loadable(self, item: CatalogItem, field: str = "data.model_id") -> CatalogItem:
-        if item.pickle and not self.app.settings.allow_pickle:
+    def loadable(self, item: CatalogItem, field: str = "model_id") -> CatalogItem:
+        if item.pickle and not self.settings.allow_pickle:
             raise pickle_refused(item.model_id, field)
         return self.readable(item, field)
 
@@ -93,7 +126,7 @@ class ModelInterface:
         try:
             merged = sidecar.update(item.path, metadata, replace=replace, root=item.root)
         except sidecar.SidecarError as exc:
-            raise ValidationFailed(f"data.metadata: {exc}", [{"path": "data.metadata", "message": str(exc)}]) from exc
+            raise ValidationFailed(f"metadata: {exc}", [{"path": "metadata", "message": str(exc)}]) from exc
         return {"model_id": item.model_id, "sidecar_path": str(sidecar.sidecar_path(item.path)), "metadata": merged}
 
     def components(self, model_id: str) -> dict[str, Any]:
@@ -125,16 +158,16 @@ class ModelInterface:
         """"ram" stays "ram"; anything else is checked and made a real device id."""
         if name == "ram":
             return "ram"
-        runtime = self.app.runtime
+        runtime = self.runtime
         runtime.wait()
         return runtime.device_name(runtime.check_device(name))
 
     def dtype(self, name: str | None) -> str:
-        self.app.runtime.wait()
-        return name or self.app.runtime.dtype_name
+        self.runtime.wait()
+        return name or self.runtime.dtype_name
 
     def checkpoint_ref(self, model_id: str) -> ModelRef:
-        return self.app.locator.resolve(model_id)
+        return self.locator.resolve(model_id)
 
     def load_model(self, model_id: str, device: str | None, dtype: str | None) -> dict[str, Any]:
         ref = self.checkpoint_ref(model_id)
@@ -170,7 +203,7 @@ class ModelInterface:
                     continue
                 entries.append(self.pipelines.manager_for(name).load(ref.path / name, spec[0], spec[1], dt, ref.model_id, name))
         if not entries:
-            raise ValidationFailed(f"model {ref.model_id!r} has none of {', '.join(names)}", [{"path": "data.component", "message": "not in this model"}])
+            raise ValidationFailed(f"model {ref.model_id!r} has none of {', '.join(names)}", [{"path": "component", "message": "not in this model"}])
         if dev != "ram":
             self.memory.place([e.key for e in entries], dev)
         return {
@@ -186,7 +219,7 @@ class ModelInterface:
 
     def load_encoder(self, model_id: str, component: str | None, device: str | None, dtype: str | None) -> dict[str, Any]:
         if component is not None and component not in _ENCODERS:
-            raise ValidationFailed(f"data.component: {component!r} is not one of {', '.join(_ENCODERS)}", [{"path": "data.component", "message": "not a text encoder"}])
+            raise ValidationFailed(f"component: {component!r} is not one of {', '.join(_ENCODERS)}", [{"path": "component", "message": "not a text encoder"}])
         return self._component_entries(model_id, (component,) if component else _ENCODERS, device, dtype)
 
     def load_vae(self, model_id: str, device: str | None, dtype: str | None) -> dict[str, Any]:
@@ -194,11 +227,11 @@ class ModelInterface:
         if item.kind == "checkpoint":
             return self._component_entries(model_id, ("vae",), device, dtype)
         if item.kind != "vae":
-            raise ValidationFailed(f"data.model_id: {item.model_id!r} is a {item.kind}, not a VAE", [{"path": "data.model_id", "message": f"a {item.kind}"}])
+            raise ValidationFailed(f"model_id: {item.model_id!r} is a {item.kind}, not a VAE", [{"path": "model_id", "message": f"a {item.kind}"}])
         self.loadable(item)
         dev, dt = self.device(device), self.dtype(dtype)
         t0 = time.perf_counter()
-        entry = self.app.vaes.load_standalone(item.path, item.model_id, dt, item.base_model)
+        entry = self.vaes.load_standalone(item.path, item.model_id, dt, item.base_model)
         if dev != "ram":
             self.memory.place([entry.key], dev)
         return {"model_id": item.model_id, "device": dev, "dtype": dt, "load_ms": round((time.perf_counter() - t0) * 1000, 2), "components": [entry.describe()]}
@@ -206,7 +239,7 @@ class ModelInterface:
     def load_lora(self, model_id: str) -> dict[str, Any]:
         item = self.loadable(self.item(model_id, "lora"))
         t0 = time.perf_counter()
-        entry = self.app.loras.load(item.path, item.model_id, item.base_model)
+        entry = self.loras.load(item.path, item.model_id, item.base_model)
         return {"model_id": item.model_id, "base_model": item.base_model, "device": "ram", "load_ms": round((time.perf_counter() - t0) * 1000, 2), "tensors": len(entry.obj), "components": [entry.describe()]}
 
     def unload(self, model_id: str | None, keep_in_ram: bool) -> dict[str, Any]:
@@ -227,7 +260,7 @@ class ModelInterface:
         """Models resident per compute device: every CUDA device, then "cpu" (the RAM cache), one row shape."""
         import psutil
 
-        runtime = self.app.runtime
+        runtime = self.runtime
         runtime.wait()
         torch = runtime.torch
         entries = self.memory.entries()
@@ -278,7 +311,7 @@ class ModelInterface:
         ref = self.checkpoint_ref(model_id)
         resident = self.pipelines.find(ref.model_id)
         if not resident:
-            raise ValidationFailed(f"model {ref.model_id!r} is not loaded; model.load_model it first", [{"path": "data.model_id", "message": "not loaded"}])
+            raise ValidationFailed(f"model {ref.model_id!r} is not loaded; model.load_model it first", [{"path": "model_id", "message": "not loaded"}])
         chosen = self._auto_mode(resident[0]) if mode == "auto" else mode
         applied = []
         for lp in resident:
@@ -289,7 +322,7 @@ class ModelInterface:
         """Given memory pressure: offload when the model does not fit the free VRAM, tile when it is tight."""
         size = sum(e.nbytes for k in lp.keys.values() if (e := self.memory.get(k)) is not None)
         if lp.device.startswith("cuda"):
-            free, _ = self.app.runtime.torch.cuda.mem_get_info(lp.device)
+            free, _ = self.runtime.torch.cuda.mem_get_info(lp.device)
             if free < 0.25 * size:
                 return "sequential_cpu_offload"
             if free < size:

@@ -12,33 +12,42 @@ poster and, on request, lossless PNG frames (managers.video_out).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..dispatch.context import JobContext
+from ..errors import ValidationFailed
 from ..families import Family, for_base_model
-from ..families.wan import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH, WanFamily, WanModel, WanSampler, build_scheduler, read_model, sampler_choice
-from ..managers import optimize, precision, weights
+from ..families.wan import (
+    DEFAULT_FPS,
+    DEFAULT_FRAMES,
+    DEFAULT_HEIGHT,
+    DEFAULT_WIDTH,
+    WanFamily,
+    WanModel,
+    WanSampler,
+    build_scheduler,
+    read_model,
+    sampler_choice,
+)
+from ..managers import optimize, precision, video_out, weights
 from ..managers.denoise import generators
 from ..managers.images_in import decode_image
 from ..managers.locator import ModelRef
-from ..managers.lowmem import is_oom, low_memory_mode
-from ..managers.memory import collect
 from ..managers.output import OutputWriter, b64, unique_names
 from ..managers.pipelines import LoadedPipeline
+from ..managers.runner import Steps, ran
 from ..managers.runtime import RssSampler
-from ..managers import video_out
-from ..errors import OutOfMemory, ValidationFailed
 from ..schemas.video import VideoRequest
-from .generation import blame_preset, finish_job, limit_problems, start_job
+from .generation_output import finish_job, start_job
+from .generation_plan import blame_preset, limit_problems
 
 if TYPE_CHECKING:
+    from ..jobs.context import JobContext
     from .generation import GenerationInterface
 
 VIDEO_METHODS = {"inference.text2video": "text2video", "inference.img2video": "img2video"}
@@ -81,7 +90,7 @@ class VideoPlan:
 class VideoInterface:
     """Plans and runs video jobs over the generation interface's services (locator, presets, pipelines)."""
 
-    def __init__(self, generation: "GenerationInterface"):
+    def __init__(self, generation: GenerationInterface):
         self.gen = generation
         self.settings = generation.settings
         self.runtime = generation.runtime
@@ -177,42 +186,33 @@ class VideoInterface:
             perf["loaded_from"] = "disk" if report.fresh else "cache"
             pipe = self._mode_pipeline(loaded, plan.mode)
             pipe.scheduler = build_scheduler(plan.sampler, loaded.scheduler_class or type(pipe.scheduler), loaded.scheduler_config, plan.flow_shift)
-            try:
-                video, inference_s = self._denoise(ctx, plan, loaded, pipe, rss)
-            except Exception as exc:  # noqa: BLE001
-                if not is_oom(exc):
-                    raise
-                video, inference_s = self._retry_low_memory(ctx, plan, loaded, pipe, rss, exc, warnings)
+            video, inference_s = self.gen.runner.retrying(
+                ctx,
+                lambda warning: self._attempt(ctx, plan, loaded, pipe, rss, warnings, warning),
+                pipe,
+                loaded.device,
+                list(loaded.keys.values()),
+                lambda why: (
+                    f"out of memory generating {plan.num_frames} frames at {plan.width}x{plan.height}, also in low-memory mode "
+                    f"({why}); lower num_frames, width/height or num_images"
+                ),
+            )
             loaded.runs += 1
             params = self._effective(plan, pipe, dtype)
         ctx.set_status("postprocessing")
         videos, encode_s, save_s = self._deliver(video, plan, ctx)
-        steps = int(getattr(pipe, "_num_timesteps", 0) or plan.req.steps)
+        steps = ran(pipe) or plan.req.steps
         finish_job(ctx, self.runtime, rss, device, t_start, steps, inference_s, encode_s, save_s)
         return {"videos": videos, "parameters": params, "performance": dict(perf), "session_id": ctx.session.session_id, "warnings": warnings}
 
-    def _retry_low_memory(
-        self, ctx: JobContext, plan: VideoPlan, loaded: LoadedPipeline, pipe: Any, rss: RssSampler, exc: BaseException, warnings: list[str]
+    def _attempt(
+        self, ctx: JobContext, plan: VideoPlan, loaded: LoadedPipeline, pipe: Any, rss: RssSampler, warnings: list[str], warning: str | None
     ) -> tuple[Any, float]:
-        """Out of memory: free what is idle and retry once in the lower-memory mode, as image jobs do."""
-        ctx.log(f"out of memory ({str(exc).splitlines()[0]}); freeing idle memory and retrying once in low-memory mode", "warning")
-        memory = self.pipelines.memory
-        memory.offload_idle()
-        collect()
-        keys = list(loaded.keys.values())
-        try:
-            with low_memory_mode(pipe, loaded.device, memory, keys) as used:
-                warnings.append(f"ran out of memory at first; retried once with {', '.join(used)}")
-                pipe.scheduler = build_scheduler(plan.sampler, loaded.scheduler_class or type(pipe.scheduler), loaded.scheduler_config, plan.flow_shift)
-                return self._denoise(ctx, plan, loaded, pipe, rss)
-        except Exception as again:  # noqa: BLE001
-            if is_oom(again):
-                collect()
-                raise OutOfMemory(
-                    f"out of memory generating {plan.num_frames} frames at {plan.width}x{plan.height}, also in low-memory mode "
-                    f"({str(again).splitlines()[0]}); lower num_frames, width/height or num_images"
-                ) from again
-            raise
+        """The denoising; the out-of-memory retry (`warning` set) starts again from a fresh scheduler."""
+        if warning is not None:
+            warnings.append(warning)
+            pipe.scheduler = build_scheduler(plan.sampler, loaded.scheduler_class or type(pipe.scheduler), loaded.scheduler_config, plan.flow_shift)
+        return self._denoise(ctx, plan, loaded, pipe, rss)
 
     @staticmethod
     def _mode_pipeline(loaded: LoadedPipeline, mode: str) -> Any:
@@ -254,25 +254,14 @@ class VideoInterface:
         if plan.mode == "img2video":
             kwargs["image"] = plan.image
 
-        def callback(p: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
-            total = int(getattr(p, "_num_timesteps", 0) or req.steps)
-            ctx.progress(step_index + 1, total)
-            rss.sample()
-            self.gen.oom_drill.maybe_raise(step_index + 1)  # SDWORKER_FAULT_OOM_AT_STEP drills
-            ctx.check_cancelled()
-            return callback_kwargs
-
-        offload = "none" if loaded.offloaded else req.precision.cpu_offload
+        runner = self.gen.runner
         t0 = time.perf_counter()
         ctx.start_steps()
-        with (
-            precision.shared_settings([pipe], req.precision),
-            precision.offloaded(pipe, offload, loaded.device, self.pipelines.memory, list(loaded.keys.values())),
-            optimize.optimized(pipe, req.optimize, self.settings.optimize, ctx.session.performance, self.settings.data_dir),
-            _force_cancel_hooks(pipe, ctx),
-            torch.inference_mode(),
-        ):
-            out = pipe(**kwargs, callback_on_step_end=callback)
+        with runner.settings([pipe], req.precision):
+            out = runner.call(
+                ctx, pipe, kwargs, Steps(lambda n: n or req.steps), rss=rss, request=req, device=loaded.device,
+                offload=runner.offload_mode(loaded, req.precision), keys=list(loaded.keys.values()),
+            )
         seconds = time.perf_counter() - t0
         ctx.log(f"denoised {req.num_images} video(s) of {plan.num_frames} frames in {seconds:.2f}s")
         return out.frames, seconds
@@ -342,20 +331,3 @@ class VideoInterface:
             out.append(entry)
         return out, encode_s, save_s
 
-
-@contextlib.contextmanager
-def _force_cancel_hooks(pipe: Any, ctx: JobContext) -> Iterator[None]:
-    """Pre-hooks on every transformer block of both experts: a force cancel or timeout stops mid-step.
-
-    managers.denoise.force_cancel_hooks knows the UNet and Flux block names; Wan's are `blocks`.
-    """
-    handles = []
-    for name in ("transformer", "transformer_2"):
-        model = getattr(pipe, name, None)
-        for block in getattr(model, "blocks", None) or []:
-            handles.append(block.register_forward_pre_hook(lambda *_: ctx.check_cancelled(mid_step=True)))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()

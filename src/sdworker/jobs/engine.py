@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..dispatch.context import JobContext
-from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError
+from .context import JobContext
+from ..errors import Busy, Cancelled, ShuttingDown, TimedOut, WorkerError, placed
 from ..protocol.events import EventEmitter
 from .executor import DeviceExecutor
 from .queue import JobQueue
@@ -137,9 +137,9 @@ class JobEngine:
         if error is None:
             final = "completed"
         else:
-            s.error, s.error_code = error.message, error.code
+            s.error, s.error_code = placed(error, "data")[0], error.code  # a session row names fields as native answers do
             final = {"cancelled": "cancelled", "timeout": "timed_out"}.get(error.code, "failed")
-            s.log(f"{final}: {error.message}", "error" if final == "failed" else "warning")
+            s.log(f"{final}: {s.error}", "error" if final == "failed" else "warning")
         self.status(s, final, job)
         try:
             self._on_finish(s)

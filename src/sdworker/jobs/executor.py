@@ -7,8 +7,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..dispatch.context import JobContext
-from ..errors import Cancelled, InternalError, OutOfMemory, WorkerError
+from .context import JobContext
+from ..errors import Cancelled, InternalError, OutOfMemory, WorkerError, is_oom
 
 if TYPE_CHECKING:
     from .engine import Job, JobEngine
@@ -23,7 +23,7 @@ def classify(exc: BaseException) -> WorkerError:
         return exc
     name = type(exc).__name__
     text = str(exc)
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+    if is_oom(exc):
         return OutOfMemory(f"out of memory: {text.splitlines()[0] if text else name}; lower the size or batch, or enable cpu_offload")
     return InternalError(f"internal error ({name}): {text.splitlines()[0] if text else 'no message'}")
 

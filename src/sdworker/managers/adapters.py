@@ -57,7 +57,7 @@ def family(base: str) -> str | None:
     return registry.lora_groups().get(base, base)
 
 
-def check_base(lora_id: str, lora_base: str, model_id: str, model_base: str, field_path: str = "data.loras") -> None:
+def check_base(lora_id: str, lora_base: str, model_id: str, model_base: str, field_path: str = "loras") -> None:
     """Refuse a LoRA made for another architecture (an SD 1.5 LoRA on an SDXL model, ...)."""
     lf, mf = family(lora_base), family(model_base)
     if lf is None or mf is None or lf == mf:
@@ -140,7 +140,7 @@ class AdapterManager:
         planned: dict[str, PlannedLoRA] = {}
         warnings: list[str] = []
         for i, (name, weight, source) in enumerate(wanted):
-            path = f"data.loras[{i}]" if source == "request" else "data.prompt"
+            path = f"loras[{i}]" if source == "request" else "prompt"
             item = catalog.find(name, "lora", path)
             if item.pickle and not allow_pickle:
                 raise pickle_refused(name, path)
@@ -189,7 +189,7 @@ class AdapterManager:
                 self.deactivate(pipe)
                 return warnings
             if not hasattr(pipe, "set_adapters"):
-                raise ValidationFailed(f"data.loras: {type(pipe).__name__} cannot take LoRAs", [{"path": "data.loras", "message": "unsupported"}])
+                raise ValidationFailed(f"loras: {type(pipe).__name__} cannot take LoRAs", [{"path": "loras", "message": "unsupported"}])
             for name, use in active.items():
                 self._inject(pipe, name, use, model_id, model_base)
             pipe.enable_lora()  # a previous run (or applied()) may have disabled the layers

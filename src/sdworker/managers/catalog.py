@@ -237,7 +237,7 @@ class ModelCatalog:
 
     # ---- lookup ------------------------------------------------------------------------------
 
-    def find(self, model_id: str, kind: str | tuple[str, ...] | None = None, field_path: str = "data.model_id") -> CatalogItem:
+    def find(self, model_id: str, kind: str | tuple[str, ...] | None = None, field_path: str = "model_id") -> CatalogItem:
         """The item named `model_id` (id, id + suffix, or a unique file name) of `kind` (one or several);
         errors name close ids."""
         kinds = (kind,) if isinstance(kind, str) else kind

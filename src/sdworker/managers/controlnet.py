@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .catalog import CatalogItem, ModelCatalog
 
 
-FIELD = "data.controlnets"
+FIELD = "controlnets"
 MAX_SCALE = 2.0
 
 
@@ -104,21 +104,20 @@ def controlnet_base(item: "CatalogItem") -> str:
         if item.path.suffix.lower() == ".safetensors":
             from .single_file import checkpoint_shapes
 
-            names = [k.removeprefix(_LDM_PREFIX) for k in checkpoint_shapes(item.path)]
-            return "sdxl" if any(k.startswith(("label_emb.", "add_embedding.")) for k in names) else "sd"
+            from ..families import registry
+
+            return registry.controlnet_file_base([k.removeprefix(_LDM_PREFIX) for k in checkpoint_shapes(item.path)])
     except (OSError, ValueError, WorkerError):
         pass
     return "unknown"
 
 
 def family_of_config(cfg: Mapping[str, Any]) -> str:
-    """flux for Flux ControlNets/transformers, sdxl for SDXL-conditioned UNets/ControlNets (text_time
-    embedding), else SD 1.x/2.x by context width."""
-    if str(cfg.get("_class_name", "")).startswith("Flux"):
-        return "flux"
-    if cfg.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return {768: "sd_1_5", 1024: "sd_2"}.get(cfg.get("cross_attention_dim"), "sd")  # type: ignore[arg-type]
+    """The base model of a ControlNet (or denoiser) config.json, as the family of its class reads it
+    (Family.controlnet_config_base: flux, sdxl, sd_1_5 / sd_2, or "sd" for SD 1.x or 2.x)."""
+    from ..families import registry
+
+    return registry.controlnet_config_base(cfg)
 
 
 def _find(catalog: "ModelCatalog", name: str, path: str) -> "CatalogItem":
@@ -138,8 +137,13 @@ def _fits(cn_base: str, model_base: str) -> str | None:
     model = groups[model_base]
     if cn_base == "unknown":
         return None  # a layout nothing here can read: the load compares it with the UNet
-    if cn_base == "sd":
-        return None if model in ("SD 1.x", "SD 2.x") else f"it is an SD 1.x/2.x ControlNet and the model is {model} ({model_base})"
+    from ..families import registry
+
+    vague = registry.controlnet_vague_bases().get(cn_base)  # "sd": SD 1.x or 2.x, the width unread
+    if vague is not None:
+        label, fits = vague
+        article = "an" if label.startswith("S") else "a"
+        return None if model in fits else f"it is {article} {label} ControlNet and the model is {model} ({model_base})"
     if cn_base not in groups:
         return f"it is a {cn_base} ControlNet; ControlNets here are for {_listed('and')} models"
     if groups[cn_base] != model:
@@ -276,8 +280,10 @@ def _model(
         raise pickle_refused(name, f"{at}.model")
     base = controlnet_base(item)
     why = _fits(base, model_base)
-    if why is None and base == "flux" and not item.path.is_dir():
-        why = "single-file Flux ControlNets are not supported; use its diffusers folder (config.json + weights)"
+    if why is None and not item.path.is_dir():
+        from ..families import registry
+
+        why = registry.controlnet_file_refusal(base)  # Flux's load from diffusers folders only
     if why is None and model_unet is not None and item.path.is_dir():
         try:
             why = mismatch(json.loads((item.path / "config.json").read_text(encoding="utf-8")), model_unet)

@@ -93,20 +93,20 @@ def find_triggered(prompt: str | None, negative: str | None, available: Iterable
     return out
 
 
-_SDXL_BASES = ("sdxl", "pony")
-_SINGLE_BASES = ("sd_1_5", "sd_2")
-
-
 def _known_misfit(item: "CatalogItem", model_base: str) -> str | None:
-    """Why the catalog already knows ``item`` cannot fit a ``model_base`` model (None: it may fit)."""
+    """Why the catalog already knows ``item`` cannot fit a ``model_base`` model (None: it may fit).
+    Which bases take single-encoder or clip_l + clip_g embeddings is the families' (Family.embedding_layouts)."""
+    from ..families import registry
+
     fmt = item.details.get("embedding_format") if isinstance(item.details, dict) else None
     base = item.base_model
-    if fmt == "sdxl" and model_base in _SINGLE_BASES:
+    model_layout, item_layout = registry.embedding_layout(model_base), registry.embedding_layout(base)
+    if fmt == "sdxl" and model_layout == "single":
         return f"embedding {item.model_id!r} is an SDXL embedding; {model_base} models take single-encoder ones"
-    if model_base in _SDXL_BASES and (fmt in ("a1111", "diffusers") or base in _SINGLE_BASES):
-        label = base if base in _SINGLE_BASES else "SD 1.x/2.x"
+    if model_layout == "sdxl" and (fmt in ("a1111", "diffusers") or item_layout == "single"):
+        label = base if item_layout == "single" else "SD 1.x/2.x"
         return f"embedding {item.model_id!r} is a single-encoder ({label}) embedding; {model_base} models need clip_l + clip_g"
-    if base in _SINGLE_BASES and model_base in _SINGLE_BASES and base != model_base:
+    if item_layout == "single" and model_layout == "single" and base != model_base:
         return f"embedding {item.model_id!r} is a {base} embedding; the model is {model_base}"
     return None
 
@@ -260,7 +260,7 @@ class EmbeddingManager:
         return vec
 
     def ensure_loaded(
-        self, pipe: Any, items: Sequence[Union["CatalogItem", Triggered]], model_id: str = "", field_path: str = "data.prompt"
+        self, pipe: Any, items: Sequence[Union["CatalogItem", Triggered]], model_id: str = "", field_path: str = "prompt"
     ) -> list[str]:
         """Add these embeddings (catalog items or :class:`Triggered`) to the pipeline's tokenizers and
         text encoders under their private tokens, each once; a misfit is a ValidationFailed."""

@@ -109,19 +109,19 @@ def checked_plan(req: Any, mode: str, width: int, height: int, max_resolution: i
     if req.hires is None:
         return None
     if mode != "text2img":
-        raise _invalid("data.hires", f"hires fix is for text2img, not {mode}")
+        raise _invalid("hires", f"hires fix is for text2img, not {mode}")
     if req.refiner is not None:
-        raise _invalid("data.hires", "hires fix and a refiner cannot be combined in one request")
+        raise _invalid("hires", "hires fix and a refiner cannot be combined in one request")
     hp = plan(req.hires, width, height, req.steps)
     problems = []
     if max(hp.width, hp.height) > max_resolution:
-        where = "data.hires.width" if req.hires.width or req.hires.height else "data.hires.scale"
+        where = "hires.width" if req.hires.width or req.hires.height else "hires.scale"
         problems.append({"path": where, "message": f"the hires size {hp.width}x{hp.height} is over the limit of {max_resolution}"})
     if hp.steps > max_steps:
-        problems.append({"path": "data.hires.steps", "message": f"{hp.steps} is over the limit of {max_steps}"})
+        problems.append({"path": "hires.steps", "message": f"{hp.steps} is over the limit of {max_steps}"})
     elif hp.scheduler_steps > MAX_SCHEDULER_STEPS:
         problems.append({
-            "path": "data.hires.denoise",
+            "path": "hires.denoise",
             "message": f"{hp.steps} hires steps at denoise {hp.denoise:g} need a {hp.scheduler_steps}-step schedule, over "
             f"{MAX_SCHEDULER_STEPS}; raise denoise or lower hires.steps",
         })

@@ -57,7 +57,7 @@ def _base_model(folder: Path, index: dict) -> str:
 
 def pickle_refused(name: str, field: str) -> UnsafePath:
     return UnsafePath(
-        f"{field}: {name!r} is a pickle file (.ckpt/.pt/.bin), which can run code when loaded; "
+        f"{field}: {name!r} is a pickle file (.ckpt/.pt/.pth/.bin), which can run code when loaded; "
         "use its .safetensors version, or start the worker with --allow-pickle (then loaded with weights_only)",
         [{"path": field, "message": "pickle files need --allow-pickle"}],
     )
@@ -76,7 +76,7 @@ def folder_refused(model_id: str, field: str, tree: TreeReport, allow_pickle: bo
     if tree.pickle_dirs and not allow_pickle:
         dirs = ", ".join(Path(d).name for d in tree.pickle_dirs)
         return UnsafePath(
-            f"{field}: {model_id!r} keeps its weights as pickle files (.bin/.pt/.ckpt, no .safetensors) in {dirs}, which can run "
+            f"{field}: {model_id!r} keeps its weights as pickle files (.bin/.pt/.pth/.ckpt, no .safetensors) in {dirs}, which can run "
             "code when loaded; use a .safetensors copy, or start the worker with --allow-pickle (then loaded with weights_only)",
             [{"path": field, "message": "pickle files need --allow-pickle"}],
         )
@@ -113,7 +113,7 @@ class ModelLocator:
                 return real_root
         raise UnsafePath(f"{path} is outside the models dirs")
 
-    def _ref(self, model_id: str, folder: Path, field: str = "data.model_id") -> ModelRef:
+    def _ref(self, model_id: str, folder: Path, field: str = "model_id") -> ModelRef:
         """A diffusers folder as a ModelRef, after checking every file a load would read."""
         where = real(folder)
         if where is None:  # gone (resolve says model_not_found), or a link to nowhere
@@ -135,7 +135,7 @@ class ModelLocator:
                     continue
         return out
 
-    def _from_item(self, item: "CatalogItem", field: str = "data.model_id") -> ModelRef:
+    def _from_item(self, item: "CatalogItem", field: str = "model_id") -> ModelRef:
         if item.format == "diffusers":
             return self._ref(item.model_id, item.path, field)
         if transformer_files.runs_alone(item):
@@ -171,7 +171,7 @@ class ModelLocator:
             self._pickle_bases[key] = (det.kind, det.base_model)
         return self._pickle_bases[key]
 
-    def resolve(self, model_id: str | None, field: str = "data.model_id") -> ModelRef:
+    def resolve(self, model_id: str | None, field: str = "model_id") -> ModelRef:
         if not model_id:
             raise ValidationFailed(
                 "model_id is required (or start the worker with --default-model)",

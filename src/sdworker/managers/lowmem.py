@@ -1,4 +1,4 @@
-"""Out-of-memory handling: recognise it, free what is idle, retry once in a lower-memory mode.
+"""The lower-memory mode of the out-of-memory retry (managers.runner), and its fault drill.
 
 The lower-memory mode is what diffusers offers without changing the result's arithmetic much:
 attention slicing, VAE slicing and tiling, and on CUDA model CPU offload (each component visits
@@ -20,10 +20,6 @@ from typing import Any, Iterator
 from .memory import MemoryManager
 
 log = logging.getLogger(__name__)
-
-
-def is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ def check_derived_size(w: int, h: int, width: int | None, height: int | None) ->
     if over:
         said = " and ".join(f"{f} {v}" for f, v in over)
         msg = f"the output {said} taken from the init image is over the limit of {limit} (--max-resolution); send width and height, or a smaller image"
-        raise ValidationFailed(f"data.init_image: {msg}", [{"path": "data.init_image", "message": msg}])
+        raise ValidationFailed(f"init_image: {msg}", [{"path": "init_image", "message": msg}])
 
 
 def prepare(
@@ -88,18 +88,18 @@ def prepare(
         return ModeInputs(), width, height
     problems: list[dict[str, str]] = []
     if not init_image:
-        problems.append({"path": "data.init_image", "message": f"{mode} needs an init_image"})
+        problems.append({"path": "init_image", "message": f"{mode} needs an init_image"})
     if mode == "inpainting" and not mask_image:
-        problems.append({"path": "data.mask_image", "message": "inpainting needs a mask_image"})
+        problems.append({"path": "mask_image", "message": "inpainting needs a mask_image"})
     if problems:
         raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
     assert init_image is not None
-    init_probe = probe_image(init_image, "data.init_image", roots)  # headers only: sizes are checked before pixels
-    mask_probe = probe_image(mask_image, "data.mask_image", roots) if mode == "inpainting" and mask_image else None
+    init_probe = probe_image(init_image, "init_image", roots)  # headers only: sizes are checked before pixels
+    mask_probe = probe_image(mask_image, "mask_image", roots) if mode == "inpainting" and mask_image else None
     if mask_probe is not None and mask_probe.size != init_probe.size:
         (mw, mh), (iw, ih) = mask_probe.size, init_probe.size
         msg = f"mask is {mw}x{mh} but init_image is {iw}x{ih}; they must match"
-        raise ValidationFailed(f"data.mask_image: {msg}", [{"path": "data.mask_image", "message": msg}])
+        raise ValidationFailed(f"mask_image: {msg}", [{"path": "mask_image", "message": msg}])
     w = width or _fit(init_probe.width)
     h = height or _fit(init_probe.height)
     check_derived_size(w, h, width, height)
@@ -124,15 +124,16 @@ def call_kwargs(mode: str, inputs: ModeInputs, width: int, height: int, strength
 
 
 # How an img2img/inpainting pipeline turns steps and strength into denoising steps (diffusers'
-# get_timesteps). SD 1.x/2.x/SDXL pipelines (ControlNet ones too): min(int(steps * strength), steps),
-# which is 0 when steps * strength < 1 and the call then fails. Flux's: steps - int(steps * (1 -
-# strength)), at least 1 for any strength > 0.
-_TRUNCATING_FAMILIES = ("sd",)
+# get_timesteps): a family that truncates (Family.truncates_strength: SD's pipelines, ControlNet ones
+# too) runs min(int(steps * strength), steps), which is 0 when steps * strength < 1 and the call then
+# fails; the others steps - int(steps * (1 - strength)), at least 1 for any strength > 0.
 
 
 def denoising_steps(steps: int, strength: float, family: str = "sd") -> int:
     """Denoising steps the first pass of an img2img/inpainting call runs (as the family's pipelines count)."""
-    if family in _TRUNCATING_FAMILIES:
+    from ..families import registry
+
+    if registry.truncates_strength(family):
         return min(int(steps * strength), steps)
     return steps - int(max(steps - steps * strength, 0))
 
@@ -155,4 +156,4 @@ def strength_problems(mode: str, steps: int, strength: float, family: str = "sd"
         f"steps {steps} with strength {strength:g} leaves no denoising step ({mode} denoises int(steps x strength) "
         f"steps, as diffusers counts them); use steps >= {need_steps} or strength >= {need_strength:g}"
     )
-    return [{"path": "data.strength", "message": message}]
+    return [{"path": "strength", "message": message}]

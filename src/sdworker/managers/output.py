@@ -92,12 +92,12 @@ def plan_paths(
     if root is None:
         raise ValidationFailed(
             "output.save_path needs an output root: start the worker with --output-dir",
-            [{"path": "data.output.save_path", "message": "no --output-dir configured"}],
+            [{"path": "output.save_path", "message": "no --output-dir configured"}],
         )
     root = Path(os.path.abspath(root))
     if save_path is None:
         return [root / f"{file_stem(session_id)}-{i}{ext}" for i in range(count)]
-    target = resolve_in_roots(save_path, [root], "data.output.save_path")
+    target = resolve_in_roots(save_path, [root], "output.save_path")
     if save_path.endswith(("/", os.sep)) or target.is_dir():
         paths = [target / f"{file_stem(session_id)}-{i}{ext}" for i in range(count)]
     else:
@@ -105,7 +105,7 @@ def plan_paths(
             target = target.with_suffix(ext)
         elif strict_ext and target.suffix.lower() != ext:
             msg = f"{target.name}: this output is saved as {ext}"
-            raise ValidationFailed(f"data.output.save_path: {msg}", [{"path": "data.output.save_path", "message": msg}])
+            raise ValidationFailed(f"output.save_path: {msg}", [{"path": "output.save_path", "message": msg}])
         paths = [target] if count == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(count)]
     if not overwrite:
         taken = [p for p in paths if os.path.lexists(p)]
@@ -148,4 +148,4 @@ class OutputWriter:
 
 def exists_error(path: Path) -> ValidationFailed:
     msg = f"{path.name} already exists; choose another save_path or set output.overwrite"
-    return ValidationFailed(f"data.output.save_path: {msg}", [{"path": "data.output.save_path", "message": msg}])
+    return ValidationFailed(f"output.save_path: {msg}", [{"path": "output.save_path", "message": msg}])

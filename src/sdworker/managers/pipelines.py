@@ -351,8 +351,9 @@ class PipelineManager:
         return {"unloaded": [lp.ref.model_id for lp in dropped], "moved_to_ram_mb": round(moved / 2**20, 2), "freed_mb": round(freed / 2**20, 2)}
 
     def loaded(self) -> list[LoadedPipeline]:
-        with self._lock:
-            return list(self._resident.values())
+        """The resident pipelines now. Takes no lock: a load holds it for seconds, and status answers
+        must not wait for it (dict.copy is one step under the GIL; each value is a finished pipeline)."""
+        return list(self._resident.copy().values())
 
     def find(self, model_id: str) -> list[LoadedPipeline]:
         return [lp for lp in self.loaded() if lp.ref.model_id == model_id]

@@ -28,7 +28,7 @@ def check(opts: Any, device: str | None, dtype: str, warnings: list[str], model_
     found = weights.problems(opts, device, model_format)
     if device is not None and opts.cpu_offload != "none" and not device.startswith("cuda"):
         msg = f"cpu_offload {opts.cpu_offload!r} needs a CUDA device; this request runs on {device}"
-        found.insert(0, {"path": "data.precision.cpu_offload", "message": msg})
+        found.insert(0, {"path": "precision.cpu_offload", "message": msg})
     if found:
         raise ValidationFailed(f"{found[0]['path']}: {found[0]['message']}", found)
     if device is None:

@@ -141,7 +141,7 @@ _ALIASES = {
 }
 
 
-def resolve(name: str | None, path: str = "data.controlnets[0].preprocessor") -> str:
+def resolve(name: str | None, path: str = "controlnets[0].preprocessor") -> str:
     """The canonical preprocessor name; an unknown one is a validation error listing the accepted ones."""
     key = "none" if name is None else name.strip().lower()
     key = _ALIASES.get(key, key)

@@ -18,7 +18,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..dispatch.context import JobContext
+    from .progress import JobProgress
 
 DEFAULT_EVERY_N_STEPS = 5
 MAX_SIDE = 256
@@ -89,7 +89,7 @@ class PreviewMaker:
         return out
 
 
-def preview_maker(ctx: "JobContext", base_model: str, every_n_steps: int = DEFAULT_EVERY_N_STEPS) -> PreviewMaker | None:
+def preview_maker(ctx: "JobProgress", base_model: str, every_n_steps: int = DEFAULT_EVERY_N_STEPS) -> PreviewMaker | None:
     """A PreviewMaker when the job's request asked for previews (ctx.preview), else None."""
     return PreviewMaker(every_n_steps, base_model) if getattr(ctx, "preview", False) else None
 

@@ -88,7 +88,7 @@ class Runtime:
         self.wait()
         key = name or self.dtype_name
         if key not in DTYPES:
-            raise ValidationFailed(f"dtype {key!r} is not one of {', '.join(DTYPES)}", [{"path": "data.precision.dtype", "message": "unknown dtype"}])
+            raise ValidationFailed(f"dtype {key!r} is not one of {', '.join(DTYPES)}", [{"path": "precision.dtype", "message": "unknown dtype"}])
         return getattr(self.torch, DTYPES[key])
 
     def device_ids(self) -> list[str]:
@@ -149,7 +149,7 @@ class Runtime:
             shown = ", ".join(known) if known is not None else "cpu, cuda, cuda:N"
             raise ValidationFailed(
                 f"device {device_id!r} is not available; devices: {shown}",
-                [{"path": "data.device_id", "message": "unknown device"}],
+                [{"path": "device_id", "message": "unknown device"}],
             )
         return "default" if self.ready and norm == self.device else norm
 

@@ -212,7 +212,7 @@ def _blank(v: Any) -> bool:
 
 def resolve(scheduler: str | None, sampler: str | None = None) -> SchedulerChoice | None:
     """Request fields -> a choice, or None for "the model's own scheduler". See the module doc."""
-    for v, path in ((scheduler, "data.scheduler"), (sampler, "data.sampler")):
+    for v, path in ((scheduler, "scheduler"), (sampler, "sampler")):
         if not _blank(v) and not isinstance(v, str):
             raise _fail(path, f"must be a string, not {type(v).__name__}")
     _, scheds, _, _ = _tables()
@@ -222,7 +222,7 @@ def resolve(scheduler: str | None, sampler: str | None = None) -> SchedulerChoic
         # One field alone: a full sampler name, whichever field it is in.
         if _blank(sampler) and _blank(scheduler):
             return None
-        name, path = (scheduler, "data.scheduler") if _blank(sampler) else (sampler, "data.sampler")
+        name, path = (scheduler, "scheduler") if _blank(sampler) else (sampler, "sampler")
         assert isinstance(name, str)
         alone = scheds.get(_norm(name))
         if alone is normal:
@@ -236,25 +236,25 @@ def resolve(scheduler: str | None, sampler: str | None = None) -> SchedulerChoic
         return _check(_parse_full(name, path), path)
 
     assert isinstance(sampler, str) and isinstance(scheduler, str)
-    base = _parse_full(sampler, "data.sampler")
+    base = _parse_full(sampler, "sampler")
     sched_only = scheds.get(_norm(scheduler))
     if sched_only is not None:
         other = _Parsed(base.algo, sched_only)
     else:
-        other = _parse_full(scheduler, "data.scheduler")
+        other = _parse_full(scheduler, "scheduler")
         if other.algo is not base.algo:
             raise _fail(
-                "data.scheduler",
+                "scheduler",
                 f"{scheduler!r} names the sampler {other.algo.a1111}, but data.sampler names {base.algo.a1111}; "
                 "with data.sampler given, data.scheduler takes a schedule: " + ", ".join(s.id for s in _SCHEDS),
             )
     if base.sched is other.sched or other.sched is normal:
-        sched, path = base.sched, "data.sampler"
+        sched, path = base.sched, "sampler"
     elif base.sched is normal:
-        sched, path = other.sched, "data.scheduler"
+        sched, path = other.sched, "scheduler"
     else:
         raise _fail(
-            "data.scheduler",
+            "scheduler",
             f"schedule {other.sched.id!r} conflicts with {base.sched.id!r} in data.sampler ({sampler!r})",
         )
     return _check(_Parsed(base.algo, sched), path)

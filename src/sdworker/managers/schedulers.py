@@ -11,7 +11,7 @@ API
     Parse the two request fields (rules below). ``None`` means "keep the model's own scheduler"
     (both fields empty, or only ``"default"``/``"normal"``/``"automatic"``). Raises
     :class:`~sdworker.errors.ValidationFailed` (code ``validation_error``) with
-    ``details=[{"path": "data.scheduler" | "data.sampler", "message": ...}]`` for anything it
+    ``details=[{"path": "scheduler" | "sampler", "message": ...}]`` for anything it
     cannot accept; the message lists the accepted names. It never raises anything else.
 ``build(choice, base_config) -> scheduler``
     ``getattr(diffusers, choice.class_name).from_config(base_config, **choice.flags)``, with the
@@ -102,7 +102,7 @@ def build(choice: SchedulerChoice, base_config: Mapping[str, Any]) -> Any:
         raise Unsupported(
             f"{choice.display_name} cannot drive this model: its scheduler is a flow-matching one "
             f"({base_config.get('_class_name')}); leave data.scheduler and data.sampler unset",
-            [{"path": "data.scheduler", "message": "flow-matching model"}],
+            [{"path": "scheduler", "message": "flow-matching model"}],
         )
     missing = missing_requirements(choice)
     if missing:
@@ -110,7 +110,7 @@ def build(choice: SchedulerChoice, base_config: Mapping[str, Any]) -> Any:
         raise Unsupported(
             f"{choice.display_name} ({choice.class_name}) needs the Python package(s) {pkgs}, which this "
             f"worker's environment does not have (pip install {pkgs}); pick another sampler",
-            [{"path": "data.scheduler", "message": f"needs {pkgs}"}],
+            [{"path": "scheduler", "message": f"needs {pkgs}"}],
         )
     import inspect
 
@@ -126,7 +126,7 @@ def build(choice: SchedulerChoice, base_config: Mapping[str, Any]) -> Any:
     except (ValueError, NotImplementedError, ImportError, TypeError) as e:
         raise Unsupported(
             f"{choice.display_name} ({choice.class_name}) cannot be built from this model's scheduler config: {e}",
-            [{"path": "data.scheduler", "message": str(e)}],
+            [{"path": "scheduler", "message": str(e)}],
         ) from e
 
 

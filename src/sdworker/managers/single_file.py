@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadFailed, ModelNotFound, Unsupported, ValidationFailed, WorkerError
+from ..families import registry
 from ..models.safetensors_header import HeaderError, read_header
 from ..paths import NotRegularFile
 from .clip_tokenizers import CLIP_VOCAB_SIZE, find_tokenizer
 from .pickle_files import is_pickle, pickle_state
 
-CONFIG_SETS: tuple[str, ...] = ("sd15", "sdxl", "tiny-sd15", "tiny-sdxl", "tiny-sd15-clip", "tiny-sdxl-clip")
+#: the packaged sets, and their model_index.json class -> checkpoint layout, are the families'
+CONFIG_SETS: tuple[str, ...] = registry.config_sets()
 CONFIGS_ROOT = Path(__file__).resolve().parent.parent / "model_configs"
 
 _UNET = "model.diffusion_model."
@@ -44,7 +46,7 @@ _TOKEN_EMBEDDING = re.compile(
     r"^(cond_stage_model|conditioner\.embedders\.0)\.transformer\.(text_model\.)?embeddings\.token_embedding\.weight$"
 )
 
-_PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+_PIPELINE_FAMILY = registry.config_set_layouts()
 
 
 # --------------------------------------------------------------------------- header

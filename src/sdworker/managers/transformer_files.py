@@ -63,7 +63,7 @@ def expert_pair(path: Path) -> tuple[Path, Path] | None:
         raise ValidationFailed(
             f"{path.name!r} is the {word.lower()}-noise expert of a Wan 2.2 A14B pair, and its {other.lower()}-noise twin "
             f"{sibling.name!r} is not next to it; put both files in the same folder",
-            [{"path": "data.model_id", "message": f"missing {sibling.name}"}],
+            [{"path": "model_id", "message": f"missing {sibling.name}"}],
         )
     return (path, sibling) if word.lower() == "high" else (sibling, path)
 
@@ -107,7 +107,7 @@ def fits(item: "CatalogItem", folder: "ModelRef", pair: bool = False) -> str | N
     return None
 
 
-def companion(item: "CatalogItem", folders: Iterable["ModelRef"], field: str = "data.model_id", pair: bool = False) -> "ModelRef":
+def companion(item: "CatalogItem", folders: Iterable["ModelRef"], field: str = "model_id", pair: bool = False) -> "ModelRef":
     """The diffusers folder that lends `item` its text encoders, tokenizers, VAE and scheduler."""
     wanted = companion_bases()[item.base_model]
     candidates = sorted((f for f in folders if f.base_model in wanted), key=lambda f: (wanted.index(f.base_model), f.model_id))

@@ -29,16 +29,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from ..errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed
+from ..errors import ModelLoadFailed, ModelNotFound, OutOfMemory, Unsupported, ValidationFailed, is_oom
 from ..schemas.postprocess import PostProcessStep
 from . import fingerprint
-from .lowmem import is_oom
 from .memory import CacheEntry, MemoryManager, collect, module_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..dispatch.context import JobContext
+    from .progress import JobProgress
     from .catalog import CatalogItem, ModelCatalog
 
 log = logging.getLogger(__name__)
@@ -136,7 +135,7 @@ class UpscalerManager:
         self.catalog = catalog
         self.allow_pickle = allow_pickle
 
-    def resolve(self, model_id: str, field: str = "data.model") -> "CatalogItem":
+    def resolve(self, model_id: str, field: str = "model") -> "CatalogItem":
         """The catalog item of an upscaler; every refusal happens here, before a job is queued."""
         try:
             item = self.catalog.find(model_id, "upscaler", field)
@@ -321,7 +320,7 @@ def upscale(
 def check_post_processing(
     specs: Sequence[PostProcessStep | dict[str, Any]],
     upscalers: UpscalerManager,
-    field: str = "data.post_processing",
+    field: str = "post_processing",
     max_pixels: int | None = None,
     size: tuple[int, int] | None = None,
 ) -> list[PostProcessStep]:
@@ -353,7 +352,7 @@ def check_post_processing(
 def apply_post_processing(
     images: list["Image.Image"],
     specs: Sequence[PostProcessStep | dict[str, Any]],
-    ctx: "JobContext | None",
+    ctx: "JobProgress | None",
     upscalers: UpscalerManager,
     device: str = "cpu",
 ) -> list["Image.Image"]:

@@ -50,7 +50,9 @@ def vae_config_set(path: Path, base_model: str | None) -> str:
 
     shapes = checkpoint_shapes(path)
     conv = next((v for k, v in shapes.items() if k.endswith("encoder.conv_in.weight")), (128,))
-    family = "sdxl" if base_model in ("sdxl", "pony", "sdxl_refiner") else "sd15"
+    from ..families import registry
+
+    family = registry.vae_config_layout(base_model)  # SDXL's for SDXL-family VAEs, else SD 1.x's
     return f"tiny-{family}" if conv[0] != 128 else family
 
 

@@ -60,7 +60,7 @@ def problems(opts: Any, device: str | None, model_format: str | None) -> list[di
 
 
 def _problem(field: str, message: str) -> dict[str, str]:
-    return {"path": f"data.precision.{field}", "message": message}
+    return {"path": f"precision.{field}", "message": message}
 
 
 def load_kwargs(weights: str, torch: Any, compute_dtype: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Tensor shapes are the authority; these only fill gaps shapes cannot close (a VAE, a pickle,
 Pony vs. plain SDXL, Flux dev vs. schnell for a LoRA) and are kept deliberately narrow. The
-rules themselves are the families' (Family.text_hints, arch_prefixes, base_from_version), asked
+rules themselves are the families' (Family.text_hints, arch_prefixes, base_from_version, base_from_flags), asked
 through families.registry.
 """
 
@@ -43,9 +43,7 @@ def base_from_metadata(metadata: Mapping[str, str]) -> str | None:
         declared = registry.base_from_version(version)
         if declared is not None:
             return declared
-    if str(metadata.get("ss_v2", "")).lower() == "true":
-        return "sd_2"
-    return None
+    return registry.base_from_flags(metadata)  # kohya's ss_v2
 
 
 def kind_from_metadata(metadata: Mapping[str, str]) -> str | None:

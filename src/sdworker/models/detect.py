@@ -194,12 +194,11 @@ def _vae(shapes: dict[str, tuple[int, ...]], md: Mapping[str, str], name: str | 
         latent = out // 2 if out else None
     details: dict[str, Any] = {"layout": layout, "latent_channels": latent}
     hint = _hints.base_from_metadata(md) or _hints.base_from_text(name) or _hints.base_from_text(md.get("modelspec.title"))
-    allowed = {4: ("sd_1_5", "sd_2", "sdxl", "pony"), 16: ("flux", "flux_dev", "flux_schnell", "flux_krea", "sd3")}
-    base = hint if hint in allowed.get(latent or 0, ()) else "unknown"
-    if base == "pony":
-        base = "sdxl"  # Pony uses the SDXL VAE; _refine_base turns it back into pony if metadata says so
-    elif base.startswith("flux"):
-        base = "flux"  # one VAE for every Flux variant
+    from ..families import registry
+
+    # the families say which bases a VAE of this latent width may be named for, and under which base
+    # it is filed (Pony's is SDXL's, turned back by _refine_base when metadata says so; Flux's is flux)
+    base = registry.vae_base(hint) if hint in registry.vae_latent_bases(latent or 0) else "unknown"
     details["base_from"] = "name_or_metadata" if base != "unknown" else "indistinguishable_by_shape"
     return "vae", base, details
 
@@ -217,7 +216,9 @@ def _text_encoder(shapes: dict[str, tuple[int, ...]]) -> tuple[str, str, dict] |
             encoders.append("t5xxl" if shape[1] == 4096 else f"t5_{shape[1]}")
     if not encoders:
         return None
-    base = "sd_2" if set(encoders) <= {"open_clip_h", "clip_h"} else "unknown"
+    from ..families import registry
+
+    base = registry.text_encoder_base(frozenset(encoders))  # OpenCLIP-H alone: SD 2.x (the family says)
     return "text_encoder", base, {"encoders": sorted(set(encoders))}
 
 

@@ -42,7 +42,7 @@ def check_inside(model_path: str | os.PathLike[str], root: str | os.PathLike[str
     if root is not None and (path.is_symlink() or path.exists()) and not inside(path, Path(root)):
         raise UnsafePath(
             f"the sidecar {path} links outside the models dir {root}; it is neither read nor written",
-            [{"path": "data.model_id", "message": "sidecar links outside the models dir"}],
+            [{"path": "model_id", "message": "sidecar links outside the models dir"}],
         )
 
 

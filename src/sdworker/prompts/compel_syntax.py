@@ -114,13 +114,13 @@ def _parse_problem(text: str) -> str | None:
 def check_compel(prompt: str, negative_prompt: str | None, clip_skip: int | None, sdxl: bool) -> None:
     """Raise ValidationFailed (all problems) when compel would refuse the prompts or the clip skip."""
     problems = []
-    for path, text in (("data.prompt", prompt), ("data.negative_prompt", negative_prompt)):
+    for path, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         why = _parse_problem(text) if text else None
         if why:
             problems.append({"path": path, "message": why})
     why = compel_clip_skip_problem(clip_skip, sdxl)
     if why:
-        problems.append({"path": "data.clip_skip", "message": why})
+        problems.append({"path": "clip_skip", "message": why})
     if problems:
         raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
 
@@ -222,7 +222,7 @@ def compel_prompt_kwargs(pipe: Any, prompt: str, negative_prompt: str | None, cl
                 zs.append(z)
             embeds = torch.cat(zs, dim=-1)
     except (PromptParser.ParsingException, pyparsing.ParseBaseException) as exc:  # pragma: no cover - check_compel ran
-        raise _invalid("data.prompt", f"compel cannot parse this prompt: {exc}") from exc
+        raise _invalid("prompt", f"compel cannot parse this prompt: {exc}") from exc
 
     te2 = getattr(pipe, "text_encoder_2", None)
     if te2 is not None:

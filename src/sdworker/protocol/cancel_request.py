@@ -22,5 +22,6 @@ def cancel_request_call(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise ValidationFailed(
             '$/cancelRequest needs params {"id": <the id of the request to cancel>}',
             [{"path": "params.id", "message": "expected the id (string or number) of a request"}],
+            rooted=True,
         )
     return "inference.cancel_session", {"session_id": str(rid)}

@@ -8,24 +8,41 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
 
 from ..errors import InvalidRequest, ParseError, ValidationFailed, WorkerError
 from .cancel_request import CANCEL_REQUEST, cancel_request_call
+
+# Encoding lives in encoding.py; the names stay importable from here, where callers found them.
+from .encoding import encode_error, encode_event, encode_success, ready_event
+from .form import Form
 from .keys import normalize_keys
-from .legacy_names import INFERENCE_TYPES, LEGACY_ACTIONS, map_inference_type  # noqa: F401  (also read from here)
+from .legacy_names import INFERENCE_TYPES, LEGACY_ACTIONS, map_inference_type
 from .repeated_keys import message as repeated_message
 from .repeated_keys import repeated_keys
 from .salvage import id_in_head, lenient_parse, wire_safe
 
-
-class Form(str, Enum):
-    NATIVE = "native"
-    JSONRPC = "jsonrpc"
-    LEGACY = "legacy"
+__all__ = [
+    "INFERENCE_TYPES",
+    "LEGACY_ACTIONS",
+    "Call",
+    "Decoded",
+    "Form",
+    "Rejection",
+    "decode_line",
+    "decode_object",
+    "encode_error",
+    "encode_event",
+    "encode_success",
+    "guess_form",
+    "map_inference_type",
+    "nesting_depth",
+    "new_request_id",
+    "ready_event",
+    "salvage",
+]
 
 
 @dataclass(slots=True)
@@ -130,7 +147,7 @@ def _refuse_repeated(item: Call | Rejection, found: tuple[str, str] | None) -> C
     """A request holding a key twice becomes a validation_error naming it (a notification stays silent)."""
     if found is None or isinstance(item, Rejection):
         return item
-    err = ValidationFailed(f"{found[0]}: {repeated_message(found)}", [{"path": found[0], "message": repeated_message(found)}])
+    err = ValidationFailed(f"{found[0]}: {repeated_message(found)}", [{"path": found[0], "message": repeated_message(found)}], rooted=True)
     return Rejection(err, item.form, request_id=item.request_id, raw_id=item.raw_id, session_id=item.session_id, notification=item.notification)
 
 
@@ -180,7 +197,7 @@ def _params(value: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ValidationFailed(
-            f"{where} must be a JSON object", [{"path": where, "message": "expected an object"}]
+            f"{where} must be a JSON object", [{"path": where, "message": "expected an object"}], rooted=True
         )
     return normalize_keys(value, where)
 
@@ -250,7 +267,7 @@ def _decode_jsonrpc(doc: Any) -> Call | Rejection:
             raise InvalidRequest('"method" must be a non-empty string')
         if "params" in doc and not isinstance(doc["params"], (dict, type(None))):
             raise ValidationFailed(
-                "params must be an object of named parameters", [{"path": "params", "message": "expected an object"}]
+                "params must be an object of named parameters", [{"path": "params", "message": "expected an object"}], rooted=True
             )
         params = _params(doc.get("params"), "params")
         if method == CANCEL_REQUEST:  # vscode-jsonrpc's cancellation: cancel the job of request params.id
@@ -319,84 +336,3 @@ def _decode_legacy(doc: dict[str, Any]) -> Call | Rejection:
         )
     except WorkerError as exc:
         return Rejection(exc, Form.LEGACY, request_id=request_id, raw_id=request_id, session_id=session_id)
-
-
-_SESSION_ACTIONS = frozenset(
-    {"get_session_status", "get_session_details", "get_comprehensive_status", "cancel_session",
-     "get_session_performance", "get_session_resources"}
-)
-
-# ---- encoding -------------------------------------------------------------------------------
-
-
-def encode_success(call: Call, data: Any) -> dict[str, Any] | None:
-    if call.form is Form.JSONRPC:
-        return None if call.notification else {"jsonrpc": "2.0", "id": call.raw_id, "result": data}
-    if call.form is Form.LEGACY:
-        # For session queries the top-level status is the session's, which is what a legacy host reads.
-        status = data.get("status") if isinstance(data, dict) and call.action in _SESSION_ACTIONS else None
-        return {
-            "success": True,
-            "request_id": call.request_id,
-            "session_id": call.session_id or call.request_id,
-            "status": status or "completed",
-            "results": data,
-        }
-    return {"type": "response", "request_id": call.request_id, "success": True, "data": data}
-
-
-def encode_error(target: Call | Rejection, error: WorkerError) -> dict[str, Any] | None:
-    form = target.form
-    partial = getattr(error, "data", None)
-    if form is Form.JSONRPC:
-        if target.notification:
-            return None
-        data: dict[str, Any] = {"error_code": error.code, "error_details": error.details}
-        if partial is not None:
-            data["data"] = partial
-        return {
-            "jsonrpc": "2.0",
-            "id": target.raw_id,
-            "error": {"code": error.jsonrpc_code, "message": error.message, "data": data},
-        }
-    if form is Form.LEGACY:
-        out: dict[str, Any] = {
-            "success": False,
-            "request_id": target.request_id,
-            "error": error.message,
-            "error_code": error.code,
-        }
-        if target.session_id:
-            out["session_id"] = target.session_id
-        if error.code in ("cancelled", "timeout"):
-            out["status"] = "cancelled" if error.code == "cancelled" else "timed_out"
-        if error.details:
-            out["error_details"] = error.details
-        if partial is not None:
-            out["results"] = partial
-        return out
-    out = {
-        "type": "response",
-        "request_id": target.request_id,
-        "success": False,
-        "error": error.message,
-        "error_code": error.code,
-        "error_details": error.details,
-    }
-    if partial is not None:
-        out["data"] = partial
-    return out
-
-
-def encode_event(call: Call, event: str, data: dict[str, Any], notification: bool = False) -> dict[str, Any]:
-    body = {"event": event, "request_id": call.request_id, "session_id": call.session_id or call.request_id, "data": data}
-    if notification or call.form is Form.JSONRPC:  # notification: --protocol jsonrpc, whatever the request's form
-        return {"jsonrpc": "2.0", "method": f"event.{event}", "params": body}
-    return {"type": "event", **body}
-
-
-def ready_event(version: str, protocol: int, pid: int, methods: list[str], jsonrpc: bool = False) -> dict[str, Any]:
-    data = {"version": version, "protocol": protocol, "pid": pid, "methods": methods}
-    if jsonrpc:  # --protocol jsonrpc: a notification, so a stock client can read the first line too
-        return {"jsonrpc": "2.0", "method": "event.ready", "params": {"event": "ready", "data": data}}
-    return {"type": "event", "event": "ready", "data": data}

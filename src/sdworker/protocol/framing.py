@@ -9,10 +9,11 @@ from typing import BinaryIO, Callable, Iterator
 
 import orjson
 
+from ..limits import DEFAULT_MAX_LINE
+
 log = logging.getLogger(__name__)
 
 BOM = b"\xef\xbb\xbf"
-DEFAULT_MAX_LINE = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

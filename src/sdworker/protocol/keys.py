@@ -63,7 +63,7 @@ def normalize_keys(value: Any, path: str = "") -> Any:
 def _conflict(path: str, first: Any, second: Any, a: Any, b: Any) -> ValidationFailed:
     where = f"{path}.{second}" if path else str(second)
     message = f"{first!r} and {second!r} are one key ({to_snake(str(second))!r}) with two values ({_short(a)} vs {_short(b)}); send it once"
-    return ValidationFailed(f"{where}: {message}", [{"path": where, "message": message}])
+    return ValidationFailed(f"{where}: {message}", [{"path": where, "message": message}], rooted=True)
 
 
 def _short(value: Any) -> str:

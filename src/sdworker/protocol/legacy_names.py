@@ -57,5 +57,6 @@ def map_inference_type(value: Any) -> str:
         raise ValidationFailed(
             f"inference_type {value!r} is not known; use one of {', '.join(accepted)}",
             [{"path": "inference_type", "message": f"unknown inference type {value!r}"}],
+            rooted=True,  # an envelope field of the legacy form, named as sent
         )
     return method

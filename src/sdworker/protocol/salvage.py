@@ -54,11 +54,12 @@ def id_in_head(head: bytes, form: str) -> Any:
     return None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json joins an escaped pair, so any left is lone
+
+
 def wire_safe(value: Any) -> Any:
-    """An id as it can be written back: a str holding lone surrogates gets U+FFFD for them."""
+    """An id as it can be written back: one U+FFFD for each lone surrogate (as a JS or .NET UTF-8 encoder
+    writes it), not one for each of the three bytes of its invalid UTF-8 form."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _LONE_SURROGATE.sub("\ufffd", value)
     return value

@@ -6,7 +6,7 @@ import types
 import typing
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 def _numbers_only(annotation: Any) -> tuple[bool, bool]:
@@ -65,7 +65,24 @@ class Params(BaseModel):
 
 
 class Result(BaseModel):
+    """A method's answer. Every key the worker sends is declared; a key the model does not know still
+    passes through (so a newer worker never breaks an older host's reader)."""
+
     model_config = ConfigDict(extra="allow", defer_build=True)
+
+
+class Replica(Result):
+    """Cluster mode: where a job ran."""
+
+    id: str | int
+    node: str | None = Field(description="Ray node id, hex")
+    device: str | None
+
+
+class JobResult(Result):
+    """The result of a job (anything queued on a device). In cluster mode it carries its replica."""
+
+    replica: Replica | None = Field(default=None, description="cluster mode only: the replica {id, node, device} that ran the job")
 
 
 class NoParams(Params):

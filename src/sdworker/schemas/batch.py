@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from .base import Params, Result
+from .base import JobResult, Params, Result
 from .generation import ImageResult, Performance
 
 
@@ -58,9 +58,10 @@ class BatchPerformance(Performance):
     pipeline_calls: int = 0
     images: int = 0
     batch_sizes: list[int] = Field(default_factory=list, description="images per pipeline call, in run order")
+    memory_estimates: list[Any] | None = Field(default=None, description="when memory limited a group's batch size: the estimates")
 
 
-class BatchResult(Result):
+class BatchResult(JobResult):
     items: list[BatchItemResult]
     session_id: str
     performance: BatchPerformance

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .. import limits
-from .base import Params, Result
+from .base import JobResult, Params, Result
 from .normalize import normalize_generation
 from .optimize import OPTIMIZE_DESCRIPTION, Optimize, normalize_optimize
 
@@ -340,13 +340,19 @@ class Performance(Result):
     steps_per_second: float = 0.0
     peak_vram_mb: float | None = None
     peak_rss_mb: float | None = None
-    compile_ms: float | None = None  # optimize.compile: time spent compiling in this job (absent: nothing compiled)
-    cache_skipped_steps: int | None = None  # optimize.cache: denoiser calls answered from the step cache
+    upscale_ms: float | None = Field(default=None, description="with post_processing: the upscale steps")
+    compile_ms: float | None = Field(default=None, description="when this run compiled the model (optimize)")
+    compiled_graphs: int | None = Field(default=None, description="graphs torch.compile built in this run (optimize.compile)")
+    cache_skipped_steps: int | None = Field(default=None, description="denoiser calls answered from the step cache (optimize.cache)")
 
 
-class GenerationResult(Result):
+class GenerationResult(JobResult):
     images: list[ImageResult]
-    parameters: dict[str, Any]
+    parameters: dict[str, Any] = Field(
+        description="the effective request after presets and defaults: mode, prompt, model_id, base_model, width, height, steps, "
+        "guidance_scale, seed, scheduler, sampler_name, vae, device, dtype, precision, hashes (A1111's model/LoRA/embedding "
+        "hashes, as in the infotext), and per feature loras, controlnets, hires, refiner, preset_origin, ..."
+    )
     performance: Performance
     session_id: str
     warnings: list[str] = Field(default_factory=list)

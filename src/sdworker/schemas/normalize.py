@@ -31,7 +31,7 @@ def _merge_under(top: dict[str, Any], bag: Any, path: str) -> dict[str, Any]:
     if bag is None:
         return top
     if not isinstance(bag, dict):
-        raise ValidationFailed(f"{path} must be an object", [{"path": path, "message": "expected an object"}])
+        raise ValidationFailed(f"{path} must be an object", [{"path": path, "message": "expected an object"}], rooted=True)
     merged = dict(bag)
     merged.update(top)  # the top level wins over the bag
     return merged
@@ -67,7 +67,7 @@ def _nested_to_flat(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in body.items():
                 out.setdefault(k, v)
         elif body is not None:
-            raise ValidationFailed(f"{section} must be an object", [{"path": section, "message": "expected an object"}])
+            raise ValidationFailed(f"{section} must be an object", [{"path": section, "message": "expected an object"}], rooted=True)
     return out
 
 
@@ -101,7 +101,7 @@ def normalize_generation(data: Any) -> Any:
             continue
         data[canonical] = value
     if problems:
-        raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
+        raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems, rooted=True)
     if data.get("seed") == -1:
         data["seed"] = None
     return data

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ValidationFailed
-from .base import Params, Result
+from .base import JobResult, Params
 
 MIN_TILE = 32
 MAX_TILE = 4096
@@ -35,7 +35,11 @@ def _apply_aliases(data: dict[str, Any], path: str) -> dict[str, Any]:
         if alias in out:
             value = out.pop(alias)
             if name in out and out[name] != value:
-                raise ValidationFailed(f"{path}.{alias} and {path}.{name} disagree", [{"path": f"{path}.{alias}", "message": f"alias of {name}, which is also given"}])
+                raise ValidationFailed(
+                    f"{path}.{alias} and {path}.{name} disagree",
+                    [{"path": f"{path}.{alias}", "message": f"alias of {name}, which is also given"}],
+                    rooted=not path.startswith("data"),  # an item's alias is named as it was before paths were placed
+                )
             out[name] = value
     return out
 
@@ -82,7 +86,7 @@ class PostProcessStep(Params):
 
 # Imported after PostProcessStep on purpose: schemas.generation may take PostProcessStep from here
 # (an import at its end), and then either module can be imported first.
-from .generation import ImageFile, OutputOptions, Performance  # noqa: E402
+from .generation import ImageFile, OutputOptions, Performance
 
 
 class UpscaleRequest(Params):
@@ -134,7 +138,7 @@ class UpscaledImage(ImageFile):
     """An upscaled image (no seed: nothing was sampled)."""
 
 
-class UpscaleResult(Result):
+class UpscaleResult(JobResult):
     images: list[UpscaledImage]
     parameters: dict[str, Any]
     performance: Performance

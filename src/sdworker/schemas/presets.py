@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .base import Params, Result
 
@@ -36,6 +36,9 @@ class ModelSpecificParams(BaseModel):
     video_fps: float | None = Field(default=None, gt=0, le=240)
     guidance_scale_2: float | None = Field(default=None, ge=0, le=100, description="Wan 2.2: CFG of the low-noise expert")
     boundary_ratio: float | None = Field(default=None, ge=0, le=1, description="Wan 2.2: where the low-noise expert takes over")
+
+    # Not a Params (other keys are kept), but numbers are numbers here too: `clip_skip: true` is no 1.
+    _no_bool_for_numbers = field_validator("*", mode="before")(vars(Params)["_no_bool_for_numbers"])
 
 
 class _PresetValues(Params):

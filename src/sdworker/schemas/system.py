@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from .base import Params, Result
 
 
@@ -24,8 +26,10 @@ class InfoResult(Result):
     python: str
     platform: str
     uptime_s: float
-    settings: dict[str, Any]
-    runtime: dict[str, Any]
+    settings: dict[str, Any] = Field(description="models_dirs, output_dir, data_dir, database, device, dtype, max_queue, limits, ...")
+    runtime: dict[str, Any] = Field(description="torch/diffusers state and devices; cluster mode: {mode: cluster, ready}")
+    cluster: dict[str, Any] | None = Field(default=None, description="cluster mode: address, replica_gpus, replica_cpus, nodes")
+    replicas: list[dict[str, Any]] | None = Field(default=None, description="cluster mode: each replica, its state and models")
 
 
 class ListMethodsParams(Params):

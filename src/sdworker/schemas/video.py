@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..errors import ValidationFailed
-from .base import Result
+from .base import JobResult, Result
 from .generation import GenerationRequest, OutputOptions, Performance
 from .normalize import normalize_generation
 from .postprocess import PostProcessStep  # noqa: F401  (resolves GenerationRequest.post_processing's forward reference here)
@@ -62,7 +62,7 @@ class VideoRequest(GenerationRequest):
                 continue
             data[canonical] = value
         if problems:
-            raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems)
+            raise ValidationFailed(f"{problems[0]['path']}: {problems[0]['message']}", problems, rooted=True)
         return data
 
 
@@ -80,7 +80,7 @@ class VideoEntry(Result):
     frames: list[str] | None = Field(default=None, description="with output.frames: every frame, base64 PNG (lossless)")
 
 
-class VideoResult(Result):
+class VideoResult(JobResult):
     videos: list[VideoEntry]
     parameters: dict[str, Any]
     performance: Performance

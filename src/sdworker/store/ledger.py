@@ -51,6 +51,10 @@ INTERRUPTED = "interrupted"
 MAX_LOG_LINES = 200  # per session, the newest kept
 TRIM_EVERY = 100  # inserts between retention passes
 FINAL_WAIT_S = 2.0  # how long a job's first record and its end wait for their commit
+# How long a read of an earlier run's session waits for start()'s recovery. Recovery is one UPDATE
+# (milliseconds); the bound is for a disk that hangs. A short bound made a busy machine answer
+# "queued" for a dead run's job instead of "interrupted".
+RECOVERY_WAIT_S = 30.0
 MAX_LISTED = 1000  # interrupted sessions listed at most (newest first)
 START_TIME_SLACK_S = 1.0  # a process start time read twice may differ by clock adjustments
 
@@ -261,7 +265,7 @@ class SessionLedger:
 
     def _wait_recovered(self) -> None:
         if self._recovered is not None:  # an earlier run's session is read after its recovery
-            self._recovered.wait(FINAL_WAIT_S)
+            self._recovered.wait(RECOVERY_WAIT_S)
 
     def _row(self, session_id: str) -> sqlite3.Row | None:
         self._wait_recovered()

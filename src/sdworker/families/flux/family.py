@@ -328,6 +328,16 @@ class FluxFamily(Family):
     lora_groups: ClassVar[dict[str, str]] = kn.GROUPS  # dev, schnell and Krea share the transformer's layout
     controlnet_groups: ClassVar[dict[str, str]] = kn.GROUPS
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
+    vae_latent_bases: ClassVar[dict[int, tuple[str, ...]]] = kn.VAE_LATENT_BASES
+
+    def vae_base(self, base: str) -> str:
+        return "flux"  # one VAE for every Flux variant
+
+    def controlnet_config_base(self, cfg: Mapping[str, Any]) -> str | None:
+        return kn.controlnet_config_base(cfg)
+
+    def controlnet_file_refusal(self, base: str) -> str | None:
+        return kn.SINGLE_FILE_CONTROLNET if base == "flux" else None
 
     def base_from_version(self, version: str) -> str | None:
         return "flux" if version.startswith("flux") else None

@@ -108,3 +108,17 @@ def detect_controlnet(body: Mapping[str, tuple[int, ...]], details: dict[str, An
     if has_prefix(body, "controlnet_single_blocks.", "controlnet_x_embedder.", "single_transformer_blocks.", "double_blocks.", "single_blocks."):
         return "flux", {**details, "family": "flux"}
     return None
+
+
+def controlnet_config_base(cfg: Mapping[str, Any]) -> str | None:
+    """Every Flux ControlNet (or transformer) config is the Flux group's."""
+    return "flux" if str(cfg.get("_class_name", "")).startswith("Flux") else None
+
+
+SINGLE_FILE_CONTROLNET = "single-file Flux ControlNets are not supported; use its diffusers folder (config.json + weights)"
+
+
+# ---- VAEs ----------------------------------------------------------------------------------------------
+
+#: one 16-channel VAE serves every FLUX.1 variant, filed under plain flux
+VAE_LATENT_BASES: dict[int, tuple[str, ...]] = {16: ("flux", "flux_dev", "flux_schnell", "flux_krea")}

@@ -77,6 +77,12 @@ class SDFamily(Family):
     lora_groups: ClassVar[dict[str, str]] = kn.LORA_GROUPS
     controlnet_groups: ClassVar[dict[str, str]] = kn.CONTROLNET_GROUPS
     controlnet_shape_keys: ClassVar[tuple[str, ...]] = kn.CONTROLNET_SHAPE_KEYS
+    truncates_strength: ClassVar[bool] = True
+    controlnet_vague_bases: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = kn.CONTROLNET_VAGUE_BASES
+    vae_latent_bases: ClassVar[dict[int, tuple[str, ...]]] = kn.VAE_LATENT_BASES
+    embedding_layouts: ClassVar[dict[str, str]] = kn.EMBEDDING_LAYOUTS
+    config_sets: ClassVar[tuple[str, ...]] = kn.CONFIG_SETS
+    config_set_layouts: ClassVar[dict[str, str]] = kn.CONFIG_SET_LAYOUTS
 
     def base_from_version(self, version: str) -> str | None:
         return kn.base_from_version(version)
@@ -114,3 +120,22 @@ class SDFamily(Family):
 
     def detect_controlnet(self, body: Mapping[str, tuple[int, ...]], details: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         return kn.detect_controlnet(body, details)
+
+    def text_encoder_base(self, encoders: frozenset[str]) -> str | None:
+        return kn.text_encoder_base(encoders)
+
+    def base_from_flags(self, metadata: Mapping[str, str]) -> str | None:
+        return kn.base_from_flags(metadata)
+
+    def vae_base(self, base: str) -> str:
+        """Pony uses the SDXL VAE (refine_base turns it back into pony when metadata says so)."""
+        return "sdxl" if base == "pony" else base
+
+    def vae_config_layout(self, base_model: str | None) -> str | None:
+        return kn.vae_config_layout(base_model)
+
+    def controlnet_config_base(self, cfg: Mapping[str, Any]) -> str | None:
+        return kn.controlnet_config_base(cfg)
+
+    def controlnet_file_base(self, names: list[str]) -> str | None:
+        return kn.controlnet_file_base(names)

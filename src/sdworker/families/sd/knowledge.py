@@ -180,3 +180,49 @@ def detect_controlnet(body: Mapping[str, tuple[int, ...]], details: dict[str, An
     adm = first_dim(body, ("label_emb.0.0.weight", "add_embedding.linear_1.weight"), 1)
     details.update({k: v for k, v in (("context_dim", ctx), ("adm_in_channels", adm)) if v})
     return ADM_BASE.get(adm or 0) or CONTEXT_BASE.get(ctx or 0) or "unknown", details
+
+
+def controlnet_config_base(cfg: Mapping[str, Any]) -> str:
+    """sdxl for SDXL-conditioned UNets/ControlNets (text_time embedding), else SD 1.x/2.x by context
+    width; "sd" when the width says neither (the default family reads every ControlNet config)."""
+    if cfg.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return {768: "sd_1_5", 1024: "sd_2"}.get(cfg.get("cross_attention_dim"), "sd")  # type: ignore[arg-type]
+
+
+#: "sd": an SD ControlNet whose text-context width nothing read (SD 1.x or 2.x, not SDXL)
+CONTROLNET_VAGUE_BASES: dict[str, tuple[str, tuple[str, ...]]] = {"sd": ("SD 1.x/2.x", ("SD 1.x", "SD 2.x"))}
+
+
+def controlnet_file_base(names: list[str]) -> str:
+    """sdxl when the single file has SDXL's adm embedding, else "sd" (SD 1.x or 2.x)."""
+    return "sdxl" if any(k.startswith(("label_emb.", "add_embedding.")) for k in names) else "sd"
+
+
+# ---- VAEs, text encoders, textual inversions ---------------------------------------------------------
+
+#: SD 1.x, 2.x and SDXL share one 4-channel VAE network (only the weights differ)
+VAE_LATENT_BASES: dict[int, tuple[str, ...]] = {4: ("sd_1_5", "sd_2", "sdxl", "pony")}
+#: one CLIP for SD 1.x / 2.x textual inversions; clip_l + clip_g for SDXL's (and Pony's)
+EMBEDDING_LAYOUTS = {"sdxl": "sdxl", "pony": "sdxl", "sd_1_5": "single", "sd_2": "single"}
+
+
+def text_encoder_base(encoders: frozenset[str]) -> str | None:
+    """OpenCLIP-H alone is SD 2.x's text encoder."""
+    return "sd_2" if encoders <= {"open_clip_h", "clip_h"} else None
+
+
+def base_from_flags(metadata: Mapping[str, str]) -> str | None:
+    """kohya's ss_v2 flag marks an SD 2.x training run."""
+    return "sd_2" if str(metadata.get("ss_v2", "")).lower() == "true" else None
+
+
+# ---- single-file config sets (sdworker/model_configs/<set>) ------------------------------------------
+
+CONFIG_SETS: tuple[str, ...] = ("sd15", "sdxl", "tiny-sd15", "tiny-sdxl", "tiny-sd15-clip", "tiny-sdxl-clip")
+CONFIG_SET_LAYOUTS = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+
+
+def vae_config_layout(base_model: str | None) -> str:
+    """SDXL's config for SDXL-family VAEs (Pony's and the refiner's too), SD 1.x's for any other."""
+    return "sdxl" if base_model in ("sdxl", "pony", "sdxl_refiner") else "sd15"

@@ -165,6 +165,7 @@ class SD3Family(Family):
     arch_prefixes: ClassVar[tuple[tuple[str, str], ...]] = (("stable-diffusion-3", "sd3"),)
     folder_class_prefixes: ClassVar[tuple[str, ...]] = ("StableDiffusion3",)
     vae_scaling: ClassVar[dict[float, str]] = {1.5305: "sd3"}
+    vae_latent_bases: ClassVar[dict[int, tuple[str, ...]]] = {16: ("sd3",)}  # a VAE file named for SD3
     lora_markers: ClassVar[tuple[str, ...]] = ("joint_blocks_",)
     lora_dit_widths: ClassVar[dict[int, str]] = {1536: "sd3", 2432: "sd3"}  # Medium, Large
 

@@ -158,3 +158,20 @@ def _needs_context(den: Any) -> bool:
     """Flux and Wan pipelines open `cache_context` around each transformer call; others get one here."""
     return type(den).__name__ not in ("FluxTransformer2DModel", "WanTransformer3DModel")
 
+
+
+def runner_wrapper(settings: Any) -> Any:
+    """A PipelineRunner wrapper factory: `runner.wrappers.append(runner_wrapper(settings))`."""
+
+    def factory(call: Any) -> contextlib.AbstractContextManager[Effective]:
+        req = call.request
+        session = getattr(call.ctx, "session", None)
+        perf = session.performance if session is not None else {}
+        return optimized(call.pipe, getattr(req, "optimize", None), settings.optimize, perf, settings.data_dir, has_lora(req))
+
+    return factory
+
+
+def has_lora(req: Any) -> bool:
+    """The request asks for LoRAs (its list or <lora:…> tags in the prompt)."""
+    return bool(getattr(req, "loras", None)) or "<lora:" in (getattr(req, "prompt", "") or "")
