@@ -62,6 +62,7 @@ class Settings:
     replicas: int | None = None  # None: one per GPU replica slot (GPUs / replica_gpus), else 1
     replica_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0
     replica_cpus: float = 1.0
+    optimize: str | None = None  # default of a request's `optimize`: none, max or a JSON object (managers.optimize)
 
 
 # ---- value parsers: each raises ValueError with the sentence a user reads -------------------------
@@ -128,6 +129,19 @@ def _text(text: str) -> str:
     return text
 
 
+def _optimize(text: str) -> str:
+    """none, max, or a JSON object of options; its fields are checked as a request's would be."""
+    from .schemas.optimize import OptimizeOptions, normalize_optimize
+
+    try:
+        value = normalize_optimize(text)
+        if value not in ("none", "max"):
+            OptimizeOptions.model_validate(value)
+    except ValueError as exc:  # pydantic's ValidationError and json's JSONDecodeError are ValueErrors
+        raise ValueError(f"expected none, max or a JSON object of optimize options, got {text!r} ({str(exc).splitlines()[0]})") from None
+    return text.strip()
+
+
 @dataclass(frozen=True)
 class Option:
     """One flag, its SDWORKER_* variable and the Settings field it sets."""
@@ -171,6 +185,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--allow-pickle", "allow_pickle", _switch, "also load pickle files: .ckpt/.pt/.pth/.bin (torch.load weights_only); variable: 1 or 0", switch=True),
     Option("--ram-budget-mb", "ram_budget_mb", _number(0), "RAM cache budget (default: total RAM less 4 GiB)", metavar="MB"),
     Option("--vram-budget-mb", "vram_budget_mb", _number(0), "VRAM cache budget (default: free VRAM less 1.5 GiB)", metavar="MB"),
+    Option("--optimize", "optimize", _optimize, "default speed options of requests: none, max or a JSON object (default none)", metavar="none|max|JSON"),
     Option("--log-level", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", fold=str.upper), "DEBUG, INFO, WARNING, ERROR (default INFO)", metavar="LEVEL"),
     Option("--log-format", "log_format", _choice("text", "json"), "stderr log format: text or json lines (default text)", metavar="text|json"),
     Option("--protocol", "protocol", _choice(*PROTOCOLS),

@@ -102,6 +102,7 @@ def group_key(plan: Plan) -> tuple:
         req.strength if plan.mode != "text2img" else None,
         req.negative_prompt is None,
         tuple((p.item.model_id, p.weight) for p in plan.loras),  # one LoRA set per diffusers call
+        repr(req.optimize),  # one set of speed options per diffusers call
     )
 
 

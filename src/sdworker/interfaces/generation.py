@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..managers import hires, infotext, modes
+from ..managers import hires, infotext, modes, optimize
 from ..managers.adapters import AdapterManager
 from ..managers.controlnet import ControlNetManager, controlnet_call_kwargs
 from ..managers.denoise import generators
@@ -74,6 +74,7 @@ class GenerationInterface(GenerationPlanning, GenerationLoading, GenerationOutpu
         self.embeddings = embeddings or EmbeddingManager(locator.allow_pickle)  # textual inversion
         self.output = OutputWriter(settings.output_dir)
         self.runner = PipelineRunner(pipelines.memory)  # every pipeline call of image, batch and video jobs
+        self.runner.wrappers.append(optimize.runner_wrapper(settings))  # the request's `optimize` on every call
         self._upscalers: Any = None
 
     @property

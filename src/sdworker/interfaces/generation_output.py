@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..managers import infotext, precision, schedulers
+from ..managers import infotext, optimize, precision, schedulers
 from ..managers.output import OutputWriter, b64, encode, unique_names
 from ..managers.runtime import RssSampler, Runtime
 from ..settings import Settings
@@ -76,6 +76,7 @@ class GenerationOutput:
         if plan.embeddings:
             extra["textual_inversions"] = sorted({t.item.model_id for t in plan.embeddings})
         extra.update(plan.family.effective(req, plan))  # [families] e.g. Flux's max_sequence_length, true_cfg_scale
+        extra["optimize"] = optimize.parameters(pipe, req.optimize, self.settings.optimize, optimize.has_lora(req))
         extra["hashes"] = self._hashes(plan, pipes)
         return {
             "mode": plan.mode,

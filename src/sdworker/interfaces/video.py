@@ -34,7 +34,7 @@ from ..families.wan import (
     read_model,
     sampler_choice,
 )
-from ..managers import precision, video_out, weights
+from ..managers import optimize, precision, video_out, weights
 from ..managers.denoise import generators
 from ..managers.images_in import decode_image
 from ..managers.locator import ModelRef
@@ -290,6 +290,7 @@ class VideoInterface:
             "device": self.runtime.device_name(plan.device),
             "dtype": dtype,
             "precision": {**req.precision.model_dump(), "dtype": dtype},
+            "optimize": optimize.parameters(pipe, req.optimize, self.settings.optimize),
             "output": req.output.model_dump(),
             "version": f"sdworker {__version__}",
             **(plan.preset or {}),

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from .. import limits
 from .base import JobResult, Params, Result
 from .normalize import normalize_generation
+from .optimize import OPTIMIZE_DESCRIPTION, Optimize, normalize_optimize
 
 MAX_SEED = 2**63 - 1
 
@@ -222,6 +223,7 @@ class GenerationRequest(Params):
     )
     refiner: RefinerOptions | None = Field(default=None, description="SDXL only: {model, switch_at}; text2img and img2img")
     precision: PrecisionOptions = Field(default_factory=PrecisionOptions)
+    optimize: Optimize | None = Field(default=None, description=OPTIMIZE_DESCRIPTION)
     hires: HiresOptions | None = Field(default=None, description="text2img only: A1111's hires fix {scale, upscaler, steps, denoise, width, height}")
     controlnets: list[ControlNetOptions] = Field(
         default_factory=list,
@@ -282,6 +284,11 @@ class GenerationRequest(Params):
     def _preset(cls, v: Any) -> Any:
         return v.strip().lower() if isinstance(v, str) else v
 
+    @field_validator("optimize", mode="before")
+    @classmethod
+    def _optimize(cls, v: Any) -> Any:
+        return normalize_optimize(v)
+
     @field_validator("session_id", mode="before")
     @classmethod
     def _sid(cls, v: Any) -> Any:
@@ -335,6 +342,8 @@ class Performance(Result):
     peak_rss_mb: float | None = None
     upscale_ms: float | None = Field(default=None, description="with post_processing: the upscale steps")
     compile_ms: float | None = Field(default=None, description="when this run compiled the model (optimize)")
+    compiled_graphs: int | None = Field(default=None, description="graphs torch.compile built in this run (optimize.compile)")
+    cache_skipped_steps: int | None = Field(default=None, description="denoiser calls answered from the step cache (optimize.cache)")
 
 
 class GenerationResult(JobResult):

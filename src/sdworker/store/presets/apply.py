@@ -56,6 +56,7 @@ _REQUEST_FIELDS = (
     ("video_fps", "fps"),
     ("guidance_scale_2", "guidance_scale_2"),
     ("max_sequence_length", "max_sequence_length"),
+    ("optimize", "optimize"),  # speed options (managers.optimize): "max", "none" or an object
 )
 
 

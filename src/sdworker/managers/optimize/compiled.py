@@ -1,0 +1,64 @@
+"""torch.compile of a denoiser, regional where diffusers knows the repeated blocks.
+
+Compiled blocks are kept on the (shared, cached) model and switched on only for the runs that
+ask for them: a plain run after a compiled one runs eager code, and the next compiled run reuses
+the compiled code (dynamo recompiles only for new shapes or a changed module structure). Inductor's
+on-disk cache lives under --data-dir, so a restarted worker compiles from cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_KEPT = "_sdworker_compiled_call"
+
+
+def use_cache_dir(data_dir: Path | None) -> None:
+    """Point inductor's (and triton's) caches under data_dir, unless the environment already chose."""
+    if data_dir is None:
+        return
+    root = Path(data_dir) / "torch_compile"
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+
+
+def regions(denoiser: Any) -> list[Any]:
+    """The modules to compile: diffusers' `_repeated_blocks` of the model, else the whole model."""
+    names = set(getattr(denoiser, "_repeated_blocks", None) or ())
+    found = [m for m in denoiser.modules() if type(m).__name__ in names] if names else []
+    return found or [denoiser]
+
+
+def _stats() -> tuple[float, int]:
+    from torch._dynamo.utils import calculate_time_spent, counters
+
+    return calculate_time_spent().get("entire_frame_compile", 0.0), int(counters["stats"]["unique_graphs"])
+
+
+@contextlib.contextmanager
+def compiled(denoiser: Any, data_dir: Path | None, perf: dict[str, Any]) -> Iterator[None]:
+    """Run the denoiser compiled; put `compile_ms` and `compiled_graphs` in perf when something compiled."""
+    use_cache_dir(data_dir)
+    mods = regions(denoiser)
+    for m in mods:
+        kept = m.__dict__.get(_KEPT)
+        if kept is None:
+            m.compile()  # nn.Module.compile: sets m._compiled_call_impl = torch.compile(m._call_impl)
+            m.__dict__[_KEPT] = m._compiled_call_impl
+        else:
+            m._compiled_call_impl = kept
+    seconds, graphs = _stats()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m._compiled_call_impl = None  # eager again until a run asks for compile
+        seconds2, graphs2 = _stats()
+        if graphs2 > graphs or seconds2 > seconds:
+            perf["compile_ms"] = round((perf.get("compile_ms") or 0.0) + (seconds2 - seconds) * 1000, 2)
+            perf["compiled_graphs"] = (perf.get("compiled_graphs") or 0) + graphs2 - graphs
