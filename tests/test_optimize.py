@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import Worker, decode_png, family_worker, tiny_models_dir
 
 BASE = {"model_id": "tiny-sd15", "prompt": "a red boat", "width": 64, "height": 64, "steps": 6, "guidance_scale": 6.0, "seed": 11}
@@ -187,8 +188,9 @@ def cn_worker(tmp_path_factory: pytest.TempPathFactory):
 
 def test_controlnet_inpainting_with_cache(cn_worker: Worker) -> None:
     """The cache wraps the UNet's blocks, so ControlNet residuals still reach the blocks that run."""
-    from conftest import png_b64
     from PIL import Image
+
+    from conftest import png_b64
 
     control = png_b64(Image.new("RGB", (64, 64), (255, 255, 255)))
     mask = Image.new("L", (64, 64), 0)

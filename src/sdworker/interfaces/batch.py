@@ -241,7 +241,7 @@ class BatchInterface(BatchPlanning):
             stats["steps"] += done_steps
             stats["calls"].append(len(chunk))
             ctx.log(f"group {gi} call {ci}: denoised {len(chunk)} image(s) in {took:.2f}s")
-            for (it, i), img in zip(chunk, out.images):
+            for (it, _), img in zip(chunk, out.images):
                 pending.setdefault(it.index, []).append(img)
                 plan = it.plan
                 assert plan is not None

@@ -232,7 +232,7 @@ class GenerationRequest(Params):
     loras: list[LoRARef] = Field(
         default_factory=list, max_length=32, description="[{name or path, weight}]; <lora:name:weight> tags in the prompt add to these"
     )
-    post_processing: list["PostProcessStep"] = Field(
+    post_processing: list[PostProcessStep] = Field(
         default_factory=list, max_length=8, description="after generation: [{type: \"upscale\", factor, model, tile}] (model: an upscaler id; none: Lanczos)"
     )
     textual_inversions: list[str] = Field(

@@ -172,12 +172,15 @@ def resolve(value: Any, default: Any, pipe: Any, device: str, has_lora: bool = F
                 [{"path": f"{path}.attention", "message": f"not available; one of {', '.join(available)}"}],
             )
         if is_unet(den):  # the UNet's attention processors call torch SDPA directly, not diffusers' dispatcher
-            attention, _ = "native", notes.append("attention backends apply to transformer denoisers; UNet attention runs on torch SDPA")
+            attention = "native"
+            notes.append("attention backends apply to transformer denoisers; UNet attention runs on torch SDPA")
     fuse = opts.fuse_qkv
     if fuse and has_lora:
-        fuse, _ = False, notes.append("fuse_qkv left off: LoRAs are active (fused projections would drop them)")
+        fuse = False
+        notes.append("fuse_qkv left off: LoRAs are active (fused projections would drop them)")
     elif fuse and not fuse_supported(den):
-        fuse, _ = False, notes.append(f"fuse_qkv left off: {type(den).__name__} cannot fuse its projections")
+        fuse = False
+        notes.append(f"fuse_qkv left off: {type(den).__name__} cannot fuse its projections")
     cache = _cache(opts.cache, den, path)
     return Effective(
         preset="custom",

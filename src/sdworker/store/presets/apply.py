@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ...errors import ValidationFailed
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
+    from pydantic import BaseModel, TypeAdapter
 
     from ...managers.locator import ModelRef
 
@@ -25,7 +26,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def detect_base_model(ref: "ModelRef") -> str:
+def detect_base_model(ref: ModelRef) -> str:
     """The contract's base_model id of a discovered model, for its presets.
 
     What the locator found, refined where it could not tell: Pony (an SDXL fine-tune) by name, and
@@ -64,12 +65,13 @@ def request_values(preset: dict[str, Any]) -> dict[str, Any]:
     """Request field -> value a preset provides (before the request's own values win)."""
     msp = preset.get("model_specific_params") or {}
     guidance = msp.get("guidance")
-    distilled = isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
+    scale = guidance if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) else None
+    distilled = scale is not None
     out: dict[str, Any] = {
         "steps": preset["steps"],
         # Guidance-distilled pipelines (Flux dev/krea/schnell) read their distilled guidance as
         # diffusers' guidance_scale; everything else reads real CFG there.
-        "guidance_scale": float(guidance) if distilled else preset["cfg_scale"],
+        "guidance_scale": float(scale) if scale is not None else preset["cfg_scale"],
     }
     if distilled:  # their cfg_scale is real CFG on top (Flux: true_cfg_scale, used with a negative prompt)
         out["true_cfg_scale"] = float(preset["cfg_scale"])
@@ -80,16 +82,17 @@ def request_values(preset: dict[str, Any]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=256)
-def _field_adapter(model: type, name: str) -> Any:
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     from typing import Annotated
 
     from pydantic import TypeAdapter
 
-    info = model.model_fields[name]  # type: ignore[attr-defined]
-    return TypeAdapter(Annotated[info.annotation, info])
+    info = model.model_fields[name]
+    field_type: Any = Annotated[info.annotation, info]  # a type form built at run time
+    return TypeAdapter(field_type)
 
 
-def apply_preset(req: "BaseModel", preset: dict[str, Any], keep: Iterable[str] = ()) -> tuple["BaseModel", dict[str, Any]]:
+def apply_preset(req: BaseModel, preset: dict[str, Any], keep: Iterable[str] = ()) -> tuple[BaseModel, dict[str, Any]]:
     """`req` with the preset's values under the fields it set itself (model_fields_set), except
     the fields in `keep` (the model's family keeps its own defaults there).
 
