@@ -32,7 +32,7 @@ def test_weights_of_and_problems():
     assert weights.weights_of(PrecisionOptions(storage_dtype="fp8_e4m3fn")) == "fp8_e4m3fn"
     assert weights.weights_of(PrecisionOptions(quantization="bnb_nf4")) == "bnb_nf4"
     both = weights.problems(PrecisionOptions(storage_dtype="fp8_e5m2", quantization="torchao_int8wo"), "cpu", "diffusers")
-    assert both[0]["path"] == "data.precision.storage_dtype" and "not both" in both[0]["message"]
+    assert both[0]["path"] == "precision.storage_dtype" and "not both" in both[0]["message"]
     single = weights.problems(PrecisionOptions(storage_dtype="fp8_e4m3fn"), "cpu", "single_file")
     assert single and "diffusers folder" in single[0]["message"]
     assert weights.problems(PrecisionOptions(storage_dtype="fp8_e4m3fn"), "cpu", "diffusers") == []
@@ -41,7 +41,7 @@ def test_weights_of_and_problems():
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_missing_quantization_package_is_named():
     found = weights.problems(PrecisionOptions(quantization="bnb_nf4"), "cuda:0", "diffusers")
-    assert found == [{"path": "data.precision.quantization", "message": found[0]["message"]}]
+    assert found == [{"path": "precision.quantization", "message": found[0]["message"]}]
     assert "bitsandbytes" in found[0]["message"] and "pip install bitsandbytes" in found[0]["message"]
 
 

@@ -78,7 +78,7 @@ class ResultChecker:
             for line in bytes(message).splitlines():
                 try:
                     self._note(json.loads(line.decode("utf-8-sig")))
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):  # hostile lines: nothing to note
                     continue
             return
         self._note(message)

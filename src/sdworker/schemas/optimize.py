@@ -24,7 +24,7 @@ class CacheOptions(Params):
         "while the first block's output barely changes (diffusers' First Block Cache)"
     )
     interval: int = Field(default=3, ge=2, le=10, description="deepcache: one full denoiser call every N calls")
-    branch: int = Field(default=0, ge=0, le=3, description="deepcache: how many shallow UNet levels run every call, less one (0: only the outermost)")
+    branch: int = Field(default=0, ge=0, le=3, description="deepcache: how many layers of the outermost up block rerun on a cached call, less one (0: only the last, as DeepCache's finest branch)")
     start: int = Field(default=1, ge=0, le=1000, description="deepcache: the first N denoiser calls always run in full")
     threshold: float = Field(default=0.08, gt=0.0, le=1.0, description="first_block: relative change of the first block's residual under which the rest is skipped")
 

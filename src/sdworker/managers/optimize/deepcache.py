@@ -2,8 +2,11 @@
 
 DeepCache (Ma et al., 2023) observes that a UNet's deep features change little from one step
 to the next: every `interval` calls run the whole UNet; the calls between rerun only the shallow
-blocks (conv_in, the outermost `branch + 1` down and up levels, conv_out) and reuse the deep
-blocks' outputs of the last full call. The `DeepCache` package (0.1.1, 2023) ships a copy of an
+path and reuse what the rest gave in the last full call. As in the paper's finest branch, the
+shallow path is conv_in, the last `branch + 1` layers of the outermost up block (each fed the
+cached hidden state and its skip connection, conv_in's output for the very last layer) and
+conv_out; every down block, the mid block, the inner up blocks and the outermost up block's
+earlier layers answer from the cache. A cached call therefore costs a few percent of a full one. The `DeepCache` package (0.1.1, 2023) ships a copy of an
 old UNet forward that no longer matches diffusers' and does not take ControlNet residuals, so this
 one wraps the deep blocks' `forward` instead: the UNet's own forward still runs, with LoRA,
 ControlNet, T2I residuals and any diffusers version, and the blocks are restored on exit.
@@ -19,12 +22,15 @@ class DeepCache:
     """Use as a context manager around the pipeline call; `skipped` counts the cached calls."""
 
     def __init__(self, unet: Any, interval: int = 3, branch: int = 0, start: int = 1):
-        downs, ups = list(unet.down_blocks), list(unet.up_blocks)
-        b = max(0, min(branch, len(downs) - 2))
+        ups = list(unet.up_blocks)
+        last = ups[-1]
+        resnets, attentions = list(last.resnets), list(getattr(last, "attentions", None) or [])
+        keep = max(1, min(branch + 1, len(resnets)))  # layers of the outermost up block that rerun
         self.unet = unet
         self.interval, self.start = interval, start
-        # The deep part: everything between the outermost b+1 levels on the way down and up.
-        self.deep = [*downs[b + 1 :], unet.mid_block, *ups[: len(ups) - 1 - b]]
+        # The deep part: every module whose output a cached call reuses (called in the same order
+        # with the same shapes on every call, so each module's last output stands in for it).
+        self.deep = [*unet.down_blocks, unet.mid_block, *ups[:-1], *resnets[:-keep], *attentions[: len(attentions) - keep]]
         self.calls = 0
         self.skipped = 0
         self._skip = False
