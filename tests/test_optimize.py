@@ -180,6 +180,7 @@ def cn_worker(tmp_path_factory: pytest.TempPathFactory):
     make_tiny_model("sd15", root / "tiny-sd15")
     make_tiny_controlnet("sd15", root / "controlnet" / "tiny-sd15-cn")
     make_tiny_kohya_lora("sd15", root / "lora" / "style.safetensors", seed=3)
+    make_tiny_kohya_lora("sd15", root / "lora" / "other.safetensors", seed=4)  # same rank and layers: hot-swaps
     wk = family_worker(root, tmp_path_factory, "optcn")
     yield wk
     wk.kill()
@@ -222,3 +223,20 @@ def test_lora_with_fuse_and_cache(cn_worker: Worker) -> None:
     assert np.array_equal(_img(r["data"]), _img(lora_plain["data"]))
     r = cn_worker.call("inference.text2img", {**req, "optimize": {"cache": "deepcache"}}, timeout=180)
     assert r["success"] and r["data"]["performance"]["cache_skipped_steps"] == 4
+
+
+def test_compile_lora_switch_does_not_recompile(cn_worker: Worker) -> None:
+    """compile with LoRA A, then B (same rank: hot-swapped into the compiled blocks), then B again:
+    only the first compiles, and each image matches its uncompiled run."""
+    small = {**BASE, "steps": 2}
+    a = {**small, "loras": [{"name": "lora/style", "weight": 1.0}]}
+    b = {**small, "loras": [{"name": "lora/other", "weight": 1.0}]}
+    eager = [cn_worker.call("inference.text2img", req, timeout=180) for req in (a, b)]
+    assert all(r["success"] for r in eager), eager
+    runs = [cn_worker.call("inference.text2img", {**req, "optimize": {"compile": True}}, timeout=600) for req in (a, b, b)]
+    assert all(r["success"] for r in runs), runs
+    graphs = [r["data"]["performance"]["compiled_graphs"] for r in runs]
+    assert graphs[0] > 0 and graphs[1:] == [0, 0], graphs
+    for r, ref in zip(runs, [eager[0], eager[1], eager[1]]):
+        assert np.abs(_img(r["data"]) - _img(ref["data"])).max() <= 1
+    assert not np.array_equal(_img(runs[0]["data"]), _img(runs[1]["data"]))  # B really replaced A
