@@ -231,12 +231,14 @@ def test_compile_lora_switch_does_not_recompile(cn_worker: Worker) -> None:
     small = {**BASE, "steps": 2}
     a = {**small, "loras": [{"name": "lora/style", "weight": 1.0}]}
     b = {**small, "loras": [{"name": "lora/other", "weight": 1.0}]}
-    eager = [cn_worker.call("inference.text2img", req, timeout=180) for req in (a, b)]
+    both = {**small, "loras": [{"name": "lora/style", "weight": 0.7}, {"name": "lora/other", "weight": -0.5}]}
+    eager = [cn_worker.call("inference.text2img", req, timeout=180) for req in (a, b, both)]
     assert all(r["success"] for r in eager), eager
-    runs = [cn_worker.call("inference.text2img", {**req, "optimize": {"compile": True}}, timeout=600) for req in (a, b, b)]
+    runs = [cn_worker.call("inference.text2img", {**req, "optimize": {"compile": True}}, timeout=600) for req in (a, b, b, both)]
     assert all(r["success"] for r in runs), runs
     graphs = [r["data"]["performance"]["compiled_graphs"] for r in runs]
-    assert graphs[0] > 0 and graphs[1:] == [0, 0], graphs
-    for r, ref in zip(runs, [eager[0], eager[1], eager[1]]):
+    assert graphs[0] > 0 and graphs[1:] == [0, 0, 0], graphs  # two LoRAs with other weights: the same slot
+    assert "notes" not in runs[1]["data"]["parameters"]["optimize"]
+    for r, ref in zip(runs, [eager[0], eager[1], eager[1], eager[2]]):
         assert np.abs(_img(r["data"]) - _img(ref["data"])).max() <= 1
     assert not np.array_equal(_img(runs[0]["data"]), _img(runs[1]["data"]))  # B really replaced A
