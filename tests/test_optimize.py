@@ -144,6 +144,10 @@ def test_compile_once_and_reused(w: Worker, plain: dict) -> None:
     assert first["performance"]["compile_ms"] > 0 and first["parameters"]["optimize"]["compile"] is True
     again = _gen(w, timeout=600, optimize={"compile": True}, seed=12)
     assert again["performance"].get("compile_ms") is None  # same model and shape: nothing compiled again
+    assert again["performance"]["compiled_graphs"] == 0
+    # a second size compiles once more (its shapes turn dynamic); a third size reuses that
+    sizes = [_gen(w, timeout=600, optimize={"compile": True}, steps=2, width=s, height=s) for s in (96, 128)]
+    assert [d["performance"]["compiled_graphs"] for d in sizes] == [1, 0]
     assert np.array_equal(_img(_gen(w)), _img(plain))  # eager again for a plain request
 
 

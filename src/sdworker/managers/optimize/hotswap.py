@@ -103,7 +103,15 @@ def hot_swapped(den: Any) -> Iterator[None]:
         yield
         return
     if not any(SLOT in m.lora_A for _n, m in layers):
-        _make_slot(den, layers, active)
+        if not any(a in m.lora_A for _n, m in layers for a in active):  # text-encoder-only LoRAs: nothing here
+            yield
+            return
+        try:
+            _make_slot(den, layers, active)
+        except Exception as exc:  # noqa: BLE001 - the run goes on with its own adapters
+            den.__dict__[NOTE_ATTR] = f"LoRA hot-swap off: the slot could not be made ({type(exc).__name__}); this LoRA set compiles on its own"
+            yield
+            return
         layers = _layers(den)
     _fill(layers, active)
     before = [(m, m._active_adapter) for _n, m in layers]
