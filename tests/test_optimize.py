@@ -246,3 +246,5 @@ def test_compile_lora_switch_does_not_recompile(cn_worker: Worker) -> None:
     for r, ref in zip(runs, [eager[0], eager[1], eager[1], eager[2]]):
         assert np.abs(_img(r["data"]) - _img(ref["data"])).max() <= 1
     assert not np.array_equal(_img(runs[0]["data"]), _img(runs[1]["data"]))  # B really replaced A
+    after = cn_worker.call("inference.text2img", a, timeout=180)  # eager LoRA runs ignore the slot
+    assert after["success"] and np.array_equal(_img(after["data"]), _img(eager[0]["data"]))
