@@ -11,7 +11,8 @@ prompt embeddings, so the rows differ only in the denoiser's work. Each row runs
 pipeline object with the same seed, wrapped in the worker's `optimized(...)` (the runner's wrapper)
 with that row's options; "plain" is the pipeline with nothing applied. Beside each time: the
 image's difference to plain (max abs over [0, 1] pixels, PSNR in dB), the denoiser calls the step
-cache answered, and for compile the compile time of the first (warm-up) call. It is a script, not a
+cache answered, and for compile the compile time of the first (warm-up) call and the graphs dynamo
+built in the first and in the timed call (recompiles: the timed call must build none). It is a script, not a
 test: ratios are taken within one run; `compile` rows are off unless asked (`--rows compile`).
 """
 
@@ -111,6 +112,11 @@ def once(pipe: Any, arch: str, kwargs: dict[str, Any], option: Any, steps: int, 
     return img, seconds, perf, eff
 
 
+def graphs(first: dict[str, Any], timed: dict[str, Any]) -> str:
+    """New dynamo graphs of the compiling call / the timed call (the timed one must be 0: no recompile)."""
+    return f"{first.get('compiled_graphs', '-')} / {timed.get('compiled_graphs', '-')}"
+
+
 def diff(a: Any, b: Any) -> tuple[float, float]:
     import numpy as np
 
@@ -126,9 +132,9 @@ def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path
     once(pipe, arch, kwargs, None, 1, size, data_dir)  # warm-up: lazy initialisation and first-touch of the weights
     for row in ["plain", *[r for r in rows if r != "plain"]]:
         option = {"cache": {"kind": "first_block" if arch == "wan" else "deepcache"}} if row == "cache" else OPTIONS[row]
-        first_s = None
+        first_s, first_perf = None, {}
         if row in ("compile",) or (row == "max" and option == "max" and "compile" in rows):
-            _, first_s, _, _ = once(pipe, arch, kwargs, option, steps, size, data_dir)  # the compiling call
+            _, first_s, first_perf, _ = once(pipe, arch, kwargs, option, steps, size, data_dir)  # the compiling call
         img, seconds, perf, eff = once(pipe, arch, kwargs, option, steps, size, data_dir)
         if row == "plain":
             base, plain_s = img, seconds
@@ -143,6 +149,7 @@ def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path
             f"{m:.4f}", "identical" if psnr == math.inf else f"{psnr:.1f} dB",
             "-" if skipped is None else f"{skipped} of {steps * 1}",
             f"{first_s:.0f} s" if first_s is not None else "-",
+            graphs(first_perf, perf) if desc.get("compile") else "-",
         ])
         print(" | ".join(out[-1]), file=sys.stderr, flush=True)
     del pipe
@@ -169,8 +176,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sdw-speed-") as tmp:
         for arch in args.only:
             rows += bench_arch(arch, args.rows, args.steps, args.size, Path(tmp))
-    head = ("| model | row | options in effect | time | vs plain | max abs diff | PSNR | cached calls | first (compiling) call |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| model | row | options in effect | time | vs plain | max abs diff | PSNR | cached calls | first (compiling) call | new graphs (first / timed) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     table = head + "\n".join("| " + " | ".join(r) + " |" for r in rows)
     section = "\n".join([
         SECTION,

@@ -145,6 +145,10 @@ def test_compile_once_and_reused(w: Worker, plain: dict) -> None:
     assert first["performance"]["compile_ms"] > 0 and first["parameters"]["optimize"]["compile"] is True
     again = _gen(w, timeout=600, optimize={"compile": True}, seed=12)
     assert again["performance"].get("compile_ms") is None  # same model and shape: nothing compiled again
+    assert again["performance"]["compiled_graphs"] == 0
+    # a second size compiles once more (its shapes turn dynamic); a third size reuses that
+    sizes = [_gen(w, timeout=600, optimize={"compile": True}, steps=2, width=s, height=s) for s in (96, 128)]
+    assert [d["performance"]["compiled_graphs"] for d in sizes] == [1, 0]
     assert np.array_equal(_img(_gen(w)), _img(plain))  # eager again for a plain request
 
 
@@ -181,6 +185,7 @@ def cn_worker(tmp_path_factory: pytest.TempPathFactory):
     make_tiny_model("sd15", root / "tiny-sd15")
     make_tiny_controlnet("sd15", root / "controlnet" / "tiny-sd15-cn")
     make_tiny_kohya_lora("sd15", root / "lora" / "style.safetensors", seed=3)
+    make_tiny_kohya_lora("sd15", root / "lora" / "other.safetensors", seed=4)  # same rank and layers: hot-swaps
     wk = family_worker(root, tmp_path_factory, "optcn")
     yield wk
     wk.kill()
@@ -224,3 +229,24 @@ def test_lora_with_fuse_and_cache(cn_worker: Worker) -> None:
     assert np.array_equal(_img(r["data"]), _img(lora_plain["data"]))
     r = cn_worker.call("inference.text2img", {**req, "optimize": {"cache": "deepcache"}}, timeout=180)
     assert r["success"] and r["data"]["performance"]["cache_skipped_steps"] == 4
+
+
+def test_compile_lora_switch_does_not_recompile(cn_worker: Worker) -> None:
+    """compile with LoRA A, then B (same rank: hot-swapped into the compiled blocks), then B again:
+    only the first compiles, and each image matches its uncompiled run."""
+    small = {**BASE, "steps": 2}
+    a = {**small, "loras": [{"name": "lora/style", "weight": 1.0}]}
+    b = {**small, "loras": [{"name": "lora/other", "weight": 1.0}]}
+    both = {**small, "loras": [{"name": "lora/style", "weight": 0.7}, {"name": "lora/other", "weight": -0.5}]}
+    eager = [cn_worker.call("inference.text2img", req, timeout=180) for req in (a, b, both)]
+    assert all(r["success"] for r in eager), eager
+    runs = [cn_worker.call("inference.text2img", {**req, "optimize": {"compile": True}}, timeout=600) for req in (a, b, b, both)]
+    assert all(r["success"] for r in runs), runs
+    graphs = [r["data"]["performance"]["compiled_graphs"] for r in runs]
+    assert graphs[0] > 0 and graphs[1:] == [0, 0, 0], graphs  # two LoRAs with other weights: the same slot
+    assert "notes" not in runs[1]["data"]["parameters"]["optimize"]
+    for r, ref in zip(runs, [eager[0], eager[1], eager[1], eager[2]]):
+        assert np.abs(_img(r["data"]) - _img(ref["data"])).max() <= 1
+    assert not np.array_equal(_img(runs[0]["data"]), _img(runs[1]["data"]))  # B really replaced A
+    after = cn_worker.call("inference.text2img", a, timeout=180)  # eager LoRA runs ignore the slot
+    assert after["success"] and np.array_equal(_img(after["data"]), _img(eager[0]["data"]))

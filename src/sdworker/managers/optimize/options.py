@@ -131,7 +131,14 @@ def device_of(pipe: Any) -> str:
 
 def parameters(pipe: Any, value: Any, default: Any, has_lora: bool = False) -> dict[str, Any]:
     """The result's `parameters.optimize` for a run on `pipe`."""
-    return resolve(value, default, pipe, device_of(pipe), has_lora).describe()
+    eff = resolve(value, default, pipe, device_of(pipe), has_lora)
+    out = eff.describe()
+    from .hotswap import NOTE_ATTR  # why the compiled run could not hot-swap its LoRAs
+
+    note = getattr(denoiser_of(pipe), "__dict__", {}).get(NOTE_ATTR) if eff.compile and has_lora else None
+    if note:
+        out["notes"] = [*out.get("notes", []), note]
+    return out
 
 
 def resolve(value: Any, default: Any, pipe: Any, device: str, has_lora: bool = False, path: str = "data.optimize") -> Effective:
