@@ -19,7 +19,7 @@ A family holds no state; the registry (families.registry) has one instance of ea
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -57,6 +57,26 @@ class Checked:
 
 def problem(path: str, message: str) -> dict[str, str]:
     return {"path": path, "message": message}
+
+
+#: The SD-born request options other families refuse: field -> (how a refusal names it, is it used).
+_OPTIONS: dict[str, tuple[str, Callable[[GenerationRequest], bool]]] = {
+    "hires": ("hires fix", lambda r: r.hires is not None),
+    "controlnets": ("ControlNets", lambda r: bool(r.controlnets)),
+    "loras": ("LoRAs", lambda r: bool(r.loras)),
+    "textual_inversions": ("textual inversions", lambda r: bool(r.textual_inversions)),
+    "vae": ("a standalone VAE", lambda r: r.vae not in (None, "model")),
+    "refiner": ("a refiner", lambda r: r.refiner is not None),
+    "post_processing": ("post_processing", lambda r: bool(r.post_processing)),
+    "mask_image": ("a mask_image", lambda r: r.mask_image is not None),
+    "true_cfg_scale": ("true_cfg_scale", lambda r: r.true_cfg_scale is not None),
+}
+
+
+def refused(req: GenerationRequest, fields: tuple[str, ...], tail: str, names: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """A problem at each of `fields` the request uses, in that order: "<its name> <tail>"."""
+    names = names or {}
+    return [problem(f"data.{f}", f"{names.get(f, _OPTIONS[f][0])} {tail}") for f in fields if _OPTIONS[f][1](req)]
 
 
 def preset_row(

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused
 from . import knowledge as kn
 from .presets import PRESETS
 
@@ -223,14 +223,7 @@ class FluxFamily(Family):
         out: list[dict[str, str]] = []
         if ref.format != "diffusers":
             out.append(problem("data.model_id", f"{model} in one {ref.format} file; Flux runs from diffusers folders, or from a transformer .safetensors / .gguf with a folder's other parts"))
-        not_yet = {
-            "hires": ("hires fix", req.hires is not None),
-            "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
-            "vae": ("a standalone VAE", req.vae not in (None, "model")),
-        }
-        for fld, (what, used) in not_yet.items():
-            if used:
-                out.append(problem(f"data.{fld}", f"{what} on Flux models is not supported yet ({model})"))
+        out += refused(req, ("hires", "textual_inversions", "vae"), f"on Flux models is not supported yet ({model})")
         if req.refiner is not None:
             out.append(problem("data.refiner", f"a refiner needs an SDXL base model; {model}"))
         if req.clip_skip is not None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -107,15 +107,7 @@ class SD3Family(Family):
         out: list[dict[str, str]] = []
         if ref.format != "diffusers":
             out.append(problem("data.model_id", f"{model} in one {ref.format} file; SD3 runs from diffusers folders, or from a transformer file with a folder's encoders and VAE"))
-        not_yet = {
-            "hires": ("hires fix", req.hires is not None),
-            "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
-            "vae": ("a standalone VAE", req.vae not in (None, "model")),
-            "controlnets": ("ControlNets", bool(req.controlnets)),
-        }
-        for fld, (what, used) in not_yet.items():
-            if used:
-                out.append(problem(f"data.{fld}", f"{what} on SD3 models is not supported yet ({model})"))
+        out += refused(req, ("hires", "textual_inversions", "vae", "controlnets"), f"on SD3 models is not supported yet ({model})")
         if req.refiner is not None:
             out.append(problem("data.refiner", f"a refiner needs an SDXL base model; {model}"))
         if req.prompt_syntax == "compel":

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -255,21 +255,9 @@ class WanFamily(Family):
         from ...prompts.lora_tags import extract_lora_tags
 
         model = f"{ref.model_id} is a {ref.base_model} model"
-        out: list[dict[str, str]] = []
-        unsupported = {
-            "hires": ("hires fix", req.hires is not None),
-            "controlnets": ("ControlNets", bool(req.controlnets)),
-            "loras": ("LoRAs", bool(req.loras)),
-            "textual_inversions": ("textual inversions", bool(req.textual_inversions)),
-            "vae": ("a standalone VAE", req.vae not in (None, "model")),
-            "refiner": ("a refiner", req.refiner is not None),
-            "post_processing": ("post_processing", bool(req.post_processing)),
-            "mask_image": ("a mask_image", req.mask_image is not None),
-            "true_cfg_scale": ("true_cfg_scale (guidance_scale is already real CFG)", req.true_cfg_scale is not None),
-        }
-        for fld, (what, used) in unsupported.items():
-            if used:
-                out.append(problem(f"data.{fld}", f"{what} on Wan video models is not supported ({model})"))
+        image_only = ("hires", "controlnets", "loras", "textual_inversions", "vae", "refiner", "post_processing", "mask_image", "true_cfg_scale")
+        names = {"true_cfg_scale": "true_cfg_scale (guidance_scale is already real CFG)"}
+        out = refused(req, image_only, f"on Wan video models is not supported ({model})", names)
         if not req.loras and extract_lora_tags(req.prompt)[1]:
             out.append(problem("data.prompt", f"<lora:...> tags: LoRAs on Wan video models are not supported ({model})"))
         if req.clip_skip is not None:
