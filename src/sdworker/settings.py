@@ -65,6 +65,23 @@ class Settings:
     replica_cpus: float = 1.0
     optimize: str | None = None  # default of a request's `optimize`: none, max or a JSON object (managers.optimize)
 
+    def shown(self, database: str) -> dict[str, Any]:
+        """The settings system.get_info shows, the single worker's and the cluster front's alike."""
+        return {
+            "models_dirs": [str(p) for p in self.models_dirs],
+            "output_dir": str(self.output_dir) if self.output_dir else None,
+            "data_dir": str(self.data_dir) if self.data_dir else None,
+            "database": database,  # <data_dir>/sdworker.db, or ":memory:" (not kept) without --data-dir
+            "device": self.device,
+            "dtype": self.dtype,
+            "max_queue": self.max_queue,
+            "max_line_bytes": self.max_line_bytes,
+            "max_batch_size": self.max_batch_size,
+            "max_resolution": self.max_resolution,
+            "events_per_second": self.events_per_second,
+            "on_exit": self.on_exit,
+        }
+
 
 # ---- value parsers: each raises ValueError with the sentence a user reads -------------------------
 

@@ -64,20 +64,7 @@ class WorkerInterface:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "uptime_s": self.uptime_s(),
-            "settings": {
-                "models_dirs": [str(p) for p in s.models_dirs],
-                "output_dir": str(s.output_dir) if s.output_dir else None,
-                "data_dir": str(s.data_dir) if s.data_dir else None,
-                "database": self._database(),  # <data_dir>/sdworker.db, or ":memory:" (not kept) without --data-dir
-                "device": s.device,
-                "dtype": s.dtype,
-                "max_queue": s.max_queue,
-                "max_line_bytes": s.max_line_bytes,
-                "max_batch_size": s.max_batch_size,
-                "max_resolution": s.max_resolution,
-                "events_per_second": s.events_per_second,
-                "on_exit": s.on_exit,
-            },
+            "settings": s.shown(self._database()),
             "runtime": self.runtime.info(),
         }
 
