@@ -145,3 +145,13 @@ def test_a_worker_round_trip_is_checked(tmp_path: Path) -> None:
     finally:
         assert w.close() == 0
     assert w.shapes.checked == 3
+
+
+def test_the_presets_base_model_ids_are_the_one_list() -> None:
+    """schemas/ may not import models/, so presets spell the ids as a Literal; it must be models' list exactly."""
+    from typing import get_args
+
+    from sdworker.models._types import BASE_MODELS
+    from sdworker.schemas.presets import BaseModelId
+
+    assert sorted(get_args(BaseModelId)) == sorted(BASE_MODELS)
