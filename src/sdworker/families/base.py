@@ -19,6 +19,7 @@ A family holds no state; the registry (families.registry) has one instance of ea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,15 @@ class Checked:
     req: GenerationRequest  # the request as it will run: defaults applied, unusable parts dropped
     problems: list[dict[str, str]] = field(default_factory=list)  # [{path, message}]: a validation_error
     warnings: list[str] = field(default_factory=list)  # what changed or is ignored, for the result's warnings
+
+
+def component_config(ref: ModelRef, component: str) -> dict[str, Any]:
+    """A component's config.json in the model's folder; {} when it is missing or not a JSON object."""
+    try:
+        cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def problem(path: str, message: str) -> dict[str, str]:

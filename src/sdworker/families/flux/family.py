@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused
+from ..base import Checked, Defaults, Family, RunPlan, component_config, plain_text_prompts, problem, refused
 from . import knowledge as kn
 from .presets import PRESETS
 
@@ -89,17 +89,9 @@ def true_cfg_scale(req: GenerationRequest) -> float | None:
     return float(scale)
 
 
-def _config(ref: ModelRef, component: str) -> dict[str, Any]:
-    try:
-        cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
 def vae_scale_factor(ref: ModelRef) -> int:
     try:
-        factor: int = 2 ** (len(_config(ref, "vae")["block_out_channels"]) - 1)  # int ** int types as Any
+        factor: int = 2 ** (len(component_config(ref, "vae")["block_out_channels"]) - 1)  # int ** int types as Any
         return factor
     except (KeyError, TypeError):
         return 8  # FLUX.1's VAE
@@ -110,11 +102,11 @@ def transformer_variant(ref: ModelRef) -> str:
     latents + control latents in) or "base", from the transformer's input width."""
     if ref.pipeline_class == "FluxFillPipeline":
         return "fill"
-    cfg = _config(ref, "transformer")
+    cfg = component_config(ref, "transformer")
     inputs = cfg.get("in_channels")
     if not isinstance(inputs, int):
         return "base"
-    packed = 4 * int(_config(ref, "vae").get("latent_channels", 16) or 16)  # 2x2 packing
+    packed = 4 * int(component_config(ref, "vae").get("latent_channels", 16) or 16)  # 2x2 packing
     factor = vae_scale_factor(ref)
     if inputs == 2 * packed + 4 * factor * factor:  # the mask: factor x factor pixels per latent, packed 2x2
         return "fill"

@@ -23,13 +23,12 @@ How a request maps onto StableDiffusion3Pipeline (diffusers 0.42):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused
+from ..base import Checked, Defaults, Family, RunPlan, component_config, plain_text_prompts, problem, refused
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -43,26 +42,18 @@ ACCEPTED_SAMPLERS = "euler, flow_match_euler or FlowMatchEulerDiscreteScheduler,
 _SAMPLERS = (flow_samplers.EULER,)
 
 
-def _config(ref: ModelRef, component: str) -> dict[str, Any]:
-    try:
-        cfg = json.loads((ref.path / component / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
 def vae_scale_factor(ref: ModelRef) -> int:
-    blocks = _config(ref, "vae").get("block_out_channels")
+    blocks = component_config(ref, "vae").get("block_out_channels")
     return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
 
 
 def is_medium(ref: ModelRef) -> bool:
     """SD 3.5 Medium's MMDiT-X: dual-attention layers in its transformer config."""
-    return bool(_config(ref, "transformer").get("dual_attention_layers"))
+    return bool(component_config(ref, "transformer").get("dual_attention_layers"))
 
 
 def size_multiple(ref: ModelRef) -> int:
-    patch = _config(ref, "transformer").get("patch_size", 2)
+    patch = component_config(ref, "transformer").get("patch_size", 2)
     return vae_scale_factor(ref) * (patch if isinstance(patch, int) and patch > 0 else 2)
 
 
@@ -147,7 +138,7 @@ class SD3Family(Family):
         return max(m, width - width % m), max(m, height - height % m)
 
     def native_size(self, ref: ModelRef) -> int | None:
-        sample = _config(ref, "transformer").get("sample_size", 128)
+        sample = component_config(ref, "transformer").get("sample_size", 128)
         return (sample if isinstance(sample, int) else 128) * vae_scale_factor(ref)
 
     def effective(self, req: GenerationRequest, plan: RunPlan) -> dict[str, Any]:
