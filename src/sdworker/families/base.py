@@ -69,6 +69,15 @@ def problem(path: str, message: str) -> dict[str, str]:
     return {"path": path, "message": message}
 
 
+def size_problems(req: GenerationRequest, multiple: int, model_id: str, why: str) -> list[dict[str, str]]:
+    """A problem at width/height for each side the model cannot take: not a multiple of `multiple` (`why`)."""
+    return [
+        problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {model_id} needs ({why})")
+        for fld in ("width", "height")
+        if (side := getattr(req, fld)) is not None and side % multiple
+    ]
+
+
 #: The SD-born request options other families refuse: field -> (how a refusal names it, is it used).
 _OPTIONS: dict[str, tuple[str, Callable[[GenerationRequest], bool]]] = {
     "hires": ("hires fix", lambda r: r.hires is not None),

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, component_config, plain_text_prompts, problem, refused
+from ..base import Checked, Defaults, Family, RunPlan, component_config, plain_text_prompts, problem, refused, size_problems
 from . import knowledge as kn
 from .presets import PRESETS
 
@@ -223,11 +223,7 @@ class FluxFamily(Family):
         if req.prompt_syntax == "compel":
             out.append(problem("data.prompt_syntax", "compel does not support Flux; use a1111 (weights are dropped) or none"))
         out.extend(self.scheduler_problems(req))
-        multiple = size_multiple(ref)
-        for fld in ("width", "height"):
-            side = getattr(req, fld)
-            if side is not None and side % multiple:
-                out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x 2x2 latent packing)"))
+        out += size_problems(req, size_multiple(ref), ref.model_id, "VAE factor x 2x2 latent packing")
         return out
 
     @staticmethod

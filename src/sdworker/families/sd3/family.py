@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, component_config, plain_text_prompts, problem, refused
+from ..base import Checked, Defaults, Family, RunPlan, component_config, plain_text_prompts, problem, refused, size_problems
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -106,11 +106,7 @@ class SD3Family(Family):
         if req.true_cfg_scale is not None:
             out.append(problem("data.true_cfg_scale", f"true_cfg_scale is a Flux option; SD3's guidance_scale is classifier-free guidance already ({model})"))
         out.extend(self.scheduler_problems(req))
-        multiple = size_multiple(ref)
-        for fld in ("width", "height"):
-            side = getattr(req, fld)
-            if side is not None and side % multiple:
-                out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x 2x2 patches)"))
+        out += size_problems(req, size_multiple(ref), ref.model_id, "VAE factor x 2x2 patches")
         return out
 
     def scheduler_problems(self, req: GenerationRequest) -> list[dict[str, str]]:

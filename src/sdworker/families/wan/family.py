@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import flow_samplers
-from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused
+from ..base import Checked, Defaults, Family, RunPlan, plain_text_prompts, problem, refused, size_problems
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -238,11 +238,7 @@ class WanFamily(Family):
                 f"{frames} is not of the form {model.temporal}k+1, which {ref.model_id} needs (its VAE compresses time {model.temporal}x); "
                 f"try {below} or {below + model.temporal}",
             ))
-        multiple = model.size_multiple
-        for fld in ("width", "height"):
-            side = getattr(req, fld)
-            if side is not None and side % multiple:
-                out.append(problem(f"data.{fld}", f"{side} is not a multiple of {multiple}, which {ref.model_id} needs (VAE factor x patch size)"))
+        out += size_problems(req, model.size_multiple, ref.model_id, "VAE factor x patch size")
         if getattr(req, "guidance_scale_2", None) is not None and not model.two_experts:
             out.append(problem(
                 "data.guidance_scale_2",
