@@ -148,8 +148,9 @@ def test_preset_drives_generation_and_the_request_overrides_it(spawn) -> None:
     speed = bp.builtin("sdxl", "speed")
     assert (p["steps"], p["guidance_scale"], p["width"]) == (1, speed.cfg_scale, 64)
     assert (p["preset_origin"], p["preset_base_model"], p["preset_sampler"]) == ("builtin", "sdxl", speed.sampler)
-    assert p["preset_applied"] == {"guidance_scale": speed.cfg_scale}
+    assert p["preset_applied"] == {"guidance_scale": speed.cfg_scale, "optimize": speed.model_specific_params["optimize"]}
     assert p["sampler"] == schedulers.resolve(speed.scheduler, speed.sampler).id
+    assert p["optimize"]["cache"] == {"kind": "deepcache", "interval": 2, "branch": 0, "start": 2}  # the speed preset's cache ran
 
     # A preset value the request field rejects is a validation_error before anything is queued.
     ok(w.call("config.update", {"id": tiny["id"], "model_specific_params": {"width": 64, "height": 4096}}))
@@ -166,6 +167,19 @@ def test_preset_drives_generation_and_the_request_overrides_it(spawn) -> None:
     assert w.response("long")["error_code"] == "cancelled"
     assert w.close() == 0
     w.assert_pure_stdout()
+
+
+def test_worker_optimize_default_wins_over_a_preset(spawn) -> None:
+    """A host that starts the worker with --optimize chose its speed options: the preset's are skipped."""
+    w = spawn("--device", "cpu", "--optimize", "none")
+    req = {"model_id": "tiny-sdxl", "prompt": "a fox", "seed": 3, "steps": 1, "width": 64, "height": 64, "preset": "speed",
+           "output": {"return_base64": False}}
+    p = ok(w.call("inference.text2img", req))["parameters"]
+    assert p["optimize"]["preset"] == "none" and "optimize" not in p["preset_applied"]
+    assert p["preset_skipped"]["optimize"]["cache"]["kind"] == "deepcache"
+    p = ok(w.call("inference.text2img", {**req, "optimize": {"cache": "deepcache"}}))["parameters"]  # the request's own wins
+    assert p["optimize"]["cache"]["kind"] == "deepcache"
+    assert w.close() == 0
 
 
 def test_without_data_dir_presets_live_in_memory(spawn) -> None:

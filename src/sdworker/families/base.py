@@ -109,6 +109,11 @@ def preset_row(
     }
 
 
+def step_cache(kind: str, **params: Any) -> dict[str, Any]:
+    """A speed preset's `optimize` entry: one step cache (managers.optimize), the rest plain."""
+    return {"optimize": {"cache": {"kind": kind, **params}}}
+
+
 def plain_text_prompts(req: GenerationRequest, family: str) -> tuple[dict[str, Any], list[str]]:
     """For families that take no A1111 weighting (T5/Llama encoders): with prompt_syntax "a1111",
     a prompt with weights, brackets or BREAK is sent as its plain text; the request update and

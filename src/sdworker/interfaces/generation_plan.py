@@ -94,6 +94,11 @@ def native_size(ref: ModelRef) -> int:
         return 1024 if ref.base_model.startswith("sdxl") else 512
 
 
+def worker_keeps(settings: Settings) -> tuple[str, ...]:
+    """Request fields a preset leaves alone because the host set the worker's default (--optimize)."""
+    return ("optimize",) if settings.optimize else ()
+
+
 def limit_problems(req: Any, settings: Settings) -> list[dict[str, str]]:
     """The worker's limits a generation request (image or video) passes over: size, count, steps."""
     problems: list[dict[str, str]] = []
@@ -119,7 +124,8 @@ def blame_preset(problems: list[dict[str, str]], req: Any, preset: dict[str, Any
 
 def kept_from_preset(req: Any, preset: dict[str, Any] | None, model_id: str) -> list[str]:
     """A warning when the model kept its own value where its preset says another (Family.preset_keeps)."""
-    skipped = {k: v for k, v in (preset or {}).get("preset_skipped", {}).items() if v != getattr(req, k)}
+    # the worker's --optimize (worker_keeps) is the host's own choice: preset_skipped shows it, no warning
+    skipped = {k: v for k, v in (preset or {}).get("preset_skipped", {}).items() if k != "optimize" and v != getattr(req, k)}
     if preset is None or not skipped:
         return []
     said = ", ".join(f"{k} {v:g}" for k, v in skipped.items())
@@ -148,7 +154,8 @@ class GenerationPlanning:
             # keeps its own defaults where its base model's preset does not fit it (Flux Fill: steps, guidance).
             ref = self.locator.resolve(req.model_id or s.default_model)
             fam = for_base_model(ref.base_model)
-            req, preset = self.presets.for_request(req, ref, fam.preset_keeps(ref) if fam is not None else ())  # type: ignore[assignment]
+            keep = (*(fam.preset_keeps(ref) if fam is not None else ()), *worker_keeps(s))
+            req, preset = self.presets.for_request(req, ref, keep)  # type: ignore[assignment]
             if req.scheduler is None and req.sampler is None and preset.get("preset_sampler"):
                 req = req.model_copy(update={"sampler": preset["preset_sampler"], "scheduler": preset.get("preset_scheduler")})
         problems = limit_problems(req, s)

@@ -44,7 +44,7 @@ from ..managers.runner import Steps, ran
 from ..managers.runtime import RssSampler
 from ..schemas.video import VideoRequest
 from .generation_output import finish_job, start_job
-from .generation_plan import blame_preset, limit_problems
+from .generation_plan import blame_preset, limit_problems, worker_keeps
 
 if TYPE_CHECKING:
     from ..jobs.context import JobContext
@@ -109,7 +109,7 @@ class VideoInterface:
             raise _invalid([{"path": "data.model_id", "message": msg}])
         preset: dict[str, Any] | None = None
         if req.preset is not None and self.presets is not None:
-            req, preset = self.presets.for_request(req, ref)  # type: ignore[assignment]
+            req, preset = self.presets.for_request(req, ref, worker_keeps(s))  # type: ignore[assignment]
             if req.scheduler is None and req.sampler is None and preset.get("preset_sampler"):
                 req = req.model_copy(update={"sampler": preset["preset_sampler"], "scheduler": preset.get("preset_scheduler")})
             if req.flow_shift is None:

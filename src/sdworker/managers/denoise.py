@@ -15,3 +15,8 @@ def denoiser_of(pipe: Any) -> Any:
     """The pipeline's denoiser: its UNet, else its transformer (Flux, HiDream; Wan's first expert)."""
     unet = getattr(pipe, "unet", None)
     return unet if unet is not None else getattr(pipe, "transformer", None)
+
+
+def denoisers_of(pipe: Any) -> list[Any]:
+    """Every denoiser the pipeline calls: Wan 2.2 adds its low-noise expert, `transformer_2`."""
+    return [m for m in (denoiser_of(pipe), getattr(pipe, "transformer_2", None)) if m is not None]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import OutOfMemory, is_oom
 from . import precision
-from .denoise import denoiser_of
+from .denoise import denoisers_of
 from .lowmem import OomInjector, low_memory_mode
 from .memory import MemoryManager, collect
 from .preview import preview_extra, preview_maker
@@ -179,9 +179,7 @@ def force_cancel_hooks(pipe: Any, ctx: JobProgress) -> Iterator[None]:
     """Forward pre-hooks on the denoisers' blocks (both Wan 2.2 experts), so a force cancel or a
     timeout stops inside a step rather than at its end."""
     handles = []
-    for model in (denoiser_of(pipe), getattr(pipe, "transformer_2", None)):
-        if model is None:
-            continue
+    for model in denoisers_of(pipe):
         for name in BLOCKS:
             block = getattr(model, name, None)
             if block is None:

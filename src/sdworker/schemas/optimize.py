@@ -12,20 +12,22 @@ from pydantic import Field, field_validator
 
 from .base import Params
 
-CACHE_KINDS = ("deepcache", "first_block")
+CACHE_KINDS = ("deepcache", "first_block", "taylorseer")
 
 
 class CacheOptions(Params):
     """Step caching: reuse the denoiser's work of an earlier step instead of recomputing it."""
 
-    kind: Literal["deepcache", "first_block"] = Field(
+    kind: Literal["deepcache", "first_block", "taylorseer"] = Field(
         description="deepcache: UNet families (SD 1.5, SDXL, Pony) reuse the deep UNet features and recompute only the "
-        "shallow blocks between full steps; first_block: DiT families (Flux, SD3, Wan) skip the remaining blocks "
-        "while the first block's output barely changes (diffusers' First Block Cache)"
+        "shallow blocks between full steps; first_block: Flux, SD3 and Wan skip the remaining blocks while the first "
+        "block's output barely changes (diffusers' First Block Cache); taylorseer: every transformer family (Flux, SD3, "
+        "HiDream, Wan) runs full calls on a fixed schedule and extrapolates the output between them (diffusers' TaylorSeer)"
     )
-    interval: int = Field(default=3, ge=2, le=10, description="deepcache: one full denoiser call every N calls")
+    interval: int = Field(default=3, ge=2, le=10, description="deepcache, taylorseer: one full denoiser call every N calls")
     branch: int = Field(default=0, ge=0, le=3, description="deepcache: how many layers of the outermost up block rerun on a cached call, less one (0: only the last, as DeepCache's finest branch)")
-    start: int = Field(default=1, ge=0, le=1000, description="deepcache: the first N denoiser calls always run in full")
+    start: int | None = Field(default=None, ge=0, le=1000, description="deepcache, taylorseer: the first N denoiser calls always run in full; absent: 1 for deepcache, 3 for taylorseer")
+    order: int = Field(default=1, ge=1, le=2, description="taylorseer: the order of the Taylor series that extrapolates the output")
     threshold: float = Field(default=0.08, gt=0.0, le=1.0, description="first_block: relative change of the first block's residual under which the rest is skipped")
 
     @field_validator("kind", mode="before")
@@ -33,7 +35,7 @@ class CacheOptions(Params):
     def _kind(cls, v: Any) -> Any:
         if isinstance(v, str):
             key = v.strip().lower().replace("-", "_").replace(" ", "_")
-            return {"first_block_cache": "first_block", "fbc": "first_block", "deep_cache": "deepcache"}.get(key, key)
+            return {"first_block_cache": "first_block", "fbc": "first_block", "deep_cache": "deepcache", "taylor_seer": "taylorseer"}.get(key, key)
         return v
 
 

@@ -44,7 +44,7 @@ _TRANSFORMER: dict[str, Any] = {
     "patch_size": 2,
     "in_channels": LATENT_CHANNELS,
     "out_channels": LATENT_CHANNELS,
-    "num_layers": 2,
+    "num_layers": 3,  # First Block Cache needs a head, a tail and SD 3.5's text-less last block
     "attention_head_dim": 16,
     "num_attention_heads": 2,
     "joint_attention_dim": T5_D_MODEL,

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..denoise import denoiser_of
+from ..denoise import denoiser_of, denoisers_of
 from .compiled import compiled
 from .deepcache import DeepCache
+from .dit_cache import first_block, taylorseer
 from .options import Effective, device_of, resolve
 
 
@@ -31,6 +32,7 @@ def optimized(
         yield eff
         return
     den = denoiser_of(pipe)
+    dens = denoisers_of(pipe)  # Wan 2.2: both experts get the same options
     vae = getattr(pipe, "vae", None)
     with contextlib.ExitStack() as stack:
         if eff.attention != "native":
@@ -40,11 +42,12 @@ def optimized(
         if eff.channels_last:
             stack.enter_context(_channels_last([den, vae if _is_2d(vae) else None]))
         if eff.fuse_qkv:
-            stack.enter_context(_fused([den, vae]))
+            stack.enter_context(_fused([*dens, vae]))
         if eff.compile:
-            stack.enter_context(compiled(den, data_dir, perf))
+            stack.enter_context(compiled(dens, data_dir, perf))
         if eff.cache is not None:
-            stack.enter_context(_step_cache(den, eff.cache, perf))
+            for d in dens:
+                stack.enter_context(_step_cache(d, eff.cache, perf))
         yield eff
 
 
@@ -105,59 +108,12 @@ def _step_cache(den: Any, cache: dict[str, Any], perf: dict[str, Any]) -> Iterat
             finally:
                 perf["cache_skipped_steps"] = (perf.get("cache_skipped_steps") or 0) + dc.skipped
         return
-    with _first_block(den, cache["threshold"], perf):
+    if cache["kind"] == "taylorseer":
+        with taylorseer(den, cache["interval"], cache["start"], cache["order"], perf):
+            yield
+        return
+    with first_block(den, cache["threshold"], perf):
         yield
-
-
-@contextlib.contextmanager
-def _first_block(den: Any, threshold: float, perf: dict[str, Any]) -> Iterator[None]:
-    """diffusers' First Block Cache; a pipeline that opens no cache context of its own gets one here."""
-    from diffusers.hooks import (
-        FirstBlockCacheConfig,
-        HookRegistry,
-        apply_first_block_cache,
-    )
-    from diffusers.hooks.first_block_cache import (
-        _FBC_BLOCK_HOOK,
-        _FBC_LEADER_BLOCK_HOOK,
-    )
-
-    # the hook function, not enable_cache: not every transformer has diffusers' CacheMixin
-    apply_first_block_cache(den, FirstBlockCacheConfig(threshold=threshold))
-    HookRegistry.check_if_exists_or_initialize(den).invalidate_child_registries_cache()  # as enable_cache does
-    leader = next(
-        (h for m in den.modules() if (reg := getattr(m, "_diffusers_hook", None)) is not None
-         for h in [reg.get_hook(_FBC_LEADER_BLOCK_HOOK)] if h is not None),
-        None,
-    )
-    counts = {"calls": 0, "skipped": 0}
-
-    def after(module: Any, args: Any, kwargs: Any, output: Any) -> None:
-        counts["calls"] += 1
-        if leader is not None and not leader.state_manager.get_state().should_compute:
-            counts["skipped"] += 1
-
-    handle = den.register_forward_hook(after, with_kwargs=True)
-    if _needs_context(den):
-        from diffusers.hooks.hooks import CacheContext, _set_cache_context
-
-        _set_cache_context(den, CacheContext("cond"))  # one state across the call; CFG runs batched there
-    try:
-        yield
-    finally:
-        handle.remove()
-        registry = HookRegistry.check_if_exists_or_initialize(den)
-        registry.remove_hook(_FBC_LEADER_BLOCK_HOOK, recurse=True)
-        registry.remove_hook(_FBC_BLOCK_HOOK, recurse=True)
-        if hasattr(registry, "invalidate_child_registries_cache"):
-            registry.invalidate_child_registries_cache()
-        perf["cache_skipped_steps"] = (perf.get("cache_skipped_steps") or 0) + counts["skipped"]
-
-
-def _needs_context(den: Any) -> bool:
-    """Flux and Wan pipelines open `cache_context` around each transformer call; others get one here."""
-    return type(den).__name__ not in ("FluxTransformer2DModel", "WanTransformer3DModel")
-
 
 
 def runner_wrapper(settings: Any) -> Any:

@@ -46,11 +46,11 @@ def _stats() -> tuple[float, int]:
 
 
 @contextlib.contextmanager
-def compiled(denoiser: Any, data_dir: Path | None, perf: dict[str, Any]) -> Iterator[None]:
-    """Run the denoiser compiled; put `compile_ms` and `compiled_graphs` in perf when something compiled."""
+def compiled(denoisers: list[Any], data_dir: Path | None, perf: dict[str, Any]) -> Iterator[None]:
+    """Run the denoisers (Wan 2.2: both experts) compiled; put `compile_ms` and `compiled_graphs` in perf."""
     use_cache_dir(data_dir)
     _raise_limit()
-    mods = regions(denoiser)
+    mods = [m for den in denoisers for m in regions(den)]
     for m in mods:
         kept = m.__dict__.get(_KEPT)
         if kept is None:
@@ -60,7 +60,9 @@ def compiled(denoiser: Any, data_dir: Path | None, perf: dict[str, Any]) -> Iter
             m._compiled_call_impl = kept
     seconds, graphs = _stats()
     try:
-        with hot_swapped(denoiser):
+        with contextlib.ExitStack() as swaps:
+            for den in denoisers:
+                swaps.enter_context(hot_swapped(den))
             yield
     finally:
         for m in mods:

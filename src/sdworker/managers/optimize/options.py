@@ -12,17 +12,19 @@ from typing import Any
 from ...errors import ValidationFailed
 from ...schemas.optimize import CacheOptions, OptimizeOptions, normalize_optimize
 from ..denoise import denoiser_of
+from .dit_cache import first_block_supported, taylorseer_supported
 
 UNET_CLASSES = ("UNet2DConditionModel",)
 # Backends usable without a GPU; the rest of diffusers' dispatcher needs CUDA (and often a package).
 CPU_BACKENDS = ("native", "_native_math")
 # "max" per kind of denoiser: the options that keep images close to plain (docs/benchmarks.md).
 MAX_UNET_CACHE = {"kind": "deepcache", "interval": 3, "branch": 0, "start": 1}
+# DiTs: First Block Cache where it fits (it skips only when a step barely changes), else TaylorSeer
+# on a cautious schedule (HiDream): a full call every other call after three full ones.
 MAX_DIT_CACHE = {"kind": "first_block", "threshold": 0.05}
-
-
-# SD3's last joint block returns no text stream, which diffusers' First Block Cache subtracts from.
-NO_FIRST_BLOCK = ("SD3Transformer2DModel",)
+MAX_TAYLORSEER = {"kind": "taylorseer", "interval": 2, "start": 3, "order": 1}
+# where a cache kind's `start` is absent
+DEFAULT_START = {"deepcache": 1, "taylorseer": 3}
 
 
 @dataclass(frozen=True)
@@ -54,30 +56,19 @@ def is_unet(denoiser: Any) -> bool:
     return type(denoiser).__name__ in UNET_CLASSES
 
 
-def first_block_supported(denoiser: Any) -> bool:
-    """diffusers' First Block Cache knows this transformer's block class (Flux, Wan; not HiDream's, and SD3's fails on its last block)."""
-    try:
-        from diffusers.hooks._helpers import TransformerBlockRegistry
-    except ImportError:
-        return False
-    if type(denoiser).__name__ in NO_FIRST_BLOCK:
-        return False
-    blocks = getattr(denoiser, "transformer_blocks", None) or getattr(denoiser, "blocks", None)
-    if not blocks:
-        return False
-    getattr(TransformerBlockRegistry, "_register", lambda: None)()  # diffusers fills the registry on first use
-    try:
-        TransformerBlockRegistry.get(type(blocks[0]))
-    except ValueError:
-        return False
-    return True
-
-
 def cache_kinds(denoiser: Any) -> list[str]:
     """The step caches this denoiser can take."""
     if is_unet(denoiser):
         return ["deepcache"]
-    return ["first_block"] if first_block_supported(denoiser) else []
+    return [k for k, fits in (("first_block", first_block_supported), ("taylorseer", taylorseer_supported)) if fits(denoiser)]
+
+
+def max_cache(denoiser: Any) -> dict[str, Any] | None:
+    kinds = cache_kinds(denoiser)
+    for kind, cache in (("deepcache", MAX_UNET_CACHE), ("first_block", MAX_DIT_CACHE), ("taylorseer", MAX_TAYLORSEER)):
+        if kind in kinds:
+            return dict(cache)
+    return None
 
 
 # SD3's fused processor drops the q/k norms of SD 3.5: its images change, so it is not fused.
@@ -157,8 +148,7 @@ def resolve(value: Any, default: Any, pipe: Any, device: str, has_lora: bool = F
     if opts == "none" or den is None:
         return Effective()
     if opts == "max":
-        kinds = cache_kinds(den)
-        cache = MAX_UNET_CACHE if "deepcache" in kinds else MAX_DIT_CACHE if kinds else None
+        cache = max_cache(den)
         # On a GPU: compile, fused projections and channels-last (diffusion-fast's recipe) plus the cache.
         # On a CPU only the cache: compiling takes minutes, and fusing or converting the memory format
         # for each request costs more there than it saves (docs/benchmarks.md).
@@ -167,7 +157,7 @@ def resolve(value: Any, default: Any, pipe: Any, device: str, has_lora: bool = F
             compile=cuda,
             fuse_qkv=cuda and fuse_supported(den) and not has_lora,
             channels_last=cuda and is_unet(den),
-            cache=dict(cache) if cache else None,
+            cache=cache,
         )
     assert isinstance(opts, OptimizeOptions)
     attention = opts.attention or "native"
@@ -210,6 +200,14 @@ def _cache(cache: CacheOptions | None, den: Any, path: str) -> dict[str, Any] | 
             f"{path}.cache.kind: {cache.kind!r} does not fit {type(den).__name__}; this model takes: {fits}",
             [{"path": f"{path}.cache.kind", "message": f"this model takes: {fits}"}],
         )
+    start = cache.start if cache.start is not None else DEFAULT_START.get(cache.kind, 1)
+    if cache.kind == "taylorseer" and start < 1:  # it extrapolates from full calls, so the first must be one
+        raise ValidationFailed(
+            f"{path}.cache.start: taylorseer needs at least one full call first (start >= 1)",
+            [{"path": f"{path}.cache.start", "message": "taylorseer: must be at least 1"}],
+        )
     if cache.kind == "deepcache":
-        return {"kind": "deepcache", "interval": cache.interval, "branch": cache.branch, "start": cache.start}
+        return {"kind": "deepcache", "interval": cache.interval, "branch": cache.branch, "start": start}
+    if cache.kind == "taylorseer":
+        return {"kind": "taylorseer", "interval": cache.interval, "start": start, "order": cache.order}
     return {"kind": "first_block", "threshold": cache.threshold}

@@ -103,12 +103,15 @@ def apply_preset(req: BaseModel, preset: dict[str, Any], keep: Iterable[str] = (
 
     model = type(req)
     fields = model.model_fields
-    applied: dict[str, Any] = {}
+    applied: dict[str, Any] = {}  # as the result's parameters show it (JSON values)
+    update: dict[str, Any] = {}
     for name, value in request_values(preset).items():
         if name not in fields or name in req.model_fields_set or name in keep:
             continue
+        adapter = _field_adapter(model, name)
         try:
-            applied[name] = _field_adapter(model, name).validate_python(value)
+            update[name] = adapter.validate_python(value)
+            applied[name] = adapter.dump_python(update[name], mode="json", exclude_defaults=True)
         except ValidationError as exc:
             msg = exc.errors(include_url=False)[0].get("msg", "invalid")
             where = f"preset {preset['id']} ({preset['origin']}, {preset['configuration_type']})"
@@ -116,4 +119,4 @@ def apply_preset(req: BaseModel, preset: dict[str, Any], keep: Iterable[str] = (
                 f"data.preset: {where} sets {name}={value!r}, which is invalid: {msg}; fix the preset or send {name}",
                 [{"path": "data.preset", "message": f"{name}={value!r} from {where}: {msg}"}],
             ) from None
-    return (req.model_copy(update=applied) if applied else req), applied
+    return (req.model_copy(update=update) if update else req), applied

@@ -245,9 +245,7 @@ class PresetStore:
         new_req, applied = apply_preset(req, preset, keep)
         values = request_values(preset)
         skipped = {k: values[k] for k in keep if k in values and k not in req.model_fields_set}
-        # TODO(scheduler module): when the sampler/scheduler mapping lands, set the request's
-        # sampler/scheduler from preset["sampler"]/preset["scheduler"] when it sets neither; until
-        # then the worker runs the model's default scheduler and only reports the preset's choice.
+        # the sampler and schedule are reported here; the planners apply them when the request names neither
         info = {
             "preset": ctype,
             "preset_origin": preset["origin"],
