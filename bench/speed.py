@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Speed options (`optimize`) at full size on this machine: each option alone and "max" vs plain diffusers.
 
-    python bench/speed.py [--only sd15 sdxl wan] [--rows plain fuse_qkv ... max] [--steps 20] [--size 256]
-                          [--write docs/benchmarks.md]
+    python bench/speed.py [--only sd15 sdxl wan] [--rows plain fuse_qkv ... max] [--compile-on sd15]
+                          [--steps 20] [--size 256] [--write docs/benchmarks.md]
 
 The denoisers are the full-size architectures with random weights (compute does not depend on the
 weights): the SD 1.5 UNet, the SDXL UNet (with their full-size VAEs) and the Wan 2.1 1.3B
@@ -13,7 +13,10 @@ with that row's options; "plain" is the pipeline with nothing applied. Beside ea
 image's difference to plain (max abs over [0, 1] pixels, PSNR in dB), the denoiser calls the step
 cache answered, and for compile the compile time of the first (warm-up) call and the graphs dynamo
 built in the first and in the timed call (recompiles: the timed call must build none). It is a script, not a
-test: ratios are taken within one run; `compile` rows are off unless asked (`--rows compile`).
+test: ratios are taken within one run; `compile` rows are off unless asked (`--rows compile`), and
+then run only for the models in `--compile-on` (all by default). A row that does not apply to a
+model is left out (channels_last and deepcache: UNets; taylorseer and first_block: transformers).
+The machine's 1-minute load average after each row is printed beside it.
 """
 
 from __future__ import annotations
@@ -34,14 +37,18 @@ import run as core
 from weights import WAN_1_3B
 
 SECTION = "## Speed options (optimize) at full size"
-ROWS = ("plain", "fuse_qkv", "channels_last", "cache", "max")
+ROWS = ("plain", "fuse_qkv", "channels_last", "cache", "taylorseer", "max")
+ALL_ROWS = ("plain", "fuse_qkv", "channels_last", "compile", "cache", "taylorseer", "max")
 OPTIONS: dict[str, Any] = {
     "plain": None,
     "fuse_qkv": {"fuse_qkv": True},
     "channels_last": {"channels_last": True},
     "compile": {"compile": True},
+    "taylorseer": {"cache": {"kind": "taylorseer"}},
     "max": "max",
 }
+UNET_ONLY = ("channels_last",)
+DIT_ONLY = ("taylorseer",)
 #: SD 1.5's UNet (diffusers' UNet2DConditionModel defaults are SD 1.x's, but for the text width)
 SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}
 #: stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the fields that differ from the defaults)
@@ -124,16 +131,23 @@ def diff(a: Any, b: Any) -> tuple[float, float]:
     return float(np.abs(a - b).max()), (math.inf if mse == 0 else 10 * math.log10(1.0 / mse))
 
 
-def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path) -> list[list[str]]:
+def applies(arch: str, row: str, compile_on: list[str]) -> bool:
+    if row == "compile":
+        return arch in compile_on
+    return not ((arch == "wan" and row in UNET_ONLY) or (arch != "wan" and row in DIT_ONLY))
+
+
+def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path, compile_on: list[str]) -> list[list[str]]:
     pipe, kwargs = build(arch)
     out: list[list[str]] = []
     base = None
     plain_s = None
     once(pipe, arch, kwargs, None, 1, size, data_dir)  # warm-up: lazy initialisation and first-touch of the weights
-    for row in ["plain", *[r for r in rows if r != "plain"]]:
-        option = {"cache": {"kind": "first_block" if arch == "wan" else "deepcache"}} if row == "cache" else OPTIONS[row]
+    # plain again at the end: how far the machine drifted over the rows (its image must be identical)
+    for row in ["plain", *[r for r in rows if r != "plain" and applies(arch, r, compile_on)], "plain again"]:
+        option = {"cache": {"kind": "first_block" if arch == "wan" else "deepcache"}} if row == "cache" else OPTIONS.get(row)
         first_s, first_perf = None, {}
-        if row in ("compile",) or (row == "max" and option == "max" and "compile" in rows):
+        if row in ("compile",) or (row == "max" and option == "max" and "compile" in rows and arch in compile_on):
             _, first_s, first_perf, _ = once(pipe, arch, kwargs, option, steps, size, data_dir)  # the compiling call
         img, seconds, perf, eff = once(pipe, arch, kwargs, option, steps, size, data_dir)
         if row == "plain":
@@ -147,9 +161,10 @@ def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path
         out.append([
             arch, row, what or "-", f"{seconds:.1f} s", f"{plain_s / seconds:.2f}x" if plain_s else "-",
             f"{m:.4f}", "identical" if psnr == math.inf else f"{psnr:.1f} dB",
-            "-" if skipped is None else f"{skipped} of {steps * 1}",
+            "-" if skipped is None else f"{skipped} of {steps * (2 if arch == 'wan' else 1)}",  # Wan runs CFG as two calls
             f"{first_s:.0f} s" if first_s is not None else "-",
             graphs(first_perf, perf) if desc.get("compile") else "-",
+            f"{os.getloadavg()[0]:.1f}",
         ])
         print(" | ".join(out[-1]), file=sys.stderr, flush=True)
     del pipe
@@ -160,7 +175,8 @@ def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="+", default=["sd15", "sdxl", "wan"], choices=["sd15", "sdxl", "wan"])
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=["plain", "fuse_qkv", "channels_last", "compile", "cache", "max"])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ALL_ROWS))
+    ap.add_argument("--compile-on", nargs="+", default=None, choices=["sd15", "sdxl", "wan"], help="models that get the compile row (default: all)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--note", default="", help="a line about the machine's load, printed under the table")
@@ -175,9 +191,9 @@ def main() -> int:
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="sdw-speed-") as tmp:
         for arch in args.only:
-            rows += bench_arch(arch, args.rows, args.steps, args.size, Path(tmp))
-    head = ("| model | row | options in effect | time | vs plain | max abs diff | PSNR | cached calls | first (compiling) call | new graphs (first / timed) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+            rows += bench_arch(arch, args.rows, args.steps, args.size, Path(tmp), args.compile_on or args.only)
+    head = ("| model | row | options in effect | time | vs plain | max abs diff | PSNR | cached calls | first (compiling) call | new graphs (first / timed) | load after |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     table = head + "\n".join("| " + " | ".join(r) + " |" for r in rows)
     section = "\n".join([
         SECTION,
