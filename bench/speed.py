@@ -147,7 +147,7 @@ def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path
     for row in ["plain", *[r for r in rows if r != "plain" and applies(arch, r, compile_on)], "plain again"]:
         option = {"cache": {"kind": "first_block" if arch == "wan" else "deepcache"}} if row == "cache" else OPTIONS.get(row)
         first_s, first_perf = None, {}
-        if row in ("compile",) or (row == "max" and option == "max" and "compile" in rows and arch in compile_on):
+        if row == "compile":  # on a CPU "max" does not compile (managers.optimize), so it needs no compiling call
             _, first_s, first_perf, _ = once(pipe, arch, kwargs, option, steps, size, data_dir)  # the compiling call
         img, seconds, perf, eff = once(pipe, arch, kwargs, option, steps, size, data_dir)
         if row == "plain":
