@@ -10,8 +10,8 @@
   fits HiDream, whose blocks change the sequence length between the first and the last.
 
 The hooks are put on for one pipeline call and taken off after it (the model is shared and cached).
-A pipeline that opens no `cache_context` of its own (SD3, HiDream) gets one context for the call;
-its CFG runs batched, one denoiser call per step.
+A pipeline that opens no `cache_context` of its own (SD3, HiDream, Flux Fill) gets one context for
+the call at the denoiser's first call; its CFG runs batched, one denoiser call per step.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-# the pipelines that open diffusers' cache_context around each transformer call themselves
-OWN_CONTEXT = ("FluxTransformer2DModel", "WanTransformer3DModel")
 _OUTPUT_LAYERS = ("proj_out", "final_layer")
 
 
@@ -98,7 +96,7 @@ def first_block(den: Any, threshold: float, perf: dict[str, Any]) -> Iterator[No
         return not leader.state_manager.get_state().should_compute
 
     try:
-        with _hooked(den, skipped, perf):
+        with _hooked(den, skipped, leader.state_manager, perf):
             yield
     finally:
         for block in span:
@@ -132,16 +130,21 @@ def taylorseer(den: Any, interval: int, start: int, order: int, perf: dict[str, 
         return state.last_update_step != state.current_step  # this call's output was extrapolated
 
     try:
-        with _hooked(den, skipped, perf):
+        with _hooked(den, skipped, predictor.state_manager, perf):
             yield
     finally:
         HookRegistry.check_if_exists_or_initialize(den).remove_hook(_TAYLORSEER_CACHE_HOOK, recurse=True)
 
 
 @contextlib.contextmanager
-def _hooked(den: Any, skipped: Any, perf: dict[str, Any]) -> Iterator[None]:
-    """Count the cached calls into perf; open a cache context where the pipeline has none; tidy the registry after."""
+def _hooked(den: Any, skipped: Any, probe: Any, perf: dict[str, Any]) -> Iterator[None]:
+    """Count the cached calls into perf; open a cache context where the pipeline has none; tidy the registry after.
+
+    `probe`: a StateManager of the new hooks; no context on it at a denoiser call means the
+    pipeline opens none, so one context ("cond") is set for the whole call.
+    """
     from diffusers.hooks import HookRegistry
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
     registry = HookRegistry.check_if_exists_or_initialize(den)
     if hasattr(registry, "invalidate_child_registries_cache"):
@@ -152,16 +155,16 @@ def _hooked(den: Any, skipped: Any, perf: dict[str, Any]) -> Iterator[None]:
         if skipped():
             counts["skipped"] += 1
 
-    handle = den.register_forward_hook(after, with_kwargs=True)
-    own = type(den).__name__ in OWN_CONTEXT
-    if not own:
-        from diffusers.hooks.hooks import CacheContext, _set_cache_context
+    def before(module: Any, args: Any) -> None:
+        if getattr(probe, "_context", None) is None:
+            _set_cache_context(den, CacheContext("cond"))
 
-        _set_cache_context(den, CacheContext("cond"))
+    handles = [den.register_forward_pre_hook(before), den.register_forward_hook(after, with_kwargs=True)]
     try:
         yield
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
         if hasattr(registry, "invalidate_child_registries_cache"):
             registry.invalidate_child_registries_cache()
         perf["cache_skipped_steps"] = (perf.get("cache_skipped_steps") or 0) + counts["skipped"]
