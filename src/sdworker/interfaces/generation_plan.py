@@ -94,9 +94,13 @@ def native_size(ref: ModelRef) -> int:
         return 1024 if ref.base_model.startswith("sdxl") else 512
 
 
+# request fields whose worker default (a flag) the host sets: a preset does not override them
+WORKER_DEFAULTED = ("optimize",)
+
+
 def worker_keeps(settings: Settings) -> tuple[str, ...]:
     """Request fields a preset leaves alone because the host set the worker's default (--optimize)."""
-    return ("optimize",) if settings.optimize else ()
+    return tuple(f for f in WORKER_DEFAULTED if getattr(settings, f, None))
 
 
 def limit_problems(req: Any, settings: Settings) -> list[dict[str, str]]:
@@ -124,8 +128,8 @@ def blame_preset(problems: list[dict[str, str]], req: Any, preset: dict[str, Any
 
 def kept_from_preset(req: Any, preset: dict[str, Any] | None, model_id: str) -> list[str]:
     """A warning when the model kept its own value where its preset says another (Family.preset_keeps)."""
-    # the worker's --optimize (worker_keeps) is the host's own choice: preset_skipped shows it, no warning
-    skipped = {k: v for k, v in (preset or {}).get("preset_skipped", {}).items() if k != "optimize" and v != getattr(req, k)}
+    # a worker default the host set (worker_keeps) is its own choice: preset_skipped shows it, no warning
+    skipped = {k: v for k, v in (preset or {}).get("preset_skipped", {}).items() if k not in WORKER_DEFAULTED and v != getattr(req, k)}
     if preset is None or not skipped:
         return []
     said = ", ".join(f"{k} {v:g}" for k, v in skipped.items())
