@@ -103,7 +103,7 @@ def build(arch: str) -> tuple[Any, dict[str, Any]]:
     return pipe, {**emb, "guidance_scale": 7.0}
 
 
-def once(pipe: Any, arch: str, kwargs: dict[str, Any], option: Any, steps: int, size: int, data_dir: Path) -> tuple[Any, float, dict[str, Any], Any]:
+def once(pipe: Any, arch: str, kwargs: dict[str, Any], option: Any, steps: int, size: int) -> tuple[Any, float, dict[str, Any], Any]:
     """One pipeline call under `option`: (image array, seconds, perf, effective options)."""
     import numpy as np
     import torch
@@ -112,7 +112,7 @@ def once(pipe: Any, arch: str, kwargs: dict[str, Any], option: Any, steps: int, 
 
     perf: dict[str, Any] = {}
     t0 = time.perf_counter()
-    with optimized(pipe, option, None, perf, data_dir) as eff, torch.inference_mode():
+    with optimized(pipe, option, None, perf) as eff, torch.inference_mode():
         out = pipe(**kwargs, num_inference_steps=steps, width=size, height=size, generator=torch.Generator().manual_seed(7), output_type="np")
     seconds = time.perf_counter() - t0
     img = np.asarray(out.frames if arch == "wan" else out.images, dtype=np.float64)
@@ -137,19 +137,19 @@ def applies(arch: str, row: str, compile_on: list[str]) -> bool:
     return not ((arch == "wan" and row in UNET_ONLY) or (arch != "wan" and row in DIT_ONLY))
 
 
-def bench_arch(arch: str, rows: list[str], steps: int, size: int, data_dir: Path, compile_on: list[str]) -> list[list[str]]:
+def bench_arch(arch: str, rows: list[str], steps: int, size: int, compile_on: list[str]) -> list[list[str]]:
     pipe, kwargs = build(arch)
     out: list[list[str]] = []
     base = None
     plain_s = None
-    once(pipe, arch, kwargs, None, 1, size, data_dir)  # warm-up: lazy initialisation and first-touch of the weights
+    once(pipe, arch, kwargs, None, 1, size)  # warm-up: lazy initialisation and first-touch of the weights
     # plain again at the end: how far the machine drifted over the rows (its image must be identical)
     for row in ["plain", *[r for r in rows if r != "plain" and applies(arch, r, compile_on)], "plain again"]:
         option = {"cache": {"kind": "first_block" if arch == "wan" else "deepcache"}} if row == "cache" else OPTIONS.get(row)
         first_s, first_perf = None, {}
         if row == "compile":  # on a CPU "max" does not compile (managers.optimize), so it needs no compiling call
-            _, first_s, first_perf, _ = once(pipe, arch, kwargs, option, steps, size, data_dir)  # the compiling call
-        img, seconds, perf, eff = once(pipe, arch, kwargs, option, steps, size, data_dir)
+            _, first_s, first_perf, _ = once(pipe, arch, kwargs, option, steps, size)  # the compiling call
+        img, seconds, perf, eff = once(pipe, arch, kwargs, option, steps, size)
         if row == "plain":
             base, plain_s = img, seconds
         m, psnr = diff(img, base)
@@ -190,8 +190,9 @@ def main() -> int:
     started = dt.datetime.now(dt.timezone.utc)
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="sdw-speed-") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp  # a cold compile cache: the first call compiles from scratch
         for arch in args.only:
-            rows += bench_arch(arch, args.rows, args.steps, args.size, Path(tmp), args.compile_on or args.only)
+            rows += bench_arch(arch, args.rows, args.steps, args.size, args.compile_on or args.only)
     head = ("| model | row | options in effect | time | vs plain | max abs diff | PSNR | cached calls | first (compiling) call | new graphs (first / timed) | load after |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     table = head + "\n".join("| " + " | ".join(r) + " |" for r in rows)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import InternalError, ValidationFailed
 from ..settings import Settings
+from .optimize.compiled import use_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Runtime:
             os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
             os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            # before torch: importing diffusers (with torchao) makes inductor settle on its /tmp default
+            use_cache_dir(self.settings.data_dir)
             import diffusers  # noqa: F401  (the import is the point: pay for it now, not in a job)
             import torch
             from diffusers.utils import logging as dlog

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from ..denoise import denoiser_of, denoisers_of
@@ -21,7 +20,7 @@ from .options import Effective, device_of, resolve
 
 @contextlib.contextmanager
 def optimized(
-    pipe: Any, value: Any, default: Any, perf: dict[str, Any], data_dir: Path | None = None, has_lora: bool = False
+    pipe: Any, value: Any, default: Any, perf: dict[str, Any], has_lora: bool = False
 ) -> Iterator[Effective]:
     """Wrap one pipeline call: `with optimized(pipe, req.optimize, settings.optimize, perf, ...) as eff: pipe(...)`.
 
@@ -44,7 +43,7 @@ def optimized(
         if eff.fuse_qkv:
             stack.enter_context(_fused([*dens, vae]))
         if eff.compile:
-            stack.enter_context(compiled(dens, data_dir, perf))
+            stack.enter_context(compiled(dens, perf))
         if eff.cache is not None:
             for d in dens:
                 stack.enter_context(_step_cache(d, eff.cache, perf))
@@ -123,7 +122,7 @@ def runner_wrapper(settings: Any) -> Any:
         req = call.request
         session = getattr(call.ctx, "session", None)
         perf = session.performance if session is not None else {}
-        return optimized(call.pipe, getattr(req, "optimize", None), settings.optimize, perf, settings.data_dir, has_lora(req))
+        return optimized(call.pipe, getattr(req, "optimize", None), settings.optimize, perf, has_lora(req))
 
     return factory
 

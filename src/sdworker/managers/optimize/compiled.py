@@ -23,7 +23,12 @@ RECOMPILE_LIMIT = 64
 
 
 def use_cache_dir(data_dir: Path | None) -> None:
-    """Point inductor's (and triton's) caches under data_dir, unless the environment already chose."""
+    """Point inductor's (and triton's) caches under data_dir, unless the environment already chose.
+
+    Called by the runtime before it imports torch: the first look at inductor's cache dir (diffusers
+    importing torchao is enough) writes torch's own default into the environment, after which
+    this would change nothing.
+    """
     if data_dir is None:
         return
     root = Path(data_dir) / "torch_compile"
@@ -46,9 +51,8 @@ def _stats() -> tuple[float, int]:
 
 
 @contextlib.contextmanager
-def compiled(denoisers: list[Any], data_dir: Path | None, perf: dict[str, Any]) -> Iterator[None]:
+def compiled(denoisers: list[Any], perf: dict[str, Any]) -> Iterator[None]:
     """Run the denoisers (Wan 2.2: both experts) compiled; put `compile_ms` and `compiled_graphs` in perf."""
-    use_cache_dir(data_dir)
     _raise_limit()
     mods = [m for den in denoisers for m in regions(den)]
     for m in mods:
