@@ -17,12 +17,13 @@ from conftest import Worker, decode_png, family_worker, tiny_models_dir
 
 SD15 = {"model_id": "tiny-sd15", "prompt": "a red boat", "width": 64, "height": 64, "steps": 6, "guidance_scale": 6.0, "seed": 11}
 SD3 = {"model_id": "tiny-sd35", "prompt": "a red boat", "width": 64, "height": 64, "steps": 6, "guidance_scale": 4.0, "seed": 5}
+HIDREAM = {"model_id": "tiny-hidream", "prompt": "a red boat", "width": 128, "height": 128, "steps": 6, "seed": 5}
 FLUX = {"model_id": "tiny-flux", "prompt": "a red boat", "width": 64, "height": 64, "steps": 6, "seed": 3}
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_models_dir(tmp_path_factory, "optcc", {"tiny-sd15": "sd15", "tiny-sd35": "sd35-large", "tiny-flux": "flux"})
+    return tiny_models_dir(tmp_path_factory, "optcc", {"tiny-sd15": "sd15", "tiny-sd35": "sd35-large", "tiny-flux": "flux", "tiny-hidream": "hidream"})
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,9 @@ def _img(data: dict) -> np.ndarray:
         (SD3, {"kind": "taylorseer", "interval": 2, "start": 2}),
         (SD3, {"kind": "first_block", "threshold": 0.9}),
         (FLUX, {"kind": "first_block", "threshold": 0.5}),
+        (HIDREAM, {"kind": "taylorseer", "interval": 2, "start": 2}),
     ],
-    ids=["sd15-deepcache", "sd3-taylorseer", "sd3-first_block", "flux-first_block"],
+    ids=["sd15-deepcache", "sd3-taylorseer", "sd3-first_block", "flux-first_block", "hidream-taylorseer"],
 )
 def test_compile_with_a_step_cache(w: Worker, req: dict, cache: dict) -> None:
     eager = _run(w, req, optimize={"cache": cache})

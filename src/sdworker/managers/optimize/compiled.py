@@ -38,10 +38,21 @@ def use_cache_dir(data_dir: Path | None) -> None:
 
 
 def regions(denoiser: Any) -> list[Any]:
-    """The modules to compile: diffusers' `_repeated_blocks` of the model, else the whole model."""
+    """The modules to compile: diffusers' `_repeated_blocks` of the model; for models that list none
+    (SD 3.5, HiDream), the members of its block lists (`transformer_blocks`, `double_stream_blocks`, …),
+    so the blocks share compiled code as they do under regional compilation; else the whole model."""
     names = set(getattr(denoiser, "_repeated_blocks", None) or ())
-    found = [m for m in denoiser.modules() if type(m).__name__ in names] if names else []
+    if names:
+        found = [m for m in denoiser.modules() if type(m).__name__ in names]
+    else:
+        found = [m for name, lst in denoiser.named_children() if name.endswith("blocks") and _is_list(lst) for m in lst]
     return found or [denoiser]
+
+
+def _is_list(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.ModuleList)
 
 
 def _stats() -> tuple[float, int]:
