@@ -95,3 +95,16 @@ def test_compiled_code_persists_under_data_dir(root: Path, tmp_path: Path, monke
         made.append(files())
     assert made[0], "nothing was written under --data-dir"
     assert made[1] == made[0]  # ...and inductor answers from the cache it wrote there
+
+
+@pytest.mark.parametrize(("name", "blocks"), [("tiny-sd35", {"JointTransformerBlock"}), ("tiny-hidream", {"HiDreamBlock"}),
+                                              ("tiny-flux", {"FluxTransformerBlock", "FluxSingleTransformerBlock"})])
+def test_compile_regions_are_the_blocks(root: Path, name: str, blocks: set[str]) -> None:
+    """Regional where diffusers names the repeated blocks (Flux) and where it does not (SD 3.5, HiDream)."""
+    from diffusers import AutoModel
+
+    from sdworker.managers.optimize.compiled import regions
+
+    den = AutoModel.from_pretrained(str(root / name), subfolder="transformer")
+    found = regions(den)
+    assert {type(m).__name__ for m in found} == blocks and den not in found
