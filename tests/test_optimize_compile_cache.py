@@ -88,10 +88,10 @@ def test_compiled_code_persists_under_data_dir(root: Path, tmp_path: Path, monke
     for _ in range(2):
         wk = Worker(["--models-dir", str(root), "--output-dir", str(tmp_path / "out"), "--data-dir", str(data)])
         try:
-            data_ = _run(wk, req)
+            result = _run(wk, req)
         finally:
             wk.close()
-        assert data_["performance"]["compiled_graphs"] > 0  # a new process traces again...
+        assert result["performance"]["compiled_graphs"] > 0  # a new process traces again...
         made.append(files())
     assert made[0], "nothing was written under --data-dir"
     assert made[1] == made[0]  # ...and inductor answers from the cache it wrote there
